@@ -1,0 +1,1 @@
+"""Crucible: ML-security experiments."""

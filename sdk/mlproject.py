@@ -1,0 +1,184 @@
+"""MLflow ``MLproject`` parsing, parameter validation and command building.
+
+Shared by the control plane (validation at submit) and the agent (command building), so
+both read an entry point the same way. Semantics follow MLflow Projects: parameter types
+``string``, ``float``, ``int``, ``path`` and ``uri``; a parameter is required when it has no
+default; commands are templates whose ``{name}`` placeholders get shell-quoted values.
+Unlike MLflow, undeclared parameters are an error rather than appended to the command:
+a typo in a parameter name must not silently run with the default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+TYPES = ("string", "float", "int", "path", "uri")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
+
+
+class MLprojectError(ValueError):
+    """The MLproject file cannot be used; the message lists every problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    type: str = "string"
+    default: str | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    name: str
+    command: str
+    parameters: tuple[ParameterSpec, ...] = ()
+
+    def parameter(self, name: str) -> ParameterSpec | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    name: str
+    entries: tuple[EntrySpec, ...] = field(default_factory=tuple)
+
+    def entry(self, name: str) -> EntrySpec | None:
+        return next((e for e in self.entries if e.name == name), None)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse(text: str | bytes) -> ProjectSpec:
+    """Parses an MLproject document; raises MLprojectError naming every problem."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MLprojectError([f"MLproject is not valid YAML: {exc}"]) from None
+    if not isinstance(doc, dict):
+        raise MLprojectError(["MLproject must be a mapping with an `entry_points` key"])
+    problems: list[str] = []
+    raw_entries = doc.get("entry_points")
+    if not isinstance(raw_entries, dict) or not raw_entries:
+        raise MLprojectError(["MLproject has no `entry_points` mapping"])
+    entries: list[EntrySpec] = []
+    for entry_name, raw in raw_entries.items():
+        entry_name = str(entry_name)
+        if not isinstance(raw, dict) or not isinstance(raw.get("command"), str):
+            problems.append(f"entry {entry_name!r} has no `command` string")
+            continue
+        params: list[ParameterSpec] = []
+        raw_params = raw.get("parameters") or {}
+        if not isinstance(raw_params, dict):
+            problems.append(f"entry {entry_name!r}: `parameters` must be a mapping")
+            raw_params = {}
+        for pname, pdecl in raw_params.items():
+            pname = str(pname)
+            ptype, default = "string", None
+            if isinstance(pdecl, str):
+                ptype = pdecl
+            elif isinstance(pdecl, dict):
+                ptype = str(pdecl.get("type", "string"))
+                if pdecl.get("default") is not None:
+                    default = _scalar(pdecl["default"])
+            elif pdecl is not None:
+                problems.append(f"entry {entry_name!r}: parameter {pname!r} has a bad declaration")
+                continue
+            if ptype not in TYPES:
+                problems.append(
+                    f"entry {entry_name!r}: parameter {pname!r} has unknown type {ptype!r} "
+                    f"(one of {', '.join(TYPES)})"
+                )
+                continue
+            spec = ParameterSpec(pname, ptype, default)
+            if default is not None:
+                err = check_value(spec, default)
+                if err:
+                    problems.append(f"entry {entry_name!r}: default of {err}")
+            params.append(spec)
+        declared = {p.name for p in params}
+        for used in _PLACEHOLDER.findall(raw["command"]):
+            if used not in declared:
+                problems.append(
+                    f"entry {entry_name!r}: command uses {{{used}}} which is not a declared parameter"
+                )
+        entries.append(EntrySpec(entry_name, raw["command"], tuple(params)))
+    if problems:
+        raise MLprojectError(problems)
+    return ProjectSpec(str(doc.get("name") or ""), tuple(entries))
+
+
+def check_value(spec: ParameterSpec, value: str) -> str | None:
+    """Returns a problem description when ``value`` does not fit the parameter's type."""
+    if spec.type == "int":
+        try:
+            int(value.strip())
+        except ValueError:
+            return f"parameter {spec.name!r}: {value!r} is not an int"
+    elif spec.type == "float":
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return f"parameter {spec.name!r}: {value!r} is not a float"
+        if math.isnan(number):
+            return f"parameter {spec.name!r}: NaN is not allowed"
+    elif spec.type in ("path", "uri") and not value.strip():
+        return f"parameter {spec.name!r}: an empty {spec.type} is not allowed"
+    return None
+
+
+def resolve(project: ProjectSpec, entry: str, given: dict[str, str]) -> dict[str, str]:
+    """Validates ``given`` against the entry and returns every parameter, defaults filled in.
+
+    Raises MLprojectError listing every missing, unknown and mistyped parameter at once.
+    """
+    spec = project.entry(entry)
+    if spec is None:
+        known = ", ".join(e.name for e in project.entries)
+        raise MLprojectError([f"entry {entry!r} is not in the MLproject (entries: {known})"])
+    problems: list[str] = []
+    declared = {p.name for p in spec.parameters}
+    for name in sorted(set(given) - declared):
+        problems.append(
+            f"unknown parameter {name!r} (declared: {', '.join(sorted(declared)) or 'none'})"
+        )
+    resolved: dict[str, str] = {}
+    for p in spec.parameters:
+        if p.name in given:
+            err = check_value(p, given[p.name])
+            if err:
+                problems.append(err)
+            resolved[p.name] = given[p.name]
+        elif p.default is not None:
+            resolved[p.name] = p.default
+        else:
+            problems.append(f"missing required parameter {p.name!r} ({p.type})")
+    if problems:
+        raise MLprojectError(problems)
+    return resolved
+
+
+def build_command(entry: EntrySpec, parameters: dict[str, str]) -> str:
+    """The shell command for an entry, each placeholder replaced by its quoted value."""
+
+    def sub(match: re.Match[str]) -> str:
+        return shlex.quote(parameters[match.group(1)])
+
+    return _PLACEHOLDER.sub(sub, entry.command)
