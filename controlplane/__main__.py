@@ -1,0 +1,37 @@
+"""`python -m crucible.controlplane`: the server without the CLI's extra imports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .server import ServerConfig, serve_forever
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m crucible.controlplane")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7070)
+    p.add_argument("--data-dir", type=Path, default=Path.home() / ".crucible" / "server")
+    p.add_argument("--database-url")
+    p.add_argument("--mlflow-tracking-uri")
+    p.add_argument("--heartbeat-interval", type=float, default=5.0)
+    p.add_argument("--lease-duration", type=float, default=30.0)
+    p.add_argument("--grace-period", type=float, default=10.0)
+    a = p.parse_args()
+    serve_forever(
+        ServerConfig(
+            host=a.host,
+            port=a.port,
+            data_dir=a.data_dir,
+            database_url=a.database_url,
+            mlflow_tracking_uri=a.mlflow_tracking_uri,
+            heartbeat_interval=a.heartbeat_interval,
+            lease_duration=a.lease_duration,
+            grace_period=a.grace_period,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Domain records <-> crucible.v1 messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from crucible.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2
+
+from ..domain import models as m
+from ..domain.states import JobState
+
+PARAM_TYPES = {
+    "string": entry_point_pb2.PARAMETER_TYPE_STRING,
+    "float": entry_point_pb2.PARAMETER_TYPE_FLOAT,
+    "int": entry_point_pb2.PARAMETER_TYPE_INT,
+    "path": entry_point_pb2.PARAMETER_TYPE_PATH,
+    "uri": entry_point_pb2.PARAMETER_TYPE_URI,
+}
+
+AGENT_STATES = {
+    "CONNECTED": agent_pb2.AGENT_STATE_CONNECTED,
+    "DISCONNECTED": agent_pb2.AGENT_STATE_DISCONNECTED,
+    "DRAINING": agent_pb2.AGENT_STATE_DRAINING,
+}
+
+
+def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def job_state(state: JobState) -> int:
+    return int(job_pb2.JobState.Value(f"JOB_STATE_{state.value}"))
+
+
+def job_state_from(value: int) -> JobState | None:
+    name = job_pb2.JobState.Name(value).removeprefix("JOB_STATE_")
+    return None if name == "UNSPECIFIED" else JobState(name)
+
+
+def experiment(e: m.Experiment) -> experiment_pb2.Experiment:
+    return experiment_pb2.Experiment(
+        name=f"experiments/{e.id}",
+        description=e.description,
+        labels=e.labels,
+        mlflow_experiment_id=e.mlflow_experiment_id,
+        create_time=ts(e.create_time),
+        update_time=ts(e.update_time),
+    )
+
+
+def revision(r: m.Revision) -> entry_point_pb2.EntryPointRevision:
+    return entry_point_pb2.EntryPointRevision(
+        name=f"entryPoints/{r.entry_point_id}/revisions/{r.digest}",
+        digest=r.digest,
+        size_bytes=r.size_bytes,
+        project_name=r.project_name,
+        entries=[
+            entry_point_pb2.Entry(
+                name=e["name"],
+                command=e["command"],
+                parameters=[
+                    entry_point_pb2.Parameter(
+                        name=p["name"],
+                        type=PARAM_TYPES[p["type"]],
+                        has_default=p["default"] is not None,
+                        default_value=p["default"] or "",
+                    )
+                    for p in e["parameters"]
+                ],
+            )
+            for e in r.spec["entries"]
+        ],
+        create_time=ts(r.create_time),
+    )
+
+
+def entry_point(ep: m.EntryPoint) -> entry_point_pb2.EntryPoint:
+    return entry_point_pb2.EntryPoint(
+        name=f"entryPoints/{ep.id}",
+        description=ep.description,
+        latest_revision=revision(ep.latest) if ep.latest else None,
+        revision_count=ep.revision_count,
+        create_time=ts(ep.create_time),
+        update_time=ts(ep.update_time),
+    )
+
+
+def job(j: m.Job) -> job_pb2.Job:
+    return job_pb2.Job(
+        name=f"jobs/{j.id}",
+        experiment=f"experiments/{j.experiment_id}",
+        entry_point=f"entryPoints/{j.entry_point_id}",
+        entry_point_digest=j.digest,
+        entry=j.entry,
+        parameters=j.parameters,
+        queue=j.queue,
+        selector=j.selector,
+        state=job_state(j.state),  # type: ignore[arg-type]
+        state_reason=j.state_reason,
+        timeout=duration(j.timeout_s),
+        max_attempts=j.max_attempts,
+        attempt=j.attempt,
+        agent=f"agents/{j.agent_id}" if j.agent_id else "",
+        mlflow_run_id=j.mlflow_run_id,
+        exit_code=j.exit_code or 0,
+        cancel_requested=j.cancel_requested,
+        create_time=ts(j.create_time),
+        start_time=ts(j.start_time),
+        end_time=ts(j.end_time),
+        update_time=ts(j.update_time),
+    )
+
+
+def log_line(ln: m.LogLine) -> job_pb2.LogLine:
+    return job_pb2.LogLine(
+        offset=ln.offset,
+        attempt=ln.attempt,
+        sequence=ln.sequence,
+        stream=ln.stream,  # type: ignore[arg-type]
+        text=ln.text,
+        time=ts(ln.time),
+    )
+
+
+def capacity(c: m.Capacity) -> agent_pb2.Capacity:
+    return agent_pb2.Capacity(
+        cpus=c.cpus,
+        memory_bytes=c.memory_bytes,
+        slots=c.slots,
+        gpus=[agent_pb2.Gpu(uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes)
+              for g in c.gpus],
+    )
+
+
+def capacity_from(c: agent_pb2.Capacity) -> m.Capacity:
+    return m.Capacity(
+        cpus=c.cpus,
+        memory_bytes=c.memory_bytes,
+        slots=max(c.slots, 1),
+        gpus=tuple(m.Gpu(g.uuid, g.model, g.memory_bytes) for g in c.gpus),
+    )
+
+
+def agent(a: m.AgentInfo) -> agent_pb2.Agent:
+    return agent_pb2.Agent(
+        name=f"agents/{a.id}",
+        hostname=a.hostname,
+        labels=a.labels,
+        queues=a.queues,
+        capacity=capacity(a.capacity),
+        state=AGENT_STATES.get(a.state, agent_pb2.AGENT_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+        running=a.running,
+        version=a.version,
+        executor=a.executor,
+        connect_time=ts(a.connect_time),
+        last_heartbeat_time=ts(a.last_heartbeat_time),
+    )

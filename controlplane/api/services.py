@@ -1,0 +1,377 @@
+"""Servicers: validate, convert, delegate. No logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from crucible.v1 import (
+    agent_service_pb2 as agent_pb,
+)
+from crucible.v1 import (
+    agent_service_pb2_grpc as agent_grpc,
+)
+from crucible.v1 import (
+    entry_point_service_pb2 as ep_pb,
+)
+from crucible.v1 import (
+    entry_point_service_pb2_grpc as ep_grpc,
+)
+from crucible.v1 import (
+    experiment_service_pb2 as exp_pb,
+)
+from crucible.v1 import (
+    experiment_service_pb2_grpc as exp_grpc,
+)
+from crucible.v1 import (
+    job_service_pb2 as job_pb,
+)
+from crucible.v1 import (
+    job_service_pb2_grpc as job_grpc,
+)
+
+from ..domain import models as m
+from ..domain import names
+from ..domain.agents import AgentDirectory
+from ..domain.entry_points import EntryPointManager
+from ..domain.errors import InvalidArgument, NotFound
+from ..domain.experiments import ExperimentManager
+from ..domain.jobs import JobManager, SubmitSpec
+from ..domain.scheduler import (
+    AgentSession,
+    Assign,
+    AttemptReport,
+    Cancel,
+    Close,
+    LogAck,
+    Outbound,
+    Scheduler,
+)
+from ..store.blobs import BlobStore
+from . import convert
+from .errors import streaming, unary
+
+log = logging.getLogger("crucible.controlplane.api")
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
+    def __init__(self, experiments: ExperimentManager) -> None:
+        self.experiments = experiments
+
+    @unary
+    async def CreateExperiment(self, request: exp_pb.CreateExperimentRequest, context: Ctx
+                               ) -> exp_pb.CreateExperimentResponse:
+        e = request.experiment
+        exp = await self.experiments.create(request.experiment_id, e.description, dict(e.labels))
+        return exp_pb.CreateExperimentResponse(experiment=convert.experiment(exp))
+
+    @unary
+    async def GetExperiment(self, request: exp_pb.GetExperimentRequest, context: Ctx
+                            ) -> exp_pb.GetExperimentResponse:
+        exp = await self.experiments.get(request.name)
+        return exp_pb.GetExperimentResponse(experiment=convert.experiment(exp))
+
+    @unary
+    async def ListExperiments(self, request: exp_pb.ListExperimentsRequest, context: Ctx
+                              ) -> exp_pb.ListExperimentsResponse:
+        exps, token = await self.experiments.list(
+            request.page_size, request.page_token, request.filter
+        )
+        return exp_pb.ListExperimentsResponse(
+            experiments=[convert.experiment(e) for e in exps], next_page_token=token
+        )
+
+    @unary
+    async def UpdateExperiment(self, request: exp_pb.UpdateExperimentRequest, context: Ctx
+                               ) -> exp_pb.UpdateExperimentResponse:
+        paths = set(request.update_mask.paths) or {"description", "labels"}
+        unknown = paths - {"description", "labels"}
+        if unknown:
+            raise InvalidArgument(
+                [f"update_mask path {p!r} cannot be updated (description, labels)"
+                 for p in sorted(unknown)],
+                field="update_mask",
+            )
+        e = request.experiment
+        exp = await self.experiments.update(
+            e.name,
+            e.description if "description" in paths else None,
+            dict(e.labels) if "labels" in paths else None,
+        )
+        return exp_pb.UpdateExperimentResponse(experiment=convert.experiment(exp))
+
+    @unary
+    async def DeleteExperiment(self, request: exp_pb.DeleteExperimentRequest, context: Ctx
+                               ) -> exp_pb.DeleteExperimentResponse:
+        await self.experiments.delete(request.name)
+        return exp_pb.DeleteExperimentResponse()
+
+
+class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
+    def __init__(self, entry_points: EntryPointManager) -> None:
+        self.entry_points = entry_points
+
+    @unary
+    async def UploadEntryPoint(self, request_iterator: AsyncIterator[ep_pb.UploadEntryPointRequest],
+                               context: Ctx) -> ep_pb.UploadEntryPointResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("metadata"):
+            raise InvalidArgument("the first message of an upload must carry metadata")
+        meta = first.metadata
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.HasField("metadata"):
+                    raise InvalidArgument("metadata may only be sent once, first")
+                yield msg.chunk
+
+        ep, rev, created = await self.entry_points.upload(
+            meta.entry_point_id, meta.description, meta.sha256, chunks()
+        )
+        return ep_pb.UploadEntryPointResponse(
+            entry_point=convert.entry_point(ep), revision=convert.revision(rev), created=created
+        )
+
+    @unary
+    async def GetEntryPoint(self, request: ep_pb.GetEntryPointRequest, context: Ctx
+                            ) -> ep_pb.GetEntryPointResponse:
+        ep = await self.entry_points.get(request.name)
+        return ep_pb.GetEntryPointResponse(entry_point=convert.entry_point(ep))
+
+    @unary
+    async def ListEntryPoints(self, request: ep_pb.ListEntryPointsRequest, context: Ctx
+                              ) -> ep_pb.ListEntryPointsResponse:
+        eps, token = await self.entry_points.list(request.page_size, request.page_token)
+        return ep_pb.ListEntryPointsResponse(
+            entry_points=[convert.entry_point(e) for e in eps], next_page_token=token
+        )
+
+    @unary
+    async def GetEntryPointRevision(self, request: ep_pb.GetEntryPointRevisionRequest,
+                                    context: Ctx) -> ep_pb.GetEntryPointRevisionResponse:
+        rev = await self.entry_points.revision(request.name)
+        return ep_pb.GetEntryPointRevisionResponse(revision=convert.revision(rev))
+
+    @unary
+    async def ListEntryPointRevisions(self, request: ep_pb.ListEntryPointRevisionsRequest,
+                                      context: Ctx) -> ep_pb.ListEntryPointRevisionsResponse:
+        revs, token = await self.entry_points.revisions(
+            request.parent, request.page_size, request.page_token
+        )
+        return ep_pb.ListEntryPointRevisionsResponse(
+            revisions=[convert.revision(r) for r in revs], next_page_token=token
+        )
+
+
+class JobServicer(job_grpc.JobServiceServicer):
+    def __init__(self, jobs: JobManager) -> None:
+        self.jobs = jobs
+
+    @unary
+    async def SubmitJob(self, request: job_pb.SubmitJobRequest, context: Ctx
+                        ) -> job_pb.SubmitJobResponse:
+        job = await self.jobs.submit(
+            SubmitSpec(
+                experiment=request.experiment,
+                entry_point=request.entry_point,
+                digest=request.entry_point_digest,
+                entry=request.entry,
+                parameters=dict(request.parameters),
+                queue=request.queue,
+                selector=dict(request.selector),
+                timeout_s=request.timeout.ToNanoseconds() / 1e9,
+                max_attempts=request.max_attempts,
+                request_id=request.request_id,
+            )
+        )
+        return job_pb.SubmitJobResponse(job=convert.job(job))
+
+    @unary
+    async def GetJob(self, request: job_pb.GetJobRequest, context: Ctx) -> job_pb.GetJobResponse:
+        return job_pb.GetJobResponse(job=convert.job(await self.jobs.get(request.name)))
+
+    @unary
+    async def ListJobs(self, request: job_pb.ListJobsRequest, context: Ctx
+                       ) -> job_pb.ListJobsResponse:
+        jobs, token = await self.jobs.list(request.page_size, request.page_token, request.filter)
+        return job_pb.ListJobsResponse(jobs=[convert.job(j) for j in jobs], next_page_token=token)
+
+    @streaming
+    async def WatchJob(self, request: job_pb.WatchJobRequest, context: Ctx
+                       ) -> AsyncIterator[job_pb.WatchJobResponse]:
+        async for job in self.jobs.watch(request.name):
+            yield job_pb.WatchJobResponse(job=convert.job(job))
+
+    @streaming
+    async def StreamJobLogs(self, request: job_pb.StreamJobLogsRequest, context: Ctx
+                            ) -> AsyncIterator[job_pb.StreamJobLogsResponse]:
+        async for lines in self.jobs.logs(request.name, request.start_offset, request.follow):
+            yield job_pb.StreamJobLogsResponse(lines=[convert.log_line(ln) for ln in lines])
+
+    @unary
+    async def CancelJob(self, request: job_pb.CancelJobRequest, context: Ctx
+                        ) -> job_pb.CancelJobResponse:
+        job = await self.jobs.cancel(request.name, request.reason)
+        return job_pb.CancelJobResponse(job=convert.job(job))
+
+
+def _outbound(msg: Outbound) -> agent_pb.ConnectResponse:
+    if isinstance(msg, Assign):
+        return agent_pb.ConnectResponse(
+            assignment=agent_pb.Assignment(
+                job=convert.job(msg.job),
+                attempt=msg.attempt,
+                env=msg.env,
+                grace_period=convert.duration(msg.grace_period),
+            )
+        )
+    if isinstance(msg, Cancel):
+        return agent_pb.ConnectResponse(
+            cancel=agent_pb.Cancel(
+                job=f"jobs/{msg.job_id}",
+                attempt=msg.attempt,
+                reason=msg.reason,
+                grace_period=convert.duration(msg.grace_period),
+            )
+        )
+    assert isinstance(msg, LogAck)
+    return agent_pb.ConnectResponse(
+        log_ack=agent_pb.LogAck(job=f"jobs/{msg.job_id}", attempt=msg.attempt,
+                                sequence=msg.sequence)
+    )
+
+
+def _refs(running: Any) -> list[m.AttemptRef]:
+    return [m.AttemptRef(names.job_id(r.job), r.attempt) for r in running]
+
+
+class AgentServicer(agent_grpc.AgentServiceServicer):
+    def __init__(self, scheduler: Scheduler, directory: AgentDirectory, blobs: BlobStore) -> None:
+        self.scheduler = scheduler
+        self.directory = directory
+        self.blobs = blobs
+
+    @streaming
+    async def Connect(self, request_iterator: AsyncIterator[agent_pb.ConnectRequest],
+                      context: Ctx) -> AsyncIterator[agent_pb.ConnectResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or not first.HasField("register"):
+            raise InvalidArgument("the first message on Connect must be Register")
+        reg = first.register
+        agent_id = names.check_id(reg.agent_id, "agent", names.AGENT_ID_RE)
+        info = m.AgentInfo(
+            id=agent_id,
+            hostname=reg.hostname,
+            labels=dict(reg.labels),
+            queues=list(reg.queues) or ["default"],
+            capacity=convert.capacity_from(reg.capacity),
+            state="CONNECTED",
+            version=reg.version,
+            executor=reg.executor,
+        )
+        session = await self.scheduler.register(info, _refs(reg.running))
+        cfg = self.scheduler.config
+        yield agent_pb.ConnectResponse(
+            registered=agent_pb.Registered(
+                agent=f"agents/{agent_id}",
+                heartbeat_interval=convert.duration(cfg.heartbeat_interval),
+                lease_duration=convert.duration(cfg.lease_duration),
+            )
+        )
+        reader = asyncio.create_task(self._read(session, requests))
+        try:
+            while True:
+                get = asyncio.ensure_future(session.outbox.get())
+                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break  # the agent closed its side, or the reader failed
+                msg = get.result()
+                if isinstance(msg, Close):
+                    break
+                yield _outbound(msg)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self.scheduler.disconnect(session)
+
+    async def _read(self, session: AgentSession,
+                    requests: AsyncIterator[agent_pb.ConnectRequest]) -> None:
+        try:
+            async for req in requests:
+                kind = req.WhichOneof("message")
+                if kind == "heartbeat":
+                    await self.scheduler.heartbeat(session, _refs(req.heartbeat.running))
+                elif kind == "attempt_update":
+                    u = req.attempt_update
+                    state = convert.job_state_from(u.state)
+                    if state is None:
+                        log.warning("agent %s sent an update without state", session.id)
+                        continue
+                    await self.scheduler.report(
+                        session,
+                        AttemptReport(
+                            names.job_id(u.job), u.attempt, state,
+                            u.exit_code if u.has_exit_code else None, u.message,
+                        ),
+                    )
+                elif kind == "log_batch":
+                    b = req.log_batch
+                    job_id = names.job_id(b.job)
+                    lines = [
+                        (ln.sequence, int(ln.stream), ln.text,
+                         ln.time.ToDatetime(UTC) if ln.HasField("time") else datetime.now(UTC))
+                        for ln in b.lines
+                    ]
+                    seq = await self.scheduler.logs(job_id, b.attempt, lines)
+                    session.outbox.put_nowait(LogAck(job_id, b.attempt, seq))
+                else:
+                    log.warning("agent %s sent an unexpected %s", session.id, kind)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("agent %s stream failed", session.id)
+            raise
+
+    @streaming
+    async def DownloadBlob(self, request: agent_pb.DownloadBlobRequest, context: Ctx
+                           ) -> AsyncIterator[agent_pb.DownloadBlobResponse]:
+        digest = names.check_digest(request.digest)
+        if not self.blobs.exists(digest):
+            raise NotFound(f"blob {digest} not found")
+        size = self.blobs.size(digest)
+        chunks = self.blobs.read(digest)
+        first = True
+        while True:
+            chunk = await asyncio.to_thread(next, chunks, None)
+            if chunk is None:
+                break
+            yield agent_pb.DownloadBlobResponse(chunk=chunk, size_bytes=size if first else 0)
+            first = False
+        if first:
+            yield agent_pb.DownloadBlobResponse(size_bytes=0)
+
+    @unary
+    async def GetAgent(self, request: agent_pb.GetAgentRequest, context: Ctx
+                       ) -> agent_pb.GetAgentResponse:
+        return agent_pb.GetAgentResponse(agent=convert.agent(await self.directory.get(request.name)))
+
+    @unary
+    async def ListAgents(self, request: agent_pb.ListAgentsRequest, context: Ctx
+                         ) -> agent_pb.ListAgentsResponse:
+        agents, token = await self.directory.list(
+            request.page_size, request.page_token, request.filter
+        )
+        return agent_pb.ListAgentsResponse(
+            agents=[convert.agent(a) for a in agents], next_page_token=token
+        )

@@ -1,0 +1,145 @@
+"""Entry points: uploaded MLproject archives, immutable revisions addressed by sha256."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from crucible import mlproject
+
+from ..store.blobs import BlobStore
+from ..store.db import Database
+from ..store.models import utcnow
+from ..store.repositories import EntryPoints
+from . import names
+from .archives import read_mlproject
+from .errors import InvalidArgument, NotFound
+from .models import EntryPoint, Revision
+from .paging import PageTokens, page_size
+
+
+def spec_to_dict(project: mlproject.ProjectSpec) -> dict[str, Any]:
+    return {
+        "entries": [
+            {
+                "name": e.name,
+                "command": e.command,
+                "parameters": [
+                    {"name": p.name, "type": p.type, "default": p.default} for p in e.parameters
+                ],
+            }
+            for e in project.entries
+        ]
+    }
+
+
+def spec_from_dict(name: str, spec: dict[str, Any]) -> mlproject.ProjectSpec:
+    return mlproject.ProjectSpec(
+        name,
+        tuple(
+            mlproject.EntrySpec(
+                e["name"],
+                e["command"],
+                tuple(mlproject.ParameterSpec(p["name"], p["type"], p["default"])
+                      for p in e["parameters"]),
+            )
+            for e in spec["entries"]
+        ),
+    )
+
+
+class EntryPointManager:
+    def __init__(self, db: Database, blobs: BlobStore, tokens: PageTokens,
+                 max_archive_bytes: int) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.tokens = tokens
+        self.max_archive_bytes = max_archive_bytes
+
+    async def upload(
+        self, ep_id: str, description: str, expected_sha256: str, chunks: AsyncIterator[bytes]
+    ) -> tuple[EntryPoint, Revision, bool]:
+        names.check_id(ep_id, "entry point")
+        digest_algo = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self.blobs.root / "tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_archive_bytes:
+                        raise InvalidArgument(
+                            f"the archive is larger than the limit of {self.max_archive_bytes} bytes"
+                        )
+                    digest_algo.update(chunk)
+                    f.write(chunk)
+            if size == 0:
+                raise InvalidArgument("the upload carried no archive bytes")
+            hexdigest = digest_algo.hexdigest()
+            if expected_sha256 and expected_sha256.removeprefix("sha256:") != hexdigest:
+                raise InvalidArgument(
+                    f"sha256 mismatch: the client said {expected_sha256}, the bytes hash to "
+                    f"{hexdigest} (the upload was damaged)"
+                )
+            digest = "sha256:" + hexdigest
+            text = await asyncio.to_thread(read_mlproject, tmp)
+            try:
+                project = mlproject.parse(text)
+            except mlproject.MLprojectError as exc:
+                raise InvalidArgument([f"MLproject: {p}" for p in exc.problems]) from None
+            target = self.blobs.path(digest)
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        rev = Revision(ep_id, digest, size, project.name, spec_to_dict(project), utcnow())
+        return await self.db.run(lambda s: EntryPoints.add_revision(s, ep_id, description, rev))
+
+    async def get(self, name: str) -> EntryPoint:
+        ep_id = names.entry_point_id(name)
+        ep = await self.db.run(lambda s: EntryPoints.get(s, ep_id))
+        if ep is None:
+            raise NotFound(f"entry point {ep_id!r} not found")
+        return ep
+
+    async def revision(self, name: str) -> Revision:
+        ep_id, digest = names.revision_name(name)
+        rev = await self.db.run(lambda s: EntryPoints.revision(s, ep_id, digest))
+        if rev is None:
+            raise NotFound(f"entry point {ep_id!r} has no revision {digest}")
+        return rev
+
+    async def list(self, size: int, token: str) -> tuple[list[EntryPoint], str]:
+        after = self.tokens.decode("entry_points", token) or 0
+        if not isinstance(after, int):
+            raise InvalidArgument("page_token is invalid")
+        n = page_size(size)
+        rows = await self.db.run(lambda s: EntryPoints.list(s, after, n + 1))
+        nxt = self.tokens.encode("entry_points", rows[n - 1][0]) if len(rows) > n else ""
+        return [e for _, e in rows[:n]], nxt
+
+    async def revisions(self, parent: str, size: int, token: str) -> tuple[list[Revision], str]:
+        ep_id = names.entry_point_id(parent)
+        query = f"revisions:{ep_id}"
+        before = self.tokens.decode(query, token)
+        if before is not None and not isinstance(before, int):
+            raise InvalidArgument("page_token is invalid")
+        n = page_size(size)
+
+        def read(s: Any) -> list[tuple[int, Revision]] | None:
+            if EntryPoints.get(s, ep_id, with_latest=False) is None:
+                return None
+            return EntryPoints.revisions(s, ep_id, before, n + 1)
+
+        rows = await self.db.run(read)
+        if rows is None:
+            raise NotFound(f"entry point {ep_id!r} not found")
+        nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
+        return [r for _, r in rows[:n]], nxt

@@ -1,0 +1,91 @@
+"""Experiments: a collection of related jobs, each with its MLflow experiment."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+
+from ..store.db import Database
+from ..store.models import utcnow
+from ..store.repositories import Experiments, Jobs
+from ..tracking import Tracking
+from . import names
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .models import Experiment
+from .paging import PageTokens, page_size
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    problems = [f"label key {k!r} is invalid" for k in labels if not k or len(k) > 63]
+    if problems:
+        raise InvalidArgument(problems, field="labels")
+
+
+class ExperimentManager:
+    def __init__(self, db: Database, tracking: Tracking, tokens: PageTokens) -> None:
+        self.db = db
+        self.tracking = tracking
+        self.tokens = tokens
+
+    async def create(self, exp_id: str, description: str, labels: dict[str, str]) -> Experiment:
+        exp_id = names.check_id(exp_id, "experiment") if exp_id else names.new_id("exp")
+        check_labels(labels)
+        if await self.db.run(lambda s: Experiments.exists(s, exp_id)):
+            raise AlreadyExists(f"experiment {exp_id!r} already exists")
+        mlflow_id = await self.tracking.create_experiment(exp_id)
+        now = utcnow()
+        exp = Experiment(exp_id, description, labels, mlflow_id, now, now)
+        try:
+            await self.db.run(lambda s: Experiments.add(s, exp))
+        except IntegrityError:
+            raise AlreadyExists(f"experiment {exp_id!r} already exists") from None
+        return exp
+
+    async def get(self, name: str) -> Experiment:
+        exp_id = names.experiment_id(name)
+        exp = await self.db.run(lambda s: Experiments.get(s, exp_id))
+        if exp is None:
+            raise NotFound(f"experiment {exp_id!r} not found")
+        return exp
+
+    async def list(self, size: int, token: str, filter_text: str
+                   ) -> tuple[list[Experiment], str]:
+        from .filters import labels_filter
+
+        labels = labels_filter(filter_text)
+        query = "experiments:" + filter_text.strip()
+        after = self.tokens.decode(query, token) or 0
+        if not isinstance(after, int):
+            raise InvalidArgument("page_token is invalid")
+        n = page_size(size)
+        rows = await self.db.run(lambda s: Experiments.list(s, after, n + 1, labels))
+        nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
+        return [e for _, e in rows[:n]], nxt
+
+    async def update(self, name: str, description: str | None, labels: dict[str, str] | None
+                     ) -> Experiment:
+        exp_id = names.experiment_id(name)
+        if labels is not None:
+            check_labels(labels)
+        exp = await self.db.run(lambda s: Experiments.update(s, exp_id, description, labels))
+        if exp is None:
+            raise NotFound(f"experiment {exp_id!r} not found")
+        return exp
+
+    async def delete(self, name: str) -> None:
+        exp_id = names.experiment_id(name)
+
+        def apply(s: object) -> None:
+            from sqlalchemy.orm import Session
+
+            assert isinstance(s, Session)
+            if not Experiments.exists(s, exp_id):
+                raise NotFound(f"experiment {exp_id!r} not found")
+            count = Jobs.count_for_experiment(s, exp_id)
+            if count:
+                raise FailedPrecondition(
+                    f"experiment {exp_id!r} has {count} jobs; results are kept, so it cannot "
+                    "be deleted"
+                )
+            Experiments.delete(s, exp_id)
+
+        await self.db.run(apply)

@@ -1,0 +1,263 @@
+"""Jobs: submission (validated against the entry point's MLproject), queries, watching."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from crucible import mlproject
+
+from ..store.db import Database
+from ..store.models import utcnow
+from ..store.repositories import EntryPoints, Experiments, Jobs, Logs
+from ..tracking import Tracking
+from . import names
+from .entry_points import spec_from_dict
+from .errors import AlreadyExists, InvalidArgument, NotFound
+from .filters import job_filter
+from .models import Job, LogLine
+from .notify import Notifier
+from .paging import PageTokens, page_size
+from .scheduler import Scheduler
+from .states import JobState
+
+log = logging.getLogger("crucible.controlplane.jobs")
+
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_LIMIT = 100
+LOG_PAGE = 500
+
+
+@dataclass(frozen=True)
+class SubmitSpec:
+    experiment: str
+    entry_point: str
+    digest: str = ""
+    entry: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+    queue: str = ""
+    selector: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 0.0
+    max_attempts: int = 0
+    request_id: str = ""
+
+    def fingerprint(self) -> str:
+        """What makes two submits with one request_id "the same request"."""
+        data = {k: v for k, v in vars(self).items() if k != "request_id"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Checked:
+    experiment_id: str
+    mlflow_experiment_id: str
+    entry_point_id: str
+    digest: str
+    entry: str
+    parameters: dict[str, str]
+
+
+class JobManager:
+    def __init__(self, db: Database, tracking: Tracking, notifier: Notifier,
+                 scheduler: Scheduler, tokens: PageTokens) -> None:
+        self.db = db
+        self.tracking = tracking
+        self.notifier = notifier
+        self.scheduler = scheduler
+        self.tokens = tokens
+
+    def _check_shape(self, spec: SubmitSpec) -> tuple[str, str, str, int]:
+        problems: list[str] = []
+        exp_id = ep_id = ""
+        try:
+            exp_id = names.experiment_id(spec.experiment)
+        except InvalidArgument as exc:
+            problems += exc.problems
+        try:
+            ep_id = names.entry_point_id(spec.entry_point)
+        except InvalidArgument as exc:
+            problems += exc.problems
+        if spec.digest:
+            try:
+                names.check_digest(spec.digest)
+            except InvalidArgument as exc:
+                problems += exc.problems
+        queue = spec.queue or "default"
+        if not names.QUEUE_RE.match(queue):
+            problems.append(f"queue {queue!r} is invalid: use up to 63 of [A-Za-z0-9._-]")
+        if spec.timeout_s < 0:
+            problems.append("timeout must not be negative")
+        max_attempts = spec.max_attempts or DEFAULT_MAX_ATTEMPTS
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            problems.append(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+        if len(spec.request_id) > 128:
+            problems.append("request_id is longer than 128 characters")
+        if problems:
+            raise InvalidArgument(problems)
+        return exp_id, ep_id, queue, max_attempts
+
+    def _check_refs(self, s: Session, spec: SubmitSpec, exp_id: str, ep_id: str) -> _Checked:
+        exp = Experiments.get(s, exp_id)
+        if exp is None:
+            raise NotFound(f"experiment {exp_id!r} not found")
+        ep = EntryPoints.get(s, ep_id, with_latest=not spec.digest)
+        if ep is None:
+            raise NotFound(f"entry point {ep_id!r} not found")
+        rev = EntryPoints.revision(s, ep_id, spec.digest) if spec.digest else ep.latest
+        if rev is None:
+            raise NotFound(f"entry point {ep_id!r} has no revision {spec.digest}")
+        entry = spec.entry or "main"
+        project = spec_from_dict(rev.project_name, rev.spec)
+        try:
+            params = mlproject.resolve(project, entry, spec.parameters)
+        except mlproject.MLprojectError as exc:
+            raise InvalidArgument(exc.problems, field="parameters") from None
+        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, rev.digest, entry, params)
+
+    async def submit(self, spec: SubmitSpec) -> Job:
+        exp_id, ep_id, queue, max_attempts = self._check_shape(spec)
+        fingerprint = spec.fingerprint()
+
+        def check(s: Session) -> Job | _Checked:
+            if spec.request_id:
+                found = Jobs.by_request_id(s, spec.request_id)
+                if found is not None:
+                    return self._same_request(found, fingerprint)
+            return self._check_refs(s, spec, exp_id, ep_id)
+
+        checked = await self.db.run(check)
+        if isinstance(checked, Job):
+            return checked
+        job_id = names.new_job_id()
+        run_id = ""
+        if checked.mlflow_experiment_id:
+            tags = {
+                "crucible.job": f"jobs/{job_id}",
+                "crucible.experiment": f"experiments/{exp_id}",
+                "crucible.entry_point": f"entryPoints/{ep_id}",
+                "crucible.entry_point_digest": checked.digest,
+                "crucible.entry": checked.entry,
+                **{f"crucible.param.{k}": v for k, v in checked.parameters.items()},
+            }
+            run_id = await self.tracking.create_run(checked.mlflow_experiment_id, job_id, tags)
+        now = utcnow()
+        job = Job(
+            id=job_id,
+            experiment_id=exp_id,
+            entry_point_id=ep_id,
+            digest=checked.digest,
+            entry=checked.entry,
+            parameters=checked.parameters,
+            queue=queue,
+            selector=dict(spec.selector),
+            state=JobState.QUEUED,
+            state_reason="",
+            timeout_s=spec.timeout_s,
+            max_attempts=max_attempts,
+            attempt=0,
+            agent_id="",
+            mlflow_run_id=run_id,
+            exit_code=None,
+            cancel_requested=False,
+            version=1,
+            create_time=now,
+            start_time=None,
+            end_time=None,
+            update_time=now,
+            request_id=spec.request_id,
+        )
+        try:
+            await self.db.run(lambda s: Jobs.add(s, job, fingerprint))
+        except IntegrityError:
+            # Two submits with one request_id raced; the other won.
+            found = await self.db.run(lambda s: Jobs.by_request_id(s, spec.request_id))
+            if found is None:
+                raise
+            if run_id:
+                self.scheduler.spawn(self.tracking.end_run(run_id, "CANCELLED"))
+            return self._same_request(found, fingerprint)
+        self.scheduler.wake()
+        return job
+
+    @staticmethod
+    def _same_request(found: tuple[Job, str], fingerprint: str) -> Job:
+        job, stored = found
+        if stored != fingerprint:
+            raise AlreadyExists(
+                f"request_id {job.request_id!r} was already used by jobs/{job.id} for a "
+                "different request"
+            )
+        return job
+
+    async def get(self, name: str) -> Job:
+        job_id = names.job_id(name)
+        job = await self.db.run(lambda s: Jobs.get(s, job_id))
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    async def list(self, size: int, token: str, filter_text: str) -> tuple[list[Job], str]:
+        f = job_filter(filter_text)
+        query = "jobs:" + " ".join(sorted(filter_text.split()))
+        before = self.tokens.decode(query, token)
+        if before is not None and not isinstance(before, int):
+            raise InvalidArgument("page_token is invalid")
+        n = page_size(size)
+        rows = await self.db.run(lambda s: Jobs.list(s, f, before, n + 1))
+        nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
+        return [j for _, j in rows[:n]], nxt
+
+    async def cancel(self, name: str, reason: str) -> Job:
+        job_id = names.job_id(name)
+        job = await self.scheduler.cancel(job_id, reason)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    async def watch(self, name: str) -> AsyncIterator[Job]:
+        """The job now, then after every change; ends after a final state."""
+        job_id = names.job_id(name)
+        last = -1
+        while True:
+            changed = self.notifier.event(job_id)
+            job = await self.db.run(lambda s: Jobs.get(s, job_id))
+            if job is None:
+                raise NotFound(f"job {job_id!r} not found")
+            if job.version != last:
+                last = job.version
+                yield job
+            if job.state.is_final:
+                return
+            await changed.wait()
+
+    async def logs(self, name: str, start: int, follow: bool) -> AsyncIterator[list[LogLine]]:
+        job_id = names.job_id(name)
+        if start < 0:
+            raise InvalidArgument("start_offset must not be negative")
+        offset = start
+
+        def read(s: Session) -> tuple[Job | None, list[LogLine]]:
+            return Jobs.get(s, job_id), Logs.read(s, job_id, offset, LOG_PAGE)
+
+        while True:
+            changed = self.notifier.event(job_id)
+            job, lines = await self.db.run(read)
+            if job is None:
+                raise NotFound(f"job {job_id!r} not found")
+            if lines:
+                offset = lines[-1].offset + 1
+                yield lines
+                continue
+            if not follow or job.state.is_final:
+                return
+            await changed.wait()
+
+
+__all__ = ["JobManager", "SubmitSpec"]

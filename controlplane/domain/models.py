@@ -1,0 +1,123 @@
+"""Domain records. The store returns these; ORM rows never leave it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .states import JobState
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    description: str
+    labels: dict[str, str]
+    mlflow_experiment_id: str
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class Revision:
+    entry_point_id: str
+    digest: str
+    size_bytes: int
+    project_name: str
+    # Parsed MLproject: {"entries": [{"name", "command", "parameters": [{name,type,default}]}]}
+    spec: dict[str, Any]
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    id: str
+    description: str
+    latest_digest: str
+    revision_count: int
+    create_time: datetime
+    update_time: datetime
+    latest: Revision | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    experiment_id: str
+    entry_point_id: str
+    digest: str
+    entry: str
+    parameters: dict[str, str]
+    queue: str
+    selector: dict[str, str]
+    state: JobState
+    state_reason: str
+    timeout_s: float
+    max_attempts: int
+    attempt: int
+    agent_id: str
+    mlflow_run_id: str
+    exit_code: int | None
+    cancel_requested: bool
+    version: int
+    create_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    update_time: datetime
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class LogLine:
+    offset: int
+    attempt: int
+    sequence: int
+    stream: int  # LogStream enum value of crucible.v1
+    text: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class Gpu:
+    uuid: str
+    model: str = ""
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpus: int = 0
+    memory_bytes: int = 0
+    slots: int = 1
+    gpus: tuple[Gpu, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    id: str
+    hostname: str
+    labels: dict[str, str]
+    queues: list[str]
+    capacity: Capacity
+    state: str  # CONNECTED | DISCONNECTED | DRAINING
+    version: str = ""
+    executor: str = ""
+    running: int = 0
+    connect_time: datetime | None = None
+    last_heartbeat_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AttemptRef:
+    job_id: str
+    attempt: int
+
+
+@dataclass
+class JobFilter:
+    states: list[JobState] = field(default_factory=list)
+    experiment_id: str | None = None
+    entry_point_id: str | None = None
+    queue: str | None = None
+    agent_id: str | None = None

@@ -1,0 +1,76 @@
+"""Resource names (`experiments/{id}`, `jobs/{id}`, ...) and id rules."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from .errors import InvalidArgument
+
+ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+JOB_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def check_id(value: str, what: str, pattern: re.Pattern[str] = ID_RE) -> str:
+    if not pattern.match(value):
+        raise InvalidArgument(
+            f"{what} id {value!r} is invalid: use 1-63 characters of lower-case letters, digits "
+            "and '-', starting with a letter"
+            if pattern is ID_RE
+            else f"{what} id {value!r} is invalid"
+        )
+    return value
+
+
+def parse(name: str, collection: str, what: str, pattern: re.Pattern[str] = ID_RE) -> str:
+    """``collection/{id}`` -> id; a bare id is accepted too, for humans typing names."""
+    prefix = collection + "/"
+    raw = name[len(prefix):] if name.startswith(prefix) else name
+    if not raw:
+        raise InvalidArgument(f"{what} name is required (`{collection}/{{id}}`)")
+    if not pattern.match(raw):
+        raise InvalidArgument(f"{what} name {name!r} is malformed (want `{collection}/{{id}}`)")
+    return raw
+
+
+def experiment_id(name: str) -> str:
+    return parse(name, "experiments", "experiment")
+
+
+def entry_point_id(name: str) -> str:
+    return parse(name, "entryPoints", "entry point")
+
+
+def job_id(name: str) -> str:
+    return parse(name, "jobs", "job", JOB_ID_RE)
+
+
+def agent_id(name: str) -> str:
+    return parse(name, "agents", "agent", AGENT_ID_RE)
+
+
+def check_digest(digest: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise InvalidArgument(f"digest {digest!r} is malformed (want `sha256:<64 hex digits>`)")
+    return digest
+
+
+def revision_name(name: str) -> tuple[str, str]:
+    """`entryPoints/{id}/revisions/{digest}` -> (id, digest)."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "entryPoints" or parts[2] != "revisions":
+        raise InvalidArgument(
+            f"revision name {name!r} is malformed (want `entryPoints/{{id}}/revisions/{{digest}}`)"
+        )
+    return check_id(parts[1], "entry point"), check_digest(parts[3])
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,458 @@
+"""Agents, push dispatch, attempt reports and leases.
+
+Dispatch is push and event-driven: a submit, a freed slot or a new agent wakes one
+dispatcher task, which claims queued jobs with a compare-and-set in SQL
+(``UPDATE jobs … WHERE state='QUEUED' AND attempt=?``) and puts assignments on the agents'
+streams. Several replicas on one PostgreSQL therefore never assign a job twice. An attempt
+holds a lease that the agent's heartbeats renew; the reaper requeues or fails the job of an
+attempt whose lease expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from ..store.db import Database
+from ..store.models import utcnow
+from ..store.repositories import Agents, Attempts, Jobs, Logs
+from ..tracking import Tracking
+from .errors import InvalidArgument
+from .models import AgentInfo, AttemptRef, Job
+from .notify import Notifier
+from .states import JobState, predecessors
+
+log = logging.getLogger("crucible.controlplane.scheduler")
+
+ACTIVE = (JobState.ASSIGNED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class Assign:
+    job: Job
+    attempt: int
+    env: dict[str, str]
+    grace_period: float
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job_id: str
+    attempt: int
+    reason: str
+    grace_period: float
+
+
+@dataclass(frozen=True)
+class LogAck:
+    job_id: str
+    attempt: int
+    sequence: int
+
+
+@dataclass(frozen=True)
+class Close:
+    """Ends the stream: a newer connection took over this agent id."""
+
+    reason: str
+
+
+Outbound = Assign | Cancel | LogAck | Close
+
+
+@dataclass
+class AgentSession:
+    info: AgentInfo
+    outbox: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
+    running: set[tuple[str, int]] = field(default_factory=set)
+    draining: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def free(self) -> int:
+        return 0 if self.draining else self.info.capacity.slots - len(self.running)
+
+    def accepts(self, job: Job) -> bool:
+        return job.queue in self.info.queues and all(
+            self.info.labels.get(k) == v for k, v in job.selector.items()
+        )
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    heartbeat_interval: float = 5.0
+    lease_duration: float = 30.0
+    reaper_interval: float = 1.0
+    grace_period: float = 10.0
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    job_id: str
+    attempt: int
+    state: JobState
+    exit_code: int | None = None
+    message: str = ""
+
+
+class Scheduler:
+    def __init__(
+        self,
+        db: Database,
+        notifier: Notifier,
+        tracking: Tracking,
+        config: SchedulerConfig,
+        job_env: Callable[[Job], dict[str, str]],
+    ) -> None:
+        self.db = db
+        self.notifier = notifier
+        self.tracking = tracking
+        self.config = config
+        self._job_env = job_env
+        self.sessions: dict[str, AgentSession] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        lease = timedelta(seconds=self.config.lease_duration)
+
+        def recover(s: Session) -> None:
+            # After a restart, give agents one lease to reconnect before their attempts
+            # count as lost: the leases may have run out while we were down.
+            Agents.mark_all_disconnected(s)
+            from ..store.models import AttemptRow
+            from sqlalchemy import update
+
+            s.execute(
+                update(AttemptRow)
+                .where(AttemptRow.active.is_(True))
+                .values(lease_expires=utcnow() + lease)
+            )
+
+        await self.db.run(recover)
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
+            asyncio.create_task(self._reaper_loop(), name="lease-reaper"),
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Runs follow-up work (MLflow run ends) without holding up the caller."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("background task failed")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- agents ----------------------------------------------------------------------
+
+    async def register(self, info: AgentInfo, running: Sequence[AttemptRef]) -> AgentSession:
+        """Opens a session; a newer connection for the same id replaces the old one."""
+        old = self.sessions.get(info.id)
+        if old is not None:
+            old.outbox.put_nowait(Close("a newer connection of this agent took over"))
+        now = utcnow()
+        info = replace(info, state="CONNECTED", connect_time=now, last_heartbeat_time=now)
+        session = AgentSession(info)
+        until = now + timedelta(seconds=self.config.lease_duration)
+
+        def reconcile(s: Session) -> tuple[list[AttemptRef], list[tuple[AttemptRef, str]]]:
+            Agents.upsert(s, info)
+            keep: list[AttemptRef] = []
+            stale: list[tuple[AttemptRef, str]] = []
+            for ref in running:
+                job = Jobs.get(s, ref.job_id)
+                if (
+                    job is None
+                    or job.attempt != ref.attempt
+                    or job.agent_id != info.id
+                    or not job.state.is_active
+                ):
+                    stale.append((ref, "this attempt was superseded while the agent was away"))
+                    continue
+                keep.append(ref)
+                if job.cancel_requested:
+                    stale.append((ref, job.state_reason or "cancelled"))
+            Attempts.renew(s, info.id, keep, until)
+            return keep, stale
+
+        keep, stale = await self.db.run(reconcile)
+        session.running = {(r.job_id, r.attempt) for r in keep}
+        for ref, reason in stale:
+            session.outbox.put_nowait(
+                Cancel(ref.job_id, ref.attempt, reason, self.config.grace_period)
+            )
+        self.sessions[info.id] = session
+        log.info("agent %s connected (queues=%s, slots=%d, running=%d)", info.id,
+                 info.queues, info.capacity.slots, len(keep))
+        self.wake()
+        return session
+
+    async def disconnect(self, session: AgentSession) -> None:
+        if self.sessions.get(session.id) is not session:
+            return
+        del self.sessions[session.id]
+        log.info("agent %s disconnected; its %d attempts keep their leases", session.id,
+                 len(session.running))
+        await self.db.run(lambda s: Agents.set(s, session.id, state="DISCONNECTED"))
+
+    async def heartbeat(self, session: AgentSession, running: Sequence[AttemptRef]) -> None:
+        now = utcnow()
+        known = [r for r in running if (r.job_id, r.attempt) in session.running]
+        for r in running:
+            if (r.job_id, r.attempt) not in session.running:
+                session.outbox.put_nowait(
+                    Cancel(r.job_id, r.attempt, "this attempt is no longer assigned to the agent",
+                           self.config.grace_period)
+                )
+
+        def beat(s: Session) -> None:
+            Attempts.renew(s, session.id, known, now + timedelta(seconds=self.config.lease_duration))
+            Agents.set(s, session.id, last_heartbeat_time=now)
+
+        await self.db.run(beat)
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if await self._dispatch_once():
+                    self._wake.set()  # more may fit: go round again before sleeping
+            except Exception:
+                log.exception("dispatch pass failed; retrying")
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _dispatch_once(self) -> bool:
+        sessions = [s for s in self.sessions.values() if s.free > 0]
+        if not sessions:
+            return False
+        free = sum(s.free for s in sessions)
+        queues = sorted({q for s in sessions for q in s.info.queues})
+        limit = max(free * 2, 64)
+        grace = self.config.grace_period
+        lease = timedelta(seconds=self.config.lease_duration)
+
+        def claim(s: Session) -> tuple[list[tuple[AgentSession, Job]], int]:
+            candidates = Jobs.queued(s, queues, limit)
+            slots = {sess.id: sess.free for sess in sessions}
+            claimed: list[tuple[AgentSession, Job]] = []
+            until = utcnow() + lease
+            for job in candidates:
+                fits = [x for x in sessions if slots[x.id] > 0 and x.accepts(job)]
+                if not fits:
+                    continue
+                target = max(fits, key=lambda x: slots[x.id])
+                number = job.attempt + 1
+                updated = Jobs.compare_and_set(
+                    s,
+                    job.id,
+                    predecessors(JobState.ASSIGNED),
+                    {"state": JobState.ASSIGNED.value, "attempt": number,
+                     "agent_id": target.id, "state_reason": ""},
+                    attempt=job.attempt,
+                )
+                if updated is None:
+                    continue  # another replica took it
+                Attempts.add(s, job.id, number, target.id, until)
+                slots[target.id] -= 1
+                claimed.append((target, updated))
+            return claimed, len(candidates)
+
+        claimed, seen = await self.db.run(claim)
+        for target, job in claimed:
+            target.running.add((job.id, job.attempt))
+            if self.sessions.get(target.id) is target:
+                target.outbox.put_nowait(Assign(job, job.attempt, self._job_env(job), grace))
+            self.notifier.notify(job.id)
+        if claimed:
+            log.debug("assigned %d jobs", len(claimed))
+        return bool(claimed) and seen >= limit
+
+    # -- reports from agents ---------------------------------------------------------
+
+    async def report(self, session: AgentSession | None, rep: AttemptReport) -> Job | None:
+        """Applies an agent's attempt update; stale attempts are ignored (fenced)."""
+        now = utcnow()
+
+        def apply(s: Session) -> Job | None:
+            job = Jobs.get(s, rep.job_id)
+            if job is None or job.attempt != rep.attempt or not job.state.is_active:
+                return None
+            if session is not None and job.agent_id != session.id:
+                return None
+            if rep.state == JobState.RUNNING:
+                if job.state != JobState.ASSIGNED:
+                    return None
+                Attempts.set(s, job.id, rep.attempt, state="RUNNING", start_time=now)
+                return Jobs.compare_and_set(
+                    s, job.id, [JobState.ASSIGNED],
+                    {"state": JobState.RUNNING.value, "start_time": job.start_time or now},
+                    attempt=rep.attempt,
+                )
+            if not rep.state.is_final:
+                raise InvalidArgument(f"an agent cannot report state {rep.state}")
+            if rep.state == JobState.CANCELLED and not job.cancel_requested:
+                # The agent stopped it on its own (shutting down): not the user's cancel.
+                return self._requeue_or_fail(
+                    s, job, f"agent {job.agent_id} stopped the attempt: {rep.message}".rstrip(": ")
+                )
+            Attempts.set(s, job.id, rep.attempt, state=rep.state.value, active=False,
+                         end_time=now, exit_code=rep.exit_code, message=rep.message)
+            reason = rep.message
+            if rep.state == JobState.CANCELLED:
+                reason = job.state_reason or "cancelled"
+            return Jobs.compare_and_set(
+                s, job.id, ACTIVE,
+                {"state": rep.state.value, "end_time": now, "exit_code": rep.exit_code,
+                 "state_reason": reason},
+                attempt=rep.attempt,
+            )
+
+        job = await self.db.run(apply)
+        if job is None:
+            log.info("ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt,
+                     rep.state)
+            return None
+        if job.state != JobState.RUNNING:
+            self._release(rep.job_id, rep.attempt)
+        self._after_change(job)
+        return job
+
+    def _requeue_or_fail(self, s: Session, job: Job, why: str) -> Job | None:
+        Attempts.set(s, job.id, job.attempt, state="LOST", active=False, end_time=utcnow(),
+                     message=why)
+        if job.cancel_requested:
+            values: dict[str, Any] = {"state": JobState.CANCELLED.value, "end_time": utcnow(),
+                                      "state_reason": job.state_reason or "cancelled"}
+        elif job.attempt < job.max_attempts:
+            values = {"state": JobState.QUEUED.value,
+                      "state_reason": f"{why}; requeued (attempt {job.attempt} of "
+                                      f"{job.max_attempts} used)"}
+        else:
+            values = {"state": JobState.FAILED.value, "end_time": utcnow(),
+                      "state_reason": f"{why}; no attempts left ({job.max_attempts} used)"}
+        return Jobs.compare_and_set(s, job.id, ACTIVE, values, attempt=job.attempt)
+
+    def _release(self, job_id: str, attempt: int) -> None:
+        for session in self.sessions.values():
+            if (job_id, attempt) in session.running:
+                session.running.discard((job_id, attempt))
+                self.wake()
+
+    def _after_change(self, job: Job) -> None:
+        self.notifier.notify(job.id)
+        if job.state.is_final and job.mlflow_run_id:
+            self.spawn(self.tracking.end_run(job.mlflow_run_id, job.state.value))
+
+    async def logs(self, job_id: str, attempt: int,
+                   lines: Sequence[tuple[int, int, str, datetime]]) -> int:
+        """Persists a batch; returns the highest sequence now safely stored (for the ack)."""
+        added = await self.db.run(lambda s: Logs.append(s, job_id, attempt, lines))
+        if added:
+            self.notifier.notify(job_id)
+        return max((ln[0] for ln in lines), default=0)
+
+    # -- cancel ----------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, reason: str) -> Job | None:
+        reason = reason or "cancelled by user"
+
+        def apply(s: Session) -> Job | None:
+            job = Jobs.get(s, job_id)
+            if job is None or job.state.is_final:
+                return job
+            if job.state in (JobState.QUEUED, JobState.PENDING):
+                done = Jobs.compare_and_set(
+                    s, job_id, [job.state],
+                    {"state": JobState.CANCELLED.value, "cancel_requested": True,
+                     "end_time": utcnow(), "state_reason": reason},
+                )
+                return done or Jobs.get(s, job_id)
+            if job.cancel_requested:
+                return job
+            done = Jobs.compare_and_set(
+                s, job_id, ACTIVE, {"cancel_requested": True, "state_reason": reason},
+                attempt=job.attempt,
+            )
+            return done or Jobs.get(s, job_id)
+
+        job = await self.db.run(apply)
+        if job is None:
+            return None
+        if job.state.is_active:
+            session = self.sessions.get(job.agent_id)
+            if session is not None:
+                session.outbox.put_nowait(
+                    Cancel(job.id, job.attempt, reason, self.config.grace_period)
+                )
+        self._after_change(job)
+        return job
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reaper_interval)
+            try:
+                await self.reap()
+            except Exception:
+                log.exception("lease reaper pass failed")
+
+    async def reap(self) -> list[Job]:
+        """Requeues (or fails) the jobs whose attempt's lease has expired."""
+
+        def apply(s: Session) -> list[Job]:
+            changed = []
+            for job_id, number, agent_id in Attempts.expired(s, utcnow()):
+                job = Jobs.get(s, job_id)
+                if job is None or job.attempt != number or not job.state.is_active:
+                    Attempts.set(s, job_id, number, active=False)
+                    continue
+                why = f"agent {agent_id} lost (no heartbeat for {self.config.lease_duration:g} s)"
+                updated = self._requeue_or_fail(s, job, why)
+                if updated is not None:
+                    changed.append(updated)
+            return changed
+
+        changed = await self.db.run(apply)
+        for job in changed:
+            log.warning("job %s: %s", job.id, job.state_reason)
+            self._release(job.id, job.attempt)
+            self._after_change(job)
+        if changed:
+            self.wake()
+        return changed

@@ -1,0 +1,193 @@
+"""The control plane server: wiring, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from crucible.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    entry_point_service_pb2,
+    entry_point_service_pb2_grpc,
+    experiment_service_pb2,
+    experiment_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+from .api.services import AgentServicer, EntryPointServicer, ExperimentServicer, JobServicer
+from .domain.agents import AgentDirectory
+from .domain.entry_points import EntryPointManager
+from .domain.experiments import ExperimentManager
+from .domain.jobs import JobManager
+from .domain.models import Job
+from .domain.notify import Notifier
+from .domain.paging import PageTokens
+from .domain.scheduler import Scheduler, SchedulerConfig
+from .store.blobs import BlobStore
+from .store.db import Database
+from .tracking import MlflowTracking, NullTracking, Tracking
+
+log = logging.getLogger("crucible.controlplane")
+
+SERVICE_NAMES = [
+    experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
+    entry_point_service_pb2.DESCRIPTOR.services_by_name["EntryPointService"].full_name,
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+]
+
+SERVER_OPTIONS = [
+    # Agents hold long streams: ping them to notice dead peers, and accept their pings.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", 16 << 20),
+]
+
+
+@dataclass
+class ServerConfig:
+    """Embedded defaults: everything under ``data_dir`` (SQLite, blobs, MLflow store)."""
+
+    host: str = "127.0.0.1"
+    port: int = 7070
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".crucible" / "server")
+    # SQLAlchemy URL; default sqlite under data_dir. `postgresql://…` works too.
+    database_url: str | None = None
+    # MLflow tracking URI; default a SQLite store under data_dir; "none" turns MLflow off.
+    mlflow_tracking_uri: str | None = None
+    heartbeat_interval: float = 5.0
+    lease_duration: float = 30.0
+    reaper_interval: float = 1.0
+    grace_period: float = 10.0
+    max_archive_bytes: int = 512 << 20
+
+
+class ControlPlane:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        data = config.data_dir.expanduser().resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data
+        self.db = Database(config.database_url or f"sqlite:///{data / 'crucible.db'}")
+        self.blobs = BlobStore(data / "blobs")
+        self.tracking: Tracking = self._tracking(config, data)
+        self.notifier = Notifier()
+        self.tokens = PageTokens(self._secret(data))
+        self.scheduler = Scheduler(
+            self.db,
+            self.notifier,
+            self.tracking,
+            SchedulerConfig(
+                config.heartbeat_interval, config.lease_duration, config.reaper_interval,
+                config.grace_period,
+            ),
+            self._job_env,
+        )
+        self.experiments = ExperimentManager(self.db, self.tracking, self.tokens)
+        self.entry_points = EntryPointManager(
+            self.db, self.blobs, self.tokens, config.max_archive_bytes
+        )
+        self.jobs = JobManager(self.db, self.tracking, self.notifier, self.scheduler, self.tokens)
+        self.agents = AgentDirectory(self.db, self.scheduler, self.tokens)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    @staticmethod
+    def _tracking(config: ServerConfig, data: Path) -> Tracking:
+        uri = config.mlflow_tracking_uri
+        if uri == "none":
+            return NullTracking()
+        if uri:
+            return MlflowTracking(uri, None)
+        return MlflowTracking(f"sqlite:///{data / 'mlflow.db'}", data / "mlartifacts")
+
+    @staticmethod
+    def _secret(data: Path) -> bytes:
+        """Signs page tokens; kept in the data directory so tokens survive restarts."""
+        path = data / "secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        return path.read_bytes()
+
+    def _job_env(self, job: Job) -> dict[str, str]:
+        env = {"CRUCIBLE_EXPERIMENT": f"experiments/{job.experiment_id}"}
+        if job.mlflow_run_id:
+            env["MLFLOW_TRACKING_URI"] = self.tracking.tracking_uri
+            env["MLFLOW_RUN_ID"] = job.mlflow_run_id
+        return env
+
+    async def start(self) -> int:
+        await asyncio.to_thread(self.db.migrate)
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(
+            ExperimentServicer(self.experiments), server
+        )
+        entry_point_service_pb2_grpc.add_EntryPointServiceServicer_to_server(
+            EntryPointServicer(self.entry_points), server
+        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.scheduler, self.agents, self.blobs), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+        await self.scheduler.start()
+        await server.start()
+        self.server = server
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane listening on %s:%d (data: %s)", self.config.host, self.port,
+                 self.data_dir)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.scheduler.stop()
+        self.tracking.close()
+        self.db.close()
+
+
+async def _serve(config: ServerConfig) -> None:
+    cp = ControlPlane(config)
+    await cp.start()
+    print(f"crucible control plane listening on {config.host}:{cp.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await cp.stop()
+
+
+def serve_forever(config: ServerConfig) -> None:
+    """Runs the control plane until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=os.environ.get("CRUCIBLE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(_serve(config))

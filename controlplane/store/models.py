@@ -1,0 +1,163 @@
+"""SQLAlchemy 2 typed tables. Alembic migrations (migrations/versions) create them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class ExperimentRow(Base):
+    __tablename__ = "experiments"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    mlflow_experiment_id: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+
+class EntryPointRow(Base):
+    __tablename__ = "entry_points"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    latest_digest: Mapped[str] = mapped_column(String(71))
+    revision_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+
+class RevisionRow(Base):
+    __tablename__ = "entry_point_revisions"
+    __table_args__ = (UniqueConstraint("entry_point_id", "digest"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entry_point_id: Mapped[str] = mapped_column(ForeignKey("entry_points.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(71))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    project_name: Mapped[str] = mapped_column(String(255), default="")
+    spec: Mapped[dict[str, Any]]
+    create_time: Mapped[datetime]
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state_queue_seq", "state", "queue", "seq"),
+        Index("ix_jobs_experiment_seq", "experiment_id", "seq"),
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(16), unique=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"))
+    entry_point_id: Mapped[str] = mapped_column(ForeignKey("entry_points.id"))
+    digest: Mapped[str] = mapped_column(String(71))
+    entry: Mapped[str] = mapped_column(String(255))
+    parameters: Mapped[dict[str, Any]]
+    queue: Mapped[str] = mapped_column(String(63))
+    selector: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16))
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    timeout_s: Mapped[float] = mapped_column(Float, default=0.0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    agent_id: Mapped[str] = mapped_column(String(63), default="")
+    mlflow_run_id: Mapped[str] = mapped_column(String(64), default="")
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    request_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    request_hash: Mapped[str] = mapped_column(String(64), default="")
+    log_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    create_time: Mapped[datetime]
+    start_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    update_time: Mapped[datetime]
+
+
+class AttemptRow(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_active_lease", "active", "lease_expires"),)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    lease_expires: Mapped[datetime]
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime]
+    start_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class LogLineRow(Base):
+    __tablename__ = "log_lines"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "sequence"),
+        UniqueConstraint("job_id", "offset"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(16))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    stream: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime]
+
+
+class AgentRow(Base):
+    __tablename__ = "agents"
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[dict[str, Any]]
+    queues: Mapped[list[Any]]
+    capacity: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(64), default="")
+    executor: Mapped[str] = mapped_column(String(32), default="")
+    connect_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_heartbeat_time: Mapped[datetime | None] = mapped_column(nullable=True)

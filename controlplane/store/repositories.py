@@ -1,0 +1,519 @@
+"""Repositories: take a session, never commit, return domain records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from ..domain import models as m
+from ..domain.states import JobState
+from .models import (
+    AgentRow,
+    AttemptRow,
+    EntryPointRow,
+    ExperimentRow,
+    JobRow,
+    LogLineRow,
+    RevisionRow,
+    utcnow,
+)
+
+
+def _experiment(r: ExperimentRow) -> m.Experiment:
+    return m.Experiment(
+        r.id, r.description, dict(r.labels), r.mlflow_experiment_id, r.create_time, r.update_time
+    )
+
+
+def _revision(r: RevisionRow) -> m.Revision:
+    return m.Revision(
+        r.entry_point_id, r.digest, r.size_bytes, r.project_name, dict(r.spec), r.create_time
+    )
+
+
+def _job(r: JobRow) -> m.Job:
+    return m.Job(
+        id=r.id,
+        experiment_id=r.experiment_id,
+        entry_point_id=r.entry_point_id,
+        digest=r.digest,
+        entry=r.entry,
+        parameters=dict(r.parameters),
+        queue=r.queue,
+        selector=dict(r.selector),
+        state=JobState(r.state),
+        state_reason=r.state_reason,
+        timeout_s=r.timeout_s,
+        max_attempts=r.max_attempts,
+        attempt=r.attempt,
+        agent_id=r.agent_id,
+        mlflow_run_id=r.mlflow_run_id,
+        exit_code=r.exit_code,
+        cancel_requested=r.cancel_requested,
+        version=r.version,
+        create_time=r.create_time,
+        start_time=r.start_time,
+        end_time=r.end_time,
+        update_time=r.update_time,
+        request_id=r.request_id or "",
+    )
+
+
+class Experiments:
+    @staticmethod
+    def add(s: Session, exp: m.Experiment) -> None:
+        s.add(
+            ExperimentRow(
+                id=exp.id,
+                description=exp.description,
+                labels=exp.labels,
+                mlflow_experiment_id=exp.mlflow_experiment_id,
+                create_time=exp.create_time,
+                update_time=exp.update_time,
+            )
+        )
+        s.flush()
+
+    @staticmethod
+    def get(s: Session, exp_id: str) -> m.Experiment | None:
+        row = s.scalar(select(ExperimentRow).where(ExperimentRow.id == exp_id))
+        return _experiment(row) if row else None
+
+    @staticmethod
+    def exists(s: Session, exp_id: str) -> bool:
+        return s.scalar(select(ExperimentRow.seq).where(ExperimentRow.id == exp_id)) is not None
+
+    @staticmethod
+    def list(
+        s: Session, after_seq: int, limit: int, labels: dict[str, str]
+    ) -> list[tuple[int, m.Experiment]]:
+        # Label filters run in Python: JSON operators differ between SQLite and PostgreSQL,
+        # and experiments are few. Scan in chunks until the page is full.
+        out: list[tuple[int, m.Experiment]] = []
+        cursor = after_seq
+        while len(out) < limit:
+            rows = s.scalars(
+                select(ExperimentRow)
+                .where(ExperimentRow.seq > cursor)
+                .order_by(ExperimentRow.seq)
+                .limit(500)
+            ).all()
+            if not rows:
+                break
+            for r in rows:
+                cursor = r.seq
+                if all(r.labels.get(k) == v for k, v in labels.items()):
+                    out.append((r.seq, _experiment(r)))
+                    if len(out) == limit:
+                        break
+        return out
+
+    @staticmethod
+    def update(
+        s: Session, exp_id: str, description: str | None, labels: dict[str, str] | None
+    ) -> m.Experiment | None:
+        row = s.scalar(select(ExperimentRow).where(ExperimentRow.id == exp_id))
+        if row is None:
+            return None
+        if description is not None:
+            row.description = description
+        if labels is not None:
+            row.labels = labels
+        row.update_time = utcnow()
+        s.flush()
+        return _experiment(row)
+
+    @staticmethod
+    def delete(s: Session, exp_id: str) -> None:
+        row = s.scalar(select(ExperimentRow).where(ExperimentRow.id == exp_id))
+        if row is not None:
+            s.delete(row)
+            s.flush()
+
+
+class EntryPoints:
+    @staticmethod
+    def get(s: Session, ep_id: str, with_latest: bool = True) -> m.EntryPoint | None:
+        row = s.scalar(select(EntryPointRow).where(EntryPointRow.id == ep_id))
+        if row is None:
+            return None
+        latest = EntryPoints.revision(s, ep_id, row.latest_digest) if with_latest else None
+        return EntryPoints._ep(row, latest)
+
+    @staticmethod
+    def _ep(row: EntryPointRow, latest: m.Revision | None) -> m.EntryPoint:
+        return m.EntryPoint(
+            row.id,
+            row.description,
+            row.latest_digest,
+            row.revision_count,
+            row.create_time,
+            row.update_time,
+            latest,
+        )
+
+    @staticmethod
+    def revision(s: Session, ep_id: str, digest: str) -> m.Revision | None:
+        row = s.scalar(
+            select(RevisionRow).where(
+                RevisionRow.entry_point_id == ep_id, RevisionRow.digest == digest
+            )
+        )
+        return _revision(row) if row else None
+
+    @staticmethod
+    def add_revision(
+        s: Session, ep_id: str, description: str, rev: m.Revision
+    ) -> tuple[m.EntryPoint, m.Revision, bool]:
+        """Adds a revision (or finds the same bytes already there) and makes it the latest."""
+        now = utcnow()
+        row = s.scalar(select(EntryPointRow).where(EntryPointRow.id == ep_id).with_for_update())
+        if row is None:
+            row = EntryPointRow(
+                id=ep_id,
+                description=description,
+                latest_digest=rev.digest,
+                revision_count=0,
+                create_time=now,
+                update_time=now,
+            )
+            s.add(row)
+            s.flush()
+        existing = EntryPoints.revision(s, ep_id, rev.digest)
+        created = existing is None
+        if created:
+            s.add(
+                RevisionRow(
+                    entry_point_id=ep_id,
+                    digest=rev.digest,
+                    size_bytes=rev.size_bytes,
+                    project_name=rev.project_name,
+                    spec=rev.spec,
+                    create_time=now,
+                )
+            )
+            row.revision_count += 1
+        if description:
+            row.description = description
+        row.latest_digest = rev.digest
+        row.update_time = now
+        s.flush()
+        latest = EntryPoints.revision(s, ep_id, rev.digest)
+        assert latest is not None
+        return EntryPoints._ep(row, latest), latest, created
+
+    @staticmethod
+    def list(s: Session, after_seq: int, limit: int) -> list[tuple[int, m.EntryPoint]]:
+        rows = s.scalars(
+            select(EntryPointRow)
+            .where(EntryPointRow.seq > after_seq)
+            .order_by(EntryPointRow.seq)
+            .limit(limit)
+        ).all()
+        return [(r.seq, EntryPoints._ep(r, EntryPoints.revision(s, r.id, r.latest_digest)))
+                for r in rows]
+
+    @staticmethod
+    def revisions(
+        s: Session, ep_id: str, before_seq: int | None, limit: int
+    ) -> list[tuple[int, m.Revision]]:
+        q = select(RevisionRow).where(RevisionRow.entry_point_id == ep_id)
+        if before_seq is not None:
+            q = q.where(RevisionRow.seq < before_seq)
+        rows = s.scalars(q.order_by(RevisionRow.seq.desc()).limit(limit)).all()
+        return [(r.seq, _revision(r)) for r in rows]
+
+
+class Jobs:
+    @staticmethod
+    def add(s: Session, job: m.Job, request_hash: str) -> None:
+        s.add(
+            JobRow(
+                id=job.id,
+                experiment_id=job.experiment_id,
+                entry_point_id=job.entry_point_id,
+                digest=job.digest,
+                entry=job.entry,
+                parameters=job.parameters,
+                queue=job.queue,
+                selector=job.selector,
+                state=job.state.value,
+                state_reason=job.state_reason,
+                timeout_s=job.timeout_s,
+                max_attempts=job.max_attempts,
+                attempt=0,
+                agent_id="",
+                mlflow_run_id=job.mlflow_run_id,
+                exit_code=None,
+                cancel_requested=False,
+                request_id=job.request_id or None,
+                request_hash=request_hash,
+                log_count=0,
+                version=1,
+                create_time=job.create_time,
+                update_time=job.update_time,
+            )
+        )
+        s.flush()
+
+    @staticmethod
+    def get(s: Session, job_id: str) -> m.Job | None:
+        row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        return _job(row) if row else None
+
+    @staticmethod
+    def by_request_id(s: Session, request_id: str) -> tuple[m.Job, str] | None:
+        row = s.scalar(select(JobRow).where(JobRow.request_id == request_id))
+        return (_job(row), row.request_hash) if row else None
+
+    @staticmethod
+    def count_for_experiment(s: Session, exp_id: str) -> int:
+        return s.scalar(select(func.count()).where(JobRow.experiment_id == exp_id)) or 0
+
+    @staticmethod
+    def list(s: Session, f: m.JobFilter, before_seq: int | None, limit: int
+             ) -> list[tuple[int, m.Job]]:
+        q = select(JobRow)
+        if f.states:
+            q = q.where(JobRow.state.in_([st.value for st in f.states]))
+        if f.experiment_id:
+            q = q.where(JobRow.experiment_id == f.experiment_id)
+        if f.entry_point_id:
+            q = q.where(JobRow.entry_point_id == f.entry_point_id)
+        if f.queue:
+            q = q.where(JobRow.queue == f.queue)
+        if f.agent_id:
+            q = q.where(JobRow.agent_id == f.agent_id)
+        if before_seq is not None:
+            q = q.where(JobRow.seq < before_seq)
+        rows = s.scalars(q.order_by(JobRow.seq.desc()).limit(limit)).all()
+        return [(r.seq, _job(r)) for r in rows]
+
+    @staticmethod
+    def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.Job]:
+        rows = s.scalars(
+            select(JobRow)
+            .where(JobRow.state == JobState.QUEUED.value, JobRow.queue.in_(list(queues)))
+            .order_by(JobRow.seq)
+            .limit(limit)
+        ).all()
+        return [_job(r) for r in rows]
+
+    @staticmethod
+    def compare_and_set(
+        s: Session,
+        job_id: str,
+        expected: Iterable[JobState],
+        values: dict[str, Any],
+        attempt: int | None = None,
+    ) -> m.Job | None:
+        """``UPDATE jobs SET … WHERE id=? AND state IN expected [AND attempt=?]``.
+
+        The state (and attempt) condition is what keeps two writers, or a stale agent
+        report, from both winning. Returns the updated job, or None when the guard failed.
+        """
+        q = (
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state.in_([e.value for e in expected]))
+            .values(**values, version=JobRow.version + 1, update_time=utcnow())
+        )
+        if attempt is not None:
+            q = q.where(JobRow.attempt == attempt)
+        if s.execute(q).rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return Jobs.get(s, job_id)
+
+
+class Attempts:
+    @staticmethod
+    def add(s: Session, job_id: str, number: int, agent_id: str, lease_expires: datetime) -> None:
+        now = utcnow()
+        s.add(
+            AttemptRow(
+                job_id=job_id,
+                number=number,
+                agent_id=agent_id,
+                state=JobState.ASSIGNED.value,
+                active=True,
+                lease_expires=lease_expires,
+                create_time=now,
+            )
+        )
+
+    @staticmethod
+    def set(s: Session, job_id: str, number: int, **values: Any) -> None:
+        s.execute(
+            update(AttemptRow)
+            .where(AttemptRow.job_id == job_id, AttemptRow.number == number)
+            .values(**values)
+        )
+
+    @staticmethod
+    def renew(s: Session, agent_id: str, refs: Sequence[m.AttemptRef], until: datetime) -> None:
+        if not refs:
+            return
+        s.execute(
+            update(AttemptRow)
+            .where(
+                AttemptRow.active.is_(True),
+                AttemptRow.agent_id == agent_id,
+                tuple_(AttemptRow.job_id, AttemptRow.number).in_(
+                    [(r.job_id, r.attempt) for r in refs]
+                ),
+            )
+            .values(lease_expires=until)
+        )
+
+    @staticmethod
+    def expired(s: Session, now: datetime, limit: int = 100) -> list[tuple[str, int, str]]:
+        rows = s.execute(
+            select(AttemptRow.job_id, AttemptRow.number, AttemptRow.agent_id)
+            .where(AttemptRow.active.is_(True), AttemptRow.lease_expires < now)
+            .limit(limit)
+        ).all()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    @staticmethod
+    def active_for_agent(s: Session, agent_id: str) -> list[m.AttemptRef]:
+        rows = s.execute(
+            select(AttemptRow.job_id, AttemptRow.number).where(
+                AttemptRow.active.is_(True), AttemptRow.agent_id == agent_id
+            )
+        ).all()
+        return [m.AttemptRef(r[0], r[1]) for r in rows]
+
+
+class Logs:
+    @staticmethod
+    def append(
+        s: Session, job_id: str, attempt: int, lines: Sequence[tuple[int, int, str, datetime]]
+    ) -> int:
+        """Stores (sequence, stream, text, time) lines not seen before; returns how many.
+
+        Agents replay unacknowledged lines after a reconnect, so duplicates are expected and
+        dropped by (job, attempt, sequence).
+        """
+        if not lines:
+            return 0
+        seqs = [ln[0] for ln in lines]
+        seen = set(
+            s.scalars(
+                select(LogLineRow.sequence).where(
+                    LogLineRow.job_id == job_id,
+                    LogLineRow.attempt == attempt,
+                    LogLineRow.sequence.in_(seqs),
+                )
+            ).all()
+        )
+        fresh = []
+        for ln in lines:
+            if ln[0] not in seen:
+                seen.add(ln[0])
+                fresh.append(ln)
+        if not fresh:
+            return 0
+        base = s.scalar(
+            update(JobRow)
+            .where(JobRow.id == job_id)
+            .values(log_count=JobRow.log_count + len(fresh))
+            .returning(JobRow.log_count)
+        )
+        if base is None:
+            return 0
+        start = base - len(fresh)
+        s.add_all(
+            LogLineRow(
+                job_id=job_id,
+                offset=start + i,
+                attempt=attempt,
+                sequence=seq,
+                stream=stream,
+                text=text,
+                time=t,
+            )
+            for i, (seq, stream, text, t) in enumerate(fresh)
+        )
+        return len(fresh)
+
+    @staticmethod
+    def read(s: Session, job_id: str, start: int, limit: int) -> list[m.LogLine]:
+        rows = s.scalars(
+            select(LogLineRow)
+            .where(LogLineRow.job_id == job_id, LogLineRow.offset >= start)
+            .order_by(LogLineRow.offset)
+            .limit(limit)
+        ).all()
+        return [m.LogLine(r.offset, r.attempt, r.sequence, r.stream, r.text, r.time) for r in rows]
+
+
+def _agent(r: AgentRow, running: int = 0) -> m.AgentInfo:
+    cap = r.capacity
+    return m.AgentInfo(
+        id=r.id,
+        hostname=r.hostname,
+        labels=dict(r.labels),
+        queues=list(r.queues),
+        capacity=m.Capacity(
+            cap.get("cpus", 0),
+            cap.get("memory_bytes", 0),
+            cap.get("slots", 1),
+            tuple(m.Gpu(**g) for g in cap.get("gpus", [])),
+        ),
+        state=r.state,
+        version=r.version,
+        executor=r.executor,
+        running=running,
+        connect_time=r.connect_time,
+        last_heartbeat_time=r.last_heartbeat_time,
+    )
+
+
+class Agents:
+    @staticmethod
+    def upsert(s: Session, a: m.AgentInfo) -> None:
+        row = s.get(AgentRow, a.id)
+        if row is None:
+            row = AgentRow(id=a.id)
+            s.add(row)
+        row.hostname = a.hostname
+        row.labels = a.labels
+        row.queues = a.queues
+        row.capacity = {
+            "cpus": a.capacity.cpus,
+            "memory_bytes": a.capacity.memory_bytes,
+            "slots": a.capacity.slots,
+            "gpus": [vars(g) for g in a.capacity.gpus],
+        }
+        row.state = a.state
+        row.version = a.version
+        row.executor = a.executor
+        row.connect_time = a.connect_time
+        row.last_heartbeat_time = a.last_heartbeat_time
+        s.flush()
+
+    @staticmethod
+    def set(s: Session, agent_id: str, **values: Any) -> None:
+        s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**values))
+
+    @staticmethod
+    def get(s: Session, agent_id: str) -> m.AgentInfo | None:
+        row = s.get(AgentRow, agent_id)
+        return _agent(row) if row else None
+
+    @staticmethod
+    def list(s: Session, after_id: str, limit: int, state: str | None) -> list[m.AgentInfo]:
+        q = select(AgentRow).where(AgentRow.id > after_id)
+        if state:
+            q = q.where(AgentRow.state == state)
+        return [_agent(r) for r in s.scalars(q.order_by(AgentRow.id).limit(limit)).all()]
+
+    @staticmethod
+    def mark_all_disconnected(s: Session) -> None:
+        s.execute(update(AgentRow).values(state="DISCONNECTED"))
+
+
+__all__ = ["Agents", "Attempts", "EntryPoints", "Experiments", "Jobs", "Logs"]

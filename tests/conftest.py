@@ -1,0 +1,182 @@
+"""Shared fixtures: real control planes on port 0, a real PostgreSQL, archives."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from crucible.controlplane.server import ControlPlane, ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerThread:
+    """A real control plane (grpc.aio) on its own event loop thread, listening on port 0."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.cp = ControlPlane(config)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.cp.start())
+        except BaseException as exc:  # surfaced in start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        self._ready.wait(60)
+        if self._error:
+            raise self._error
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.cp.port}"
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.cp.stop(grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL started for this test session (initdb + pg_ctl as `postgres`)."""
+    initdb = shutil.which("initdb") or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None
+    )
+    if initdb is None:
+        pytest.skip("PostgreSQL is not installed (initdb not found); .ci/run installs it")
+    bindir = Path(initdb).parent
+    base = Path(tempfile.mkdtemp(prefix="crucible-pg-"))
+    os.chmod(base, 0o755)
+    data = base / "data"
+    data.mkdir()
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(data, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                    "postgres"], check=True, capture_output=True)
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
+                    str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_pg_database(url: str) -> str:
+    """A new empty database on the session's PostgreSQL, so tests don't share tables."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
+                           isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'crucible.db'}"
+    return fresh_pg_database(request.getfixturevalue("postgres_url"))
+
+
+def make_server(tmp_path: Path, **overrides: Any) -> ServerThread:
+    config = ServerConfig(port=0, data_dir=tmp_path / "server", mlflow_tracking_uri="none",
+                          heartbeat_interval=0.5, lease_duration=3.0, reaper_interval=0.2,
+                          grace_period=2.0)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return ServerThread(config).start()
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str) -> Iterator[ServerThread]:
+    srv = make_server(tmp_path, database_url=database_url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+def tar_gz(files: dict[str, str | bytes], top: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, content in sorted(files.items()):
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(data)
+            info.mtime = 0
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+SLEEPY_MLPROJECT = """\
+name: sleepy
+entry_points:
+  main:
+    parameters:
+      seconds: {type: float, default: 0}
+      rounds: {type: int, default: 1}
+      label: {type: string}
+      data: {type: path, default: data.csv}
+    command: "python -c 'import time,sys; time.sleep(float(sys.argv[1])); print(sys.argv[2])' {seconds} {label}"
+"""
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
