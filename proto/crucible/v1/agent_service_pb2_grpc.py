@@ -65,8 +65,9 @@ class AgentServiceServicer:
         """The agent's one long-lived stream. The agent sends Register first, then heartbeats,
         attempt updates and log batches; the control plane answers Registered, then pushes
         assignments and cancels. Updates for a stale attempt are ignored (fenced).
+        A new stream for an agent id replaces an older one, which the control plane closes
+        (a reconnecting agent must not wait for its dead stream to be noticed).
         INVALID_ARGUMENT: first message is not Register, or a bad agent id.
-        ALREADY_EXISTS: another live stream holds this agent id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

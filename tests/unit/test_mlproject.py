@@ -1,0 +1,109 @@
+"""MLproject parsing, parameter validation (MLflow semantics) and command building."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from crucible import mlproject
+
+DOC = """
+name: demo
+entry_points:
+  main:
+    parameters:
+      lr: {type: float, default: 0.1}
+      epochs: {type: int, default: 3}
+      name: string
+      data: {type: path, default: ./data}
+      source: {type: uri, default: "s3://bucket/x"}
+    command: "python train.py --lr {lr} --epochs {epochs} --name {name} --data {data}"
+  other:
+    command: "echo hi"
+"""
+
+
+def test_parse_types_and_defaults() -> None:
+    project = mlproject.parse(DOC)
+    assert project.name == "demo"
+    main = project.entry("main")
+    assert main is not None
+    types = {p.name: (p.type, p.default) for p in main.parameters}
+    assert types == {
+        "lr": ("float", "0.1"),
+        "epochs": ("int", "3"),
+        "name": ("string", None),
+        "data": ("path", "./data"),
+        "source": ("uri", "s3://bucket/x"),
+    }
+    assert main.parameter("name") is not None and main.parameter("name").required  # type: ignore[union-attr]
+    assert project.entry("other") is not None
+
+
+def test_resolve_fills_defaults_and_keeps_given() -> None:
+    project = mlproject.parse(DOC)
+    got = mlproject.resolve(project, "main", {"name": "x", "lr": "1e-3"})
+    assert got == {"lr": "1e-3", "epochs": "3", "name": "x", "data": "./data",
+                   "source": "s3://bucket/x"}
+
+
+def test_resolve_names_every_problem() -> None:
+    project = mlproject.parse(DOC)
+    with pytest.raises(mlproject.MLprojectError) as info:
+        mlproject.resolve(project, "main", {"lr": "fast", "epochs": "2.5", "nmae": "typo",
+                                            "data": " "})
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    text = str(info.value)
+    for needle in ("'lr'", "'epochs'", "unknown parameter 'nmae'", "missing required "
+                   "parameter 'name'", "empty path"):
+        assert needle in text
+
+
+@pytest.mark.parametrize("value,ok", [("1", True), ("-3", True), ("1.0", False), ("x", False),
+                                      ("", False)])
+def test_int_values(value: str, ok: bool) -> None:
+    spec = mlproject.ParameterSpec("n", "int")
+    assert (mlproject.check_value(spec, value) is None) == ok
+
+
+@pytest.mark.parametrize("value,ok", [("1", True), ("1e-3", True), ("-.5", True), ("inf", True),
+                                      ("nan", False), ("one", False)])
+def test_float_values(value: str, ok: bool) -> None:
+    spec = mlproject.ParameterSpec("x", "float")
+    assert (mlproject.check_value(spec, value) is None) == ok
+
+
+def test_unknown_entry() -> None:
+    with pytest.raises(mlproject.MLprojectError, match="entry 'nope'"):
+        mlproject.resolve(mlproject.parse(DOC), "nope", {})
+
+
+def test_bad_documents_list_every_problem() -> None:
+    with pytest.raises(mlproject.MLprojectError) as info:
+        mlproject.parse("""
+entry_points:
+  a:
+    parameters:
+      x: {type: tensor}
+      y: {type: int, default: nope}
+    command: "run {x} {z}"
+  b: {}
+""")
+    text = str(info.value)
+    assert "'tensor'" in text and "default of" in text and "{z}" in text and "'b'" in text
+    for bad in ("", "[1, 2]", "name: x", "entry_points: [unclosed"):
+        with pytest.raises(mlproject.MLprojectError):
+            mlproject.parse(bad)
+
+
+def test_command_quotes_values_against_injection() -> None:
+    project = mlproject.parse(DOC)
+    main = project.entry("main")
+    assert main is not None
+    params = mlproject.resolve(project, "main", {"name": "x; rm -rf / #"})
+    cmd = mlproject.build_command(main, params)
+    argv = shlex.split(cmd)
+    assert argv[argv.index("--name") + 1] == "x; rm -rf / #"
+    assert argv[:2] == ["python", "train.py"]
