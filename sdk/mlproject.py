@@ -99,7 +99,9 @@ def parse(text: str | bytes) -> ProjectSpec:
                 if pdecl.get("default") is not None:
                     default = _scalar(pdecl["default"])
             elif pdecl is not None:
-                problems.append(f"entry {entry_name!r}: parameter {pname!r} has a bad declaration")
+                problems.append(
+                    f"entry {entry_name!r}: parameter {pname!r} has a bad declaration"
+                )
                 continue
             if ptype not in TYPES:
                 problems.append(
@@ -117,7 +119,8 @@ def parse(text: str | bytes) -> ProjectSpec:
         for used in _PLACEHOLDER.findall(raw["command"]):
             if used not in declared:
                 problems.append(
-                    f"entry {entry_name!r}: command uses {{{used}}} which is not a declared parameter"
+                    f"entry {entry_name!r}: command uses {{{used}}} which is not a declared "
+                    "parameter"
                 )
         entries.append(EntrySpec(entry_name, raw["command"], tuple(params)))
     if problems:

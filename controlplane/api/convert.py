@@ -107,7 +107,7 @@ def job(j: m.Job) -> job_pb2.Job:
         parameters=j.parameters,
         queue=j.queue,
         selector=j.selector,
-        state=job_state(j.state),  # type: ignore[arg-type]
+        state=job_state(j.state),
         state_reason=j.state_reason,
         timeout=duration(j.timeout_s),
         max_attempts=j.max_attempts,
@@ -128,7 +128,7 @@ def log_line(ln: m.LogLine) -> job_pb2.LogLine:
         offset=ln.offset,
         attempt=ln.attempt,
         sequence=ln.sequence,
-        stream=ln.stream,  # type: ignore[arg-type]
+        stream=ln.stream,
         text=ln.text,
         time=ts(ln.time),
     )
@@ -160,7 +160,7 @@ def agent(a: m.AgentInfo) -> agent_pb2.Agent:
         labels=a.labels,
         queues=a.queues,
         capacity=capacity(a.capacity),
-        state=AGENT_STATES.get(a.state, agent_pb2.AGENT_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+        state=AGENT_STATES.get(a.state, agent_pb2.AGENT_STATE_UNSPECIFIED),
         running=a.running,
         version=a.version,
         executor=a.executor,

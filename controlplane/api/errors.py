@@ -53,7 +53,7 @@ def _status(exc: DomainError) -> grpc.Status:
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+async def _abort(context: Any, exc: Exception) -> None:
     if isinstance(exc, DomainError):
         await context.abort_with_status(_status(exc))
     log.exception("internal error", exc_info=exc)
@@ -61,10 +61,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) ->
 
 
 def unary(
-    fn: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
-) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    fn: Callable[[Any, Req, Any], Awaitable[Resp]],
+) -> Callable[[Any, Req, Any], Awaitable[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    async def wrapper(self: Any, request: Req, context: Any
                       ) -> Resp:
         try:
             return await fn(self, request, context)
@@ -78,10 +78,10 @@ def unary(
 
 
 def streaming(
-    fn: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    fn: Callable[[Any, Req, Any], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, Any], AsyncIterator[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    async def wrapper(self: Any, request: Req, context: Any
                       ) -> AsyncIterator[Resp]:
         try:
             async for item in fn(self, request, context):

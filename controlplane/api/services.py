@@ -59,7 +59,7 @@ from .errors import streaming, unary
 
 log = logging.getLogger("crucible.controlplane.api")
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
+Ctx = Any  # grpc.aio.ServicerContext; grpc ships no type information
 
 
 class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
@@ -82,7 +82,7 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
     @unary
     async def ListExperiments(self, request: exp_pb.ListExperimentsRequest, context: Ctx
                               ) -> exp_pb.ListExperimentsResponse:
-        exps, token = await self.experiments.list(
+        exps, token = await self.experiments.page(
             request.page_size, request.page_token, request.filter
         )
         return exp_pb.ListExperimentsResponse(
@@ -149,7 +149,7 @@ class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
     @unary
     async def ListEntryPoints(self, request: ep_pb.ListEntryPointsRequest, context: Ctx
                               ) -> ep_pb.ListEntryPointsResponse:
-        eps, token = await self.entry_points.list(request.page_size, request.page_token)
+        eps, token = await self.entry_points.page(request.page_size, request.page_token)
         return ep_pb.ListEntryPointsResponse(
             entry_points=[convert.entry_point(e) for e in eps], next_page_token=token
         )
@@ -201,7 +201,7 @@ class JobServicer(job_grpc.JobServiceServicer):
     @unary
     async def ListJobs(self, request: job_pb.ListJobsRequest, context: Ctx
                        ) -> job_pb.ListJobsResponse:
-        jobs, token = await self.jobs.list(request.page_size, request.page_token, request.filter)
+        jobs, token = await self.jobs.page(request.page_size, request.page_token, request.filter)
         return job_pb.ListJobsResponse(jobs=[convert.job(j) for j in jobs], next_page_token=token)
 
     @streaming
@@ -288,18 +288,20 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
             )
         )
         reader = asyncio.create_task(self._read(session, requests))
+        get: asyncio.Future[Outbound] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(session.outbox.get())
                 done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
-                    get.cancel()
                     break  # the agent closed its side, or the reader failed
                 msg = get.result()
                 if isinstance(msg, Close):
                     break
                 yield _outbound(msg)
         finally:
+            if get is not None and not get.done():
+                get.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -364,12 +366,13 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
     @unary
     async def GetAgent(self, request: agent_pb.GetAgentRequest, context: Ctx
                        ) -> agent_pb.GetAgentResponse:
-        return agent_pb.GetAgentResponse(agent=convert.agent(await self.directory.get(request.name)))
+        agent = await self.directory.get(request.name)
+        return agent_pb.GetAgentResponse(agent=convert.agent(agent))
 
     @unary
     async def ListAgents(self, request: agent_pb.ListAgentsRequest, context: Ctx
                          ) -> agent_pb.ListAgentsResponse:
-        agents, token = await self.directory.list(
+        agents, token = await self.directory.page(
             request.page_size, request.page_token, request.filter
         )
         return agent_pb.ListAgentsResponse(

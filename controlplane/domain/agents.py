@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from ..store.db import Database
@@ -34,7 +35,7 @@ class AgentDirectory:
             raise NotFound(f"agent {agent_id!r} not found")
         return self._live(a)
 
-    async def list(self, size: int, token: str, filter_text: str) -> tuple[list[AgentInfo], str]:
+    async def page(self, size: int, token: str, filter_text: str) -> tuple[list[AgentInfo], str]:
         wanted = terms(filter_text, {"state", "queue"}, label_prefix=True)
         query = "agents:" + " ".join(sorted(filter_text.split()))
         after = self.tokens.decode(query, token) or ""
@@ -55,7 +56,9 @@ class AgentDirectory:
         out: list[AgentInfo] = []
         cursor = after
         while len(out) <= n:
-            batch = await self.db.run(lambda s: Agents.list(s, cursor, 500, None))
+            batch: list[AgentInfo] = await self.db.run(
+                functools.partial(Agents.page, after_id=cursor, limit=500, state=None)
+            )
             if not batch:
                 break
             for a in batch:

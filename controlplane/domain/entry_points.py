@@ -75,7 +75,8 @@ class EntryPointManager:
                     size += len(chunk)
                     if size > self.max_archive_bytes:
                         raise InvalidArgument(
-                            f"the archive is larger than the limit of {self.max_archive_bytes} bytes"
+                            f"the archive is larger than the limit of "
+                            f"{self.max_archive_bytes} bytes"
                         )
                     digest_algo.update(chunk)
                     f.write(chunk)
@@ -116,12 +117,12 @@ class EntryPointManager:
             raise NotFound(f"entry point {ep_id!r} has no revision {digest}")
         return rev
 
-    async def list(self, size: int, token: str) -> tuple[list[EntryPoint], str]:
+    async def page(self, size: int, token: str) -> tuple[list[EntryPoint], str]:
         after = self.tokens.decode("entry_points", token) or 0
         if not isinstance(after, int):
             raise InvalidArgument("page_token is invalid")
         n = page_size(size)
-        rows = await self.db.run(lambda s: EntryPoints.list(s, after, n + 1))
+        rows = await self.db.run(lambda s: EntryPoints.page(s, after, n + 1))
         nxt = self.tokens.encode("entry_points", rows[n - 1][0]) if len(rows) > n else ""
         return [e for _, e in rows[:n]], nxt
 

@@ -47,7 +47,7 @@ class ExperimentManager:
             raise NotFound(f"experiment {exp_id!r} not found")
         return exp
 
-    async def list(self, size: int, token: str, filter_text: str
+    async def page(self, size: int, token: str, filter_text: str
                    ) -> tuple[list[Experiment], str]:
         from .filters import labels_filter
 
@@ -57,7 +57,7 @@ class ExperimentManager:
         if not isinstance(after, int):
             raise InvalidArgument("page_token is invalid")
         n = page_size(size)
-        rows = await self.db.run(lambda s: Experiments.list(s, after, n + 1, labels))
+        rows = await self.db.run(lambda s: Experiments.page(s, after, n + 1, labels))
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [e for _, e in rows[:n]], nxt
 

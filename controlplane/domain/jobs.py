@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -203,14 +202,14 @@ class JobManager:
             raise NotFound(f"job {job_id!r} not found")
         return job
 
-    async def list(self, size: int, token: str, filter_text: str) -> tuple[list[Job], str]:
+    async def page(self, size: int, token: str, filter_text: str) -> tuple[list[Job], str]:
         f = job_filter(filter_text)
         query = "jobs:" + " ".join(sorted(filter_text.split()))
         before = self.tokens.decode(query, token)
         if before is not None and not isinstance(before, int):
             raise InvalidArgument("page_token is invalid")
         n = page_size(size)
-        rows = await self.db.run(lambda s: Jobs.list(s, f, before, n + 1))
+        rows = await self.db.run(lambda s: Jobs.page(s, f, before, n + 1))
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [j for _, j in rows[:n]], nxt
 

@@ -133,8 +133,9 @@ class Scheduler:
             # After a restart, give agents one lease to reconnect before their attempts
             # count as lost: the leases may have run out while we were down.
             Agents.mark_all_disconnected(s)
-            from ..store.models import AttemptRow
             from sqlalchemy import update
+
+            from ..store.models import AttemptRow
 
             s.execute(
                 update(AttemptRow)
@@ -237,7 +238,8 @@ class Scheduler:
                 )
 
         def beat(s: Session) -> None:
-            Attempts.renew(s, session.id, known, now + timedelta(seconds=self.config.lease_duration))
+            until = now + timedelta(seconds=self.config.lease_duration)
+            Attempts.renew(s, session.id, known, until)
             Agents.set(s, session.id, last_heartbeat_time=now)
 
         await self.db.run(beat)

@@ -88,7 +88,7 @@ class Experiments:
         return s.scalar(select(ExperimentRow.seq).where(ExperimentRow.id == exp_id)) is not None
 
     @staticmethod
-    def list(
+    def page(
         s: Session, after_seq: int, limit: int, labels: dict[str, str]
     ) -> list[tuple[int, m.Experiment]]:
         # Label filters run in Python: JSON operators differ between SQLite and PostgreSQL,
@@ -207,7 +207,7 @@ class EntryPoints:
         return EntryPoints._ep(row, latest), latest, created
 
     @staticmethod
-    def list(s: Session, after_seq: int, limit: int) -> list[tuple[int, m.EntryPoint]]:
+    def page(s: Session, after_seq: int, limit: int) -> list[tuple[int, m.EntryPoint]]:
         rows = s.scalars(
             select(EntryPointRow)
             .where(EntryPointRow.seq > after_seq)
@@ -275,7 +275,7 @@ class Jobs:
         return s.scalar(select(func.count()).where(JobRow.experiment_id == exp_id)) or 0
 
     @staticmethod
-    def list(s: Session, f: m.JobFilter, before_seq: int | None, limit: int
+    def page(s: Session, f: m.JobFilter, before_seq: int | None, limit: int
              ) -> list[tuple[int, m.Job]]:
         q = select(JobRow)
         if f.states:
@@ -505,7 +505,7 @@ class Agents:
         return _agent(row) if row else None
 
     @staticmethod
-    def list(s: Session, after_id: str, limit: int, state: str | None) -> list[m.AgentInfo]:
+    def page(s: Session, after_id: str, limit: int, state: str | None) -> list[m.AgentInfo]:
         q = select(AgentRow).where(AgentRow.id > after_id)
         if state:
             q = q.where(AgentRow.state == state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -150,7 +151,8 @@ def test_list_experiments_pages_filters_and_tampered_tokens(stubs: Any) -> None:
     for i in range(5):
         stubs.exp.CreateExperiment(exp_pb.CreateExperimentRequest(
             experiment_id=f"e{i}",
-            experiment=experiment_pb2.Experiment(labels={"parity": "even" if i % 2 == 0 else "odd"})))
+            experiment=experiment_pb2.Experiment(
+                labels={"parity": "even" if i % 2 == 0 else "odd"})))
     seen, token, pages = [], "", 0
     while True:
         resp = stubs.exp.ListExperiments(exp_pb.ListExperimentsRequest(page_size=2,
@@ -381,7 +383,8 @@ def test_get_cancel_watch_logs_errors_and_queued_cancel(stubs: Any) -> None:
     assert done.job.state == S.JOB_STATE_CANCELLED
     assert done.job.state_reason == "changed my mind"
     again = stubs.job.CancelJob(job_pb.CancelJobRequest(name=job.name))
-    assert again.job.state == S.JOB_STATE_CANCELLED and again.job.update_time == done.job.update_time
+    assert again.job.state == S.JOB_STATE_CANCELLED
+    assert again.job.update_time == done.job.update_time
     states = [r.job.state for r in stubs.job.WatchJob(job_pb.WatchJobRequest(name=job.name))]
     assert states == [S.JOB_STATE_CANCELLED]
     assert list(stubs.job.StreamJobLogs(job_pb.StreamJobLogsRequest(name=job.name,
@@ -461,7 +464,7 @@ def test_queue_selector_and_slots(stubs: Any, server: ServerThread) -> None:
         first = {cpu.next("assignment").job.name, cpu.next("assignment").job.name}
         assert first == {cpu_jobs[0].name, cpu_jobs[1].name}  # oldest first, two slots
         assert gpu.next("assignment").job.name == gpu_job.name
-        with pytest.raises(Exception):
+        with pytest.raises(queue.Empty):
             cpu.next("assignment", timeout=0.5)  # no free slot
         cpu.update(cpu_jobs[0].name, 1, S.JOB_STATE_FAILED, exit_code=3, message="exit code 3")
         assert cpu.next("assignment").job.name == cpu_jobs[2].name

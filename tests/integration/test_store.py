@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from crucible.controlplane.domain.models import Job
 from crucible.controlplane.domain.states import JobState
 from crucible.controlplane.store.db import Database
-from crucible.controlplane.store.models import Base, ExperimentRow, EntryPointRow, utcnow
+from crucible.controlplane.store.models import Base, EntryPointRow, ExperimentRow, utcnow
 from crucible.controlplane.store.repositories import Jobs, Logs
 
 

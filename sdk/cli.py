@@ -1,0 +1,876 @@
+"""The ``crucible`` command line: run a server or an agent, and drive them.
+
+Human output goes to stdout as rich tables; ``--json`` (global, or on get/list/submit/wait)
+prints JSON on stdout instead, for scripts. Errors from the control plane print
+``error: CODE: message`` on stderr and exit with status 2; ``job wait``, ``job watch`` and
+``job submit --watch`` exit 0 when the job succeeded and 1 when it ended otherwise.
+The server and agent are imported only by their commands, so the client commands start fast
+and work with only the ``[cli]`` extra installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from .client import DEFAULT_TARGET, Client
+from .errors import CrucibleError
+from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_FAILED = 1
+EXIT_ERROR = 2
+
+
+class _Group(TyperGroup):
+    """Turns SDK errors into one line on stderr: user errors deserve no traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CrucibleError as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            for v in exc.details:
+                err.print(f"  {escape(v.field)}: {escape(v.description)}")
+            if exc.code == "UNAVAILABLE":
+                state = ctx.obj if isinstance(ctx.obj, _State) else None
+                target = state.target if state else DEFAULT_TARGET
+                err.print(f"  is a control plane running at {escape(target)}? (--target)")
+            raise typer.Exit(EXIT_ERROR) from None
+        except (OSError, ValueError) as exc:  # local problems: bad path, bad key=value
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(EXIT_ERROR) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="crucible",
+    help="Crucible: run, track and organize ML-security experiments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+experiment_app = typer.Typer(help="Create and manage experiments.", no_args_is_help=True)
+entrypoint_app = typer.Typer(help="Push and inspect entry points.", no_args_is_help=True)
+job_app = typer.Typer(help="Submit, watch and cancel jobs.", no_args_is_help=True)
+agent_app = typer.Typer(
+    help="Run the agent daemon (no subcommand), or list agents.", invoke_without_command=True
+)
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(entrypoint_app, name="entrypoint")
+app.add_typer(job_app, name="job")
+app.add_typer(agent_app, name="agent")
+
+
+@dataclasses.dataclass
+class _State:
+    target: str
+    json: bool
+    client: Client | None = None
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+
+
+def _state(ctx: typer.Context) -> _State:
+    root = ctx.find_root()
+    state = root.obj
+    if not isinstance(state, _State):  # invoked without the root callback (tests)
+        state = root.obj = _State(target=DEFAULT_TARGET, json=False)
+    return state
+
+
+def _client(ctx: typer.Context) -> Client:
+    state = _state(ctx)
+    if state.client is None:
+        client = state.client = Client(state.target)
+        ctx.find_root().call_on_close(client.close)
+    return state.client
+
+
+def _want_json(ctx: typer.Context, flag: bool) -> bool:
+    return flag or _state(ctx).json
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", "-t", envvar="CRUCIBLE_TARGET", help="Control plane address HOST:PORT."
+        ),
+    ] = DEFAULT_TARGET,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON on get/list/submit commands.")
+    ] = False,
+) -> None:
+    ctx.obj = _State(target=target, json=json_output)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(getattr(type(value), "id", None), property):
+            data = {"id": value.id, **data}  # type: ignore[attr-defined]
+        return data
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _print_json(value: Any) -> None:
+    out.print_json(json.dumps(_jsonable(value)), highlight=False)
+
+
+def _time(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _seconds(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    total = value.total_seconds()
+    if total < 60:
+        return f"{total:.1f}s"
+    minutes, seconds = divmod(int(total), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _pairs(mapping: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(mapping.items())) or "-"
+
+
+_STATE_STYLE = {
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.TIMED_OUT: "red",
+    JobState.CANCELLED: "yellow",
+    JobState.RUNNING: "cyan",
+    JobState.ASSIGNED: "cyan",
+}
+
+
+def _state_text(state: JobState) -> str:
+    style = _STATE_STYLE.get(state)
+    return f"[{style}]{state}[/{style}]" if style else str(state)
+
+
+def _details(rows: Iterable[tuple[str, object]]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value if isinstance(value, str) else escape(str(value)))
+    out.print(table)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _kv(values: list[str] | None, option: str) -> dict[str, str]:
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; a value may contain ``=``."""
+    result: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE")
+        result[key] = value
+    return result
+
+
+def _limited(items: Iterator[Any], limit: int) -> list[Any]:
+    return list(islice(items, limit) if limit > 0 else items)
+
+
+# ----------------------------------------------------------------------------- server/agent
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7070,
+    data_dir: Annotated[
+        Path, typer.Option(help="Database, blobs and MLflow store (embedded mode).")
+    ] = Path("~/.crucible/server"),
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in --data-dir).")
+    ] = None,
+    mlflow_tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: a store in --data-dir).")
+    ] = None,
+) -> None:
+    """Run the control plane (gRPC API, scheduler, MLflow tracking) in the foreground."""
+    from crucible.controlplane.server import ServerConfig, serve_forever
+
+    serve_forever(
+        ServerConfig(
+            host=host,
+            port=port,
+            data_dir=data_dir.expanduser(),
+            database_url=database_url,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+        )
+    )
+
+
+@agent_app.callback()
+def agent(
+    ctx: typer.Context,
+    control_plane: Annotated[
+        str | None,
+        typer.Option(help="Control plane HOST:PORT (default: --target).", show_default=False),
+    ] = None,
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Queue to take jobs from (repeat).")
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", help="KEY=VALUE label jobs may select on (repeat)."),
+    ] = None,
+    slots: Annotated[int, typer.Option(help="Jobs run at once.")] = 1,
+    work_dir: Annotated[Path, typer.Option(help="Workspaces and the archive cache.")] = Path(
+        "~/.crucible/agent"
+    ),
+    prefect_api_url: Annotated[
+        str,
+        typer.Option(
+            help="auto: run a local Prefect server; none: jobs get no PREFECT_API_URL; "
+            "or a Prefect API URL."
+        ),
+    ] = "auto",
+    agent_id: Annotated[
+        str | None, typer.Option(help="Agent id (default: the host name).", show_default=False)
+    ] = None,
+) -> None:
+    """Run the agent daemon: take jobs from the control plane and run them on this host."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from crucible.agent.config import AgentConfig
+    from crucible.agent.daemon import run_forever
+
+    config = AgentConfig(
+        control_plane=control_plane or _state(ctx).target,
+        queues=list(queue or ["default"]),
+        labels=_kv(label, "--label"),
+        agent_id=agent_id,
+        slots=slots,
+        work_dir=work_dir.expanduser(),
+        prefect_api_url=prefect_api_url,
+    )
+    run_forever(config)
+
+
+def _agent_row(a: Agent) -> tuple[str, ...]:
+    gpus = str(len(a.capacity.gpus)) if a.capacity.gpus else "-"
+    return (
+        escape(a.id),
+        str(a.state),
+        escape(a.hostname),
+        escape(",".join(a.queues) or "-"),
+        escape(_pairs(a.labels)),
+        f"{a.running}/{a.capacity.slots}",
+        gpus,
+        _time(a.last_heartbeat_time),
+    )
+
+
+@agent_app.command("list")
+def agent_list(
+    ctx: typer.Context,
+    filter: Annotated[
+        str, typer.Option("--filter", help="e.g. 'state=CONNECTED queue=q labels.k=v'.")
+    ] = "",
+    json_output: JsonOpt = False,
+) -> None:
+    """List the agents the control plane has seen."""
+    agents = list(_client(ctx).agents.list(filter=filter))
+    if _want_json(ctx, json_output):
+        _print_json(agents)
+        return
+    table = _table("ID", "STATE", "HOST", "QUEUES", "LABELS", "RUNNING", "GPUS", "HEARTBEAT")
+    for a in agents:
+        table.add_row(*_agent_row(a))
+    out.print(table)
+
+
+@agent_app.command("get")
+def agent_get(ctx: typer.Context, agent_id: str, json_output: JsonOpt = False) -> None:
+    """Show one agent."""
+    a = _client(ctx).agents.get(agent_id)
+    if _want_json(ctx, json_output):
+        _print_json(a)
+        return
+    cap = a.capacity
+    _details(
+        [
+            ("name", a.name),
+            ("state", str(a.state)),
+            ("host", a.hostname),
+            ("queues", ", ".join(a.queues) or "-"),
+            ("labels", _pairs(a.labels)),
+            ("executor", a.executor or "-"),
+            ("version", a.version or "-"),
+            ("running", f"{a.running} of {cap.slots} slots"),
+            ("cpus", str(cap.cpus)),
+            ("memory", _size(cap.memory_bytes)),
+            ("connected", _time(a.connect_time)),
+            ("heartbeat", _time(a.last_heartbeat_time)),
+        ]
+        + [
+            (f"gpu {i}", f"{g.model} {_size(g.memory_bytes)} {g.uuid}")
+            for i, g in enumerate(cap.gpus)
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def _show_experiment(e: Experiment) -> None:
+    _details(
+        [
+            ("name", e.name),
+            ("description", e.description or "-"),
+            ("labels", _pairs(e.labels)),
+            ("mlflow experiment", e.mlflow_experiment_id or "-"),
+            ("created", _time(e.create_time)),
+            ("updated", _time(e.update_time)),
+        ]
+    )
+
+
+@experiment_app.command("create")
+def experiment_create(
+    ctx: typer.Context,
+    experiment_id: Annotated[
+        str | None, typer.Argument(help="Id ([a-z0-9-], from a letter); generated when omitted.")
+    ] = None,
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create an experiment."""
+    e = _client(ctx).experiments.create(
+        experiment_id, description=description, labels=_kv(label, "--label")
+    )
+    if _want_json(ctx, json_output):
+        _print_json(e)
+    else:
+        out.print(f"created {escape(e.name)}")
+
+
+@experiment_app.command("get")
+def experiment_get(ctx: typer.Context, experiment: str, json_output: JsonOpt = False) -> None:
+    """Show one experiment."""
+    e = _client(ctx).experiments.get(experiment)
+    if _want_json(ctx, json_output):
+        _print_json(e)
+    else:
+        _show_experiment(e)
+
+
+@experiment_app.command("list")
+def experiment_list(
+    ctx: typer.Context,
+    filter: Annotated[str, typer.Option("--filter", help="e.g. 'labels.team=red'.")] = "",
+    json_output: JsonOpt = False,
+) -> None:
+    """List experiments, oldest first."""
+    experiments = list(_client(ctx).experiments.list(filter=filter))
+    if _want_json(ctx, json_output):
+        _print_json(experiments)
+        return
+    table = _table("ID", "DESCRIPTION", "LABELS", "MLFLOW", "CREATED")
+    for e in experiments:
+        table.add_row(
+            escape(e.id),
+            escape(e.description or "-"),
+            escape(_pairs(e.labels)),
+            escape(e.mlflow_experiment_id or "-"),
+            _time(e.create_time),
+        )
+    out.print(table)
+
+
+@experiment_app.command("update")
+def experiment_update(
+    ctx: typer.Context,
+    experiment: str,
+    description: Annotated[str | None, typer.Option("--description", "-d")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", help="KEY=VALUE; replaces all labels (repeat)."),
+    ] = None,
+    clear_labels: Annotated[
+        bool, typer.Option("--clear-labels", help="Remove all labels.")
+    ] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Change an experiment's description and/or labels."""
+    labels = {} if clear_labels else (_kv(label, "--label") if label else None)
+    e = _client(ctx).experiments.update(experiment, description=description, labels=labels)
+    if _want_json(ctx, json_output):
+        _print_json(e)
+    else:
+        _show_experiment(e)
+
+
+@experiment_app.command("delete")
+def experiment_delete(ctx: typer.Context, experiment: str) -> None:
+    """Delete an experiment that has no jobs."""
+    client = _client(ctx)
+    client.experiments.delete(experiment)
+    out.print(f"deleted {escape(experiment)}")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _short(digest: str) -> str:
+    return digest[: len("sha256:") + 12] if digest else "-"
+
+
+def _show_revision(r: EntryPointRevision) -> None:
+    _details(
+        [
+            ("revision", r.name),
+            ("digest", r.digest),
+            ("size", _size(r.size_bytes)),
+            ("project", r.project_name or "-"),
+            ("created", _time(r.create_time)),
+        ]
+    )
+    for entry in r.entries:
+        out.print(f"\n[bold]entry {escape(entry.name)}[/bold]: {escape(entry.command)}")
+        for p in entry.parameters:
+            default = "required" if p.default is None else f"default {p.default!r}"
+            out.print(f"  {escape(p.name)}: {p.type} ({escape(default)})")
+
+
+@entrypoint_app.command("push")
+def entrypoint_push(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A directory with an MLproject, or an archive.")],
+    entry_point_id: Annotated[
+        str | None, typer.Option("--id", help="Entry point id (default: from the path's name).")
+    ] = None,
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    json_output: JsonOpt = False,
+) -> None:
+    """Upload a new revision (unchanged content gives back the existing revision)."""
+    ep, rev = _client(ctx).entry_points.push(path, id=entry_point_id, description=description)
+    if _want_json(ctx, json_output):
+        _print_json({"entry_point": _jsonable(ep), "revision": _jsonable(rev)})
+        return
+    entries = ", ".join(e.name for e in rev.entries) or "-"
+    out.print(
+        f"pushed {escape(ep.name)} {rev.digest} ({_size(rev.size_bytes)}, entries: "
+        f"{escape(entries)}, {ep.revision_count} revision(s))"
+    )
+
+
+@entrypoint_app.command("get")
+def entrypoint_get(ctx: typer.Context, entry_point: str, json_output: JsonOpt = False) -> None:
+    """Show an entry point and its latest revision's entries and parameters."""
+    ep = _client(ctx).entry_points.get(entry_point)
+    if _want_json(ctx, json_output):
+        _print_json(ep)
+        return
+    _details(
+        [
+            ("name", ep.name),
+            ("description", ep.description or "-"),
+            ("revisions", str(ep.revision_count)),
+            ("created", _time(ep.create_time)),
+            ("updated", _time(ep.update_time)),
+        ]
+    )
+    if ep.latest_revision is not None:
+        out.print()
+        _show_revision(ep.latest_revision)
+
+
+@entrypoint_app.command("list")
+def entrypoint_list(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """List entry points."""
+    eps = list(_client(ctx).entry_points.list())
+    if _want_json(ctx, json_output):
+        _print_json(eps)
+        return
+    table = _table("ID", "PROJECT", "LATEST", "REVISIONS", "ENTRIES", "UPDATED")
+    for ep in eps:
+        rev = ep.latest_revision
+        table.add_row(
+            escape(ep.id),
+            escape(rev.project_name if rev else "-"),
+            _short(rev.digest if rev else ""),
+            str(ep.revision_count),
+            escape(", ".join(e.name for e in rev.entries) if rev else "-"),
+            _time(ep.update_time),
+        )
+    out.print(table)
+
+
+@entrypoint_app.command("revisions")
+def entrypoint_revisions(
+    ctx: typer.Context, entry_point: str, json_output: JsonOpt = False
+) -> None:
+    """List an entry point's revisions, newest first."""
+    revs = list(_client(ctx).entry_points.revisions(entry_point))
+    if _want_json(ctx, json_output):
+        _print_json(revs)
+        return
+    table = _table("DIGEST", "SIZE", "PROJECT", "ENTRIES", "CREATED")
+    for r in revs:
+        table.add_row(
+            r.digest,
+            _size(r.size_bytes),
+            escape(r.project_name or "-"),
+            escape(", ".join(e.name for e in r.entries) or "-"),
+            _time(r.create_time),
+        )
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def _show_job(j: Job) -> None:
+    rows: list[tuple[str, object]] = [
+        ("name", j.name),
+        ("state", _state_text(j.state)),
+    ]
+    if j.state_reason:
+        rows.append(("reason", j.state_reason))
+    rows += [
+        ("experiment", j.experiment),
+        ("entry point", f"{j.entry_point} ({j.entry})"),
+        ("revision", j.entry_point_digest or "-"),
+        ("parameters", _pairs(j.parameters)),
+        ("queue", j.queue),
+        ("selector", _pairs(j.selector)),
+        ("attempt", f"{j.attempt} of {j.max_attempts}"),
+        ("agent", j.agent or "-"),
+        ("timeout", _seconds(j.timeout)),
+        ("mlflow run", j.mlflow_run_id or "-"),
+        ("created", _time(j.create_time)),
+        ("started", _time(j.start_time)),
+        ("ended", _time(j.end_time)),
+        ("duration", _seconds(j.duration)),
+    ]
+    if j.is_final and j.attempt:
+        rows.append(("exit code", str(j.exit_code)))
+    if j.cancel_requested and not j.is_final:
+        rows.append(("cancel", "requested"))
+    _details((k, v if k == "state" else escape(str(v))) for k, v in rows)
+
+
+def _state_line(j: Job) -> str:
+    parts = [f"{_time(j.update_time)} {escape(j.name)} {_state_text(j.state)}"]
+    if j.agent and j.state in (JobState.ASSIGNED, JobState.RUNNING):
+        parts.append(f"on {escape(j.agent)} (attempt {j.attempt})")
+    if j.is_final and j.attempt and j.state is not JobState.CANCELLED:
+        parts.append(f"exit code {j.exit_code}")
+    if j.state_reason:
+        parts.append(f"- {escape(j.state_reason)}")
+    return " ".join(parts)
+
+
+class _Printer:
+    """Serializes output from the watch loop and the log thread."""
+
+    def __init__(self, quiet: bool) -> None:
+        # With --json, stdout carries only JSON, so progress goes to stderr.
+        self.console = err if quiet else out
+        self.lock = threading.Lock()
+
+    def state(self, j: Job) -> None:
+        with self.lock:
+            self.console.print(_state_line(j))
+
+    def log(self, line: LogLine) -> None:
+        with self.lock:
+            self.console.out(line.text, highlight=False)
+
+    def warn(self, text: str) -> None:
+        with self.lock:
+            err.print(f"[yellow]warning:[/yellow] {escape(text)}")
+
+
+def _watch_states(client: Client, job: Job | str, printer: _Printer) -> Job:
+    last: Job | None = None
+    for j in client.jobs.watch(job):
+        if last is None or j.state != last.state or j.attempt != last.attempt:
+            printer.state(j)
+        last = j
+    return last if last is not None else client.jobs.get(job)
+
+
+def _watch_with_logs(client: Client, job: Job | str, printer: _Printer) -> Job:
+    """Shows state changes as they happen while a thread streams the log."""
+    done = threading.Event()
+
+    def pump() -> None:
+        try:
+            for line in client.jobs.logs(job, follow=True):
+                printer.log(line)
+        except CrucibleError as exc:
+            if not done.is_set():
+                printer.warn(f"log stream: {exc}")
+
+    thread = threading.Thread(target=pump, name="crucible-logs", daemon=True)
+    thread.start()
+    final = _watch_states(client, job, printer)
+    # The log stream ends by itself once the job ended and every line was sent.
+    thread.join(timeout=30)
+    done.set()
+    return final
+
+
+def _exit_for(j: Job) -> None:
+    raise typer.Exit(0 if j.state is JobState.SUCCEEDED else EXIT_FAILED)
+
+
+def _interruptible(job: Job | str, fn: Callable[[], Job]) -> Job:
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        name = job if isinstance(job, str) else job.name
+        err.print(
+            f"\nstopped watching; {escape(name)} goes on "
+            f"(crucible job cancel {escape(name.removeprefix('jobs/'))} to stop it)"
+        )
+        raise typer.Exit(130) from None
+
+
+@job_app.command("submit")
+def job_submit(
+    ctx: typer.Context,
+    experiment: Annotated[str, typer.Argument(help="Experiment id or name.")],
+    entry_point: Annotated[str, typer.Argument(help="Entry point id or name.")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE parameter (repeat).")
+    ] = None,
+    entry: Annotated[str, typer.Option(help="MLproject entry.")] = "main",
+    digest: Annotated[
+        str | None, typer.Option(help="Revision digest (default: the latest).")
+    ] = None,
+    queue: Annotated[str, typer.Option(help="Queue to wait in.")] = "default",
+    selector: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE label the agent must carry (repeat).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Run-time limit of one attempt, in seconds.")
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Attempts when agents are lost (default 3).")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Follow state and logs until it ends.")
+    ] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Submit a job. With --watch, exits 0 if it succeeded and 1 otherwise."""
+    client = _client(ctx)
+    as_json = _want_json(ctx, json_output)
+    j = client.jobs.submit(
+        experiment,
+        entry_point,
+        _kv(param, "--param"),
+        entry=entry,
+        digest=digest,
+        queue=queue,
+        selector=_kv(selector, "--selector"),
+        timeout=timeout,
+        max_attempts=max_attempts,
+    )
+    if not watch:
+        if as_json:
+            _print_json(j)
+        else:
+            out.print(f"submitted {escape(j.name)} ({_state_text(j.state)})")
+        return
+    printer = _Printer(quiet=as_json)
+    printer.console.print(f"submitted {escape(j.name)}")
+    final = _interruptible(j, lambda: _watch_with_logs(client, j, printer))
+    if as_json:
+        _print_json(final)
+    _exit_for(final)
+
+
+@job_app.command("get")
+def job_get(ctx: typer.Context, job: str, json_output: JsonOpt = False) -> None:
+    """Show one job."""
+    j = _client(ctx).jobs.get(job)
+    if _want_json(ctx, json_output):
+        _print_json(j)
+    else:
+        _show_job(j)
+
+
+@job_app.command("list")
+def job_list(
+    ctx: typer.Context,
+    filter: Annotated[
+        str,
+        typer.Option(
+            "--filter",
+            help="e.g. 'state=RUNNING,QUEUED experiment=experiments/x queue=q agent=agents/a'.",
+        ),
+    ] = "",
+    limit: Annotated[int, typer.Option(help="Show at most this many (0: all).")] = 50,
+    json_output: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    jobs = _limited(_client(ctx).jobs.list(filter=filter), limit)
+    if _want_json(ctx, json_output):
+        _print_json(jobs)
+        return
+    table = _table("ID", "STATE", "EXPERIMENT", "ENTRY POINT", "AGENT", "CREATED", "DURATION")
+    for j in jobs:
+        table.add_row(
+            escape(j.id),
+            _state_text(j.state),
+            escape(j.experiment.removeprefix("experiments/")),
+            escape(j.entry_point.removeprefix("entryPoints/")),
+            escape(j.agent.removeprefix("agents/") or "-"),
+            _time(j.create_time),
+            _seconds(j.duration),
+        )
+    out.print(table)
+
+
+@job_app.command("watch")
+def job_watch(
+    ctx: typer.Context,
+    job: str,
+    logs: Annotated[bool, typer.Option("--logs", help="Stream the log too.")] = False,
+) -> None:
+    """Print the job's state changes until it ends; exits 0 if it succeeded, 1 otherwise."""
+    client = _client(ctx)
+    printer = _Printer(quiet=False)
+    follow = _watch_with_logs if logs else _watch_states
+    _exit_for(_interruptible(job, lambda: follow(client, job, printer)))
+
+
+@job_app.command("logs")
+def job_logs(
+    ctx: typer.Context,
+    job: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")
+    ] = False,
+    offset: Annotated[int, typer.Option(help="First line to show (0-based).")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the job's log."""
+    as_json = _want_json(ctx, json_output)
+    try:
+        for line in _client(ctx).jobs.logs(job, follow=follow, start_offset=offset):
+            if as_json:
+                sys.stdout.write(json.dumps(_jsonable(line)) + "\n")
+            else:
+                sys.stdout.write(line.text + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except BrokenPipeError:  # `crucible job logs X | head`: the reader is done, so are we
+        _silence_stdout()
+        raise typer.Exit(0) from None
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. captured output)
+        pass
+
+
+@job_app.command("cancel")
+def job_cancel(
+    ctx: typer.Context,
+    job: str,
+    reason: Annotated[str, typer.Option(help="Recorded as the job's state reason.")] = "",
+    json_output: JsonOpt = False,
+) -> None:
+    """Cancel a job (a running one gets SIGTERM, then SIGKILL after the grace period)."""
+    j = _client(ctx).jobs.cancel(job, reason=reason)
+    if _want_json(ctx, json_output):
+        _print_json(j)
+    elif j.is_final:
+        out.print(f"{escape(j.name)} {_state_text(j.state)}")
+    else:
+        out.print(f"{escape(j.name)} {_state_text(j.state)}: cancel requested")
+
+
+@job_app.command("wait")
+def job_wait(
+    ctx: typer.Context,
+    job: str,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (exit 2).")
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Wait for the job to end; exits 0 if it succeeded, 1 otherwise."""
+    client = _client(ctx)
+    final = _interruptible(job, lambda: client.jobs.wait(job, timeout=timeout))
+    if _want_json(ctx, json_output):
+        _print_json(final)
+    else:
+        out.print(_state_line(final))
+    _exit_for(final)
+
+
+def main() -> None:
+    """Console-script entry point (``crucible``)."""
+    app(prog_name="crucible")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,568 @@
+"""The synchronous Crucible client.
+
+One ``grpc`` channel per ``Client``; every unary call carries a deadline so a hung control
+plane turns into a ``DeadlineExceededError`` instead of a hung program. Reads (Get*/List*,
+watch, logs), ``SubmitJob`` (idempotent through its ``request_id``) and ``CancelJob``
+(cancelling twice is harmless) are retried on ``UNAVAILABLE`` by gRPC itself, through the
+channel's service config. Streams that drop mid-way are resumed by the SDK (logs from the last
+offset, watch from the job's current state).
+
+Names: every method takes an id (``"abc"``) or a full resource name (``"jobs/abc"``), and
+where it makes sense the object returned by an earlier call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, field_mask_pb2
+
+from crucible.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    entry_point_service_pb2,
+    entry_point_service_pb2_grpc,
+    experiment_pb2,
+    experiment_service_pb2,
+    experiment_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+from .errors import (
+    CrucibleError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    UnavailableError,
+    from_rpc_error,
+)
+from .pack import default_id, is_archive, pack_directory, sha256_hex
+from .types import Agent, EntryPoint, EntryPointRevision, Experiment, Job, LogLine
+
+__all__ = ["DEFAULT_TARGET", "Client"]
+
+DEFAULT_TARGET = "127.0.0.1:7070"
+CHUNK_SIZE = 1 << 20
+#: An upload's deadline grows with its size: at least this many bytes per second.
+_UPLOAD_MIN_RATE = 1 << 20
+#: Reconnects of a dropped watch/logs stream before giving up (each after a growing pause).
+_STREAM_RETRIES = 5
+
+_T = TypeVar("_T")
+
+# Methods gRPC may transparently retry on UNAVAILABLE: reads, plus calls that are idempotent
+# by contract. Creates without a request id, deletes, uploads and the agent stream are not.
+_RETRIED_METHODS = {
+    "crucible.v1.ExperimentService": ("GetExperiment", "ListExperiments"),
+    "crucible.v1.EntryPointService": (
+        "GetEntryPoint",
+        "ListEntryPoints",
+        "GetEntryPointRevision",
+        "ListEntryPointRevisions",
+    ),
+    "crucible.v1.JobService": (
+        "SubmitJob",
+        "GetJob",
+        "ListJobs",
+        "WatchJob",
+        "StreamJobLogs",
+        "CancelJob",
+    ),
+    "crucible.v1.AgentService": ("GetAgent", "ListAgents", "DownloadBlob"),
+}
+
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": service, "method": method}
+                    for service, methods in _RETRIED_METHODS.items()
+                    for method in methods
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def _name(value: Any, collection: str, kind: str) -> str:
+    """``"x"``, ``"<collection>/x"`` or an object with ``.name`` -> ``"<collection>/x"``."""
+    name = getattr(value, "name", value)
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"a {kind} id or name is required")
+    if name.startswith(collection + "/"):
+        if name.count("/") != 1 or name.endswith("/"):
+            raise InvalidArgumentError(f"{name!r} is not a {kind} name ({collection}/ID)")
+        return name
+    if "/" in name:
+        raise InvalidArgumentError(f"{name!r} is not a {kind} id or name ({collection}/ID)")
+    return f"{collection}/{name}"
+
+
+def _id(value: Any, collection: str, kind: str) -> str:
+    return _name(value, collection, kind).split("/", 1)[1]
+
+
+def _digest(value: str) -> str:
+    """Accepts ``sha256:<hex>`` or bare hex."""
+    return value if ":" in value else f"sha256:{value}"
+
+
+def _param(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _pages(fetch: Callable[[str], tuple[list[_T], str]]) -> Iterator[_T]:
+    token = ""
+    while True:
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
+
+
+def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(err, "code", None)
+    return code() if callable(code) else None
+
+
+class _Service:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=self._client.timeout if timeout is None else timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+
+class Experiments(_Service):
+    """``client.experiments``: collections of related jobs."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._stub = experiment_service_pb2_grpc.ExperimentServiceStub(client._channel)
+
+    def create(
+        self,
+        id: str | None = None,
+        description: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> Experiment:
+        """Creates an experiment; the server picks an id when none is given."""
+        request = experiment_service_pb2.CreateExperimentRequest(
+            experiment=experiment_pb2.Experiment(
+                description=description, labels=dict(labels or {})
+            ),
+            experiment_id=_id(id, "experiments", "experiment") if id else "",
+        )
+        return Experiment.from_proto(self._unary(self._stub.CreateExperiment, request).experiment)
+
+    def get(self, id_or_name: str | Experiment) -> Experiment:
+        request = experiment_service_pb2.GetExperimentRequest(
+            name=_name(id_or_name, "experiments", "experiment")
+        )
+        return Experiment.from_proto(self._unary(self._stub.GetExperiment, request).experiment)
+
+    def list(self, filter: str = "", page_size: int | None = None) -> Iterator[Experiment]:
+        """Iterates over all experiments (fetching pages lazily); filter: ``labels.k=v ...``."""
+
+        def fetch(token: str) -> tuple[list[Experiment], str]:
+            request = experiment_service_pb2.ListExperimentsRequest(
+                page_size=page_size or 0, page_token=token, filter=filter
+            )
+            response = self._unary(self._stub.ListExperiments, request)
+            items = [Experiment.from_proto(e) for e in response.experiments]
+            return items, str(response.next_page_token)
+
+        return _pages(fetch)
+
+    def update(
+        self,
+        id: str | Experiment,
+        description: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Experiment:
+        """Changes only what is given (``labels`` replaces all labels); nothing given: a get."""
+        paths = [p for p, v in (("description", description), ("labels", labels)) if v is not None]
+        if not paths:
+            return self.get(id)
+        request = experiment_service_pb2.UpdateExperimentRequest(
+            experiment=experiment_pb2.Experiment(
+                name=_name(id, "experiments", "experiment"),
+                description=description or "",
+                labels=dict(labels or {}),
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+        )
+        return Experiment.from_proto(self._unary(self._stub.UpdateExperiment, request).experiment)
+
+    def delete(self, id: str | Experiment) -> None:
+        """Deletes an experiment without jobs (``FailedPreconditionError`` otherwise)."""
+        request = experiment_service_pb2.DeleteExperimentRequest(
+            name=_name(id, "experiments", "experiment")
+        )
+        self._unary(self._stub.DeleteExperiment, request)
+
+
+class EntryPoints(_Service):
+    """``client.entry_points``: uploaded MLproject archives and their revisions."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._stub = entry_point_service_pb2_grpc.EntryPointServiceStub(client._channel)
+
+    def push(
+        self, path: str | Path, id: str | None = None, description: str = ""
+    ) -> tuple[EntryPoint, EntryPointRevision]:
+        """Uploads a directory (packed deterministically) or a .tar.gz/.tgz/.zip file as is.
+
+        Pushing unchanged content returns the existing revision, so pushing before every
+        submit is cheap and safe. The default id is the directory or file name, sanitized.
+        """
+        p = Path(path)
+        chunks: Iterator[bytes]
+        if p.is_dir():
+            data = pack_directory(p)
+            digest, size = sha256_hex(data), len(data)
+            chunks = (data[i : i + CHUNK_SIZE] for i in range(0, size, CHUNK_SIZE))
+        elif p.is_file():
+            if not is_archive(p):
+                raise InvalidArgumentError(
+                    f"{p}: expected a directory or a .tar.gz, .tgz or .zip archive"
+                )
+            digest, size = _file_sha256(p), p.stat().st_size
+            chunks = _read_chunks(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+
+        entry_point_id = _id(id, "entryPoints", "entry point") if id else default_id(p)
+
+        def requests() -> Iterator[Any]:
+            yield entry_point_service_pb2.UploadEntryPointRequest(
+                metadata=entry_point_service_pb2.UploadEntryPointMetadata(
+                    entry_point_id=entry_point_id, description=description, sha256=digest
+                )
+            )
+            for chunk in chunks:
+                yield entry_point_service_pb2.UploadEntryPointRequest(chunk=chunk)
+
+        timeout = self._client.timeout + size / _UPLOAD_MIN_RATE
+        response = self._unary(self._stub.UploadEntryPoint, requests(), timeout=timeout)
+        return EntryPoint.from_proto(response.entry_point), EntryPointRevision.from_proto(
+            response.revision
+        )
+
+    def get(self, id_or_name: str | EntryPoint) -> EntryPoint:
+        request = entry_point_service_pb2.GetEntryPointRequest(
+            name=_name(id_or_name, "entryPoints", "entry point")
+        )
+        return EntryPoint.from_proto(self._unary(self._stub.GetEntryPoint, request).entry_point)
+
+    def list(self, page_size: int | None = None) -> Iterator[EntryPoint]:
+        """Iterates over all entry points in creation order."""
+
+        def fetch(token: str) -> tuple[list[EntryPoint], str]:
+            request = entry_point_service_pb2.ListEntryPointsRequest(
+                page_size=page_size or 0, page_token=token
+            )
+            response = self._unary(self._stub.ListEntryPoints, request)
+            items = [EntryPoint.from_proto(e) for e in response.entry_points]
+            return items, str(response.next_page_token)
+
+        return _pages(fetch)
+
+    def revision(self, id_or_name: str | EntryPoint, digest: str) -> EntryPointRevision:
+        """One revision by digest (``sha256:<hex>`` or the bare hex)."""
+        name = f"{_name(id_or_name, 'entryPoints', 'entry point')}/revisions/{_digest(digest)}"
+        request = entry_point_service_pb2.GetEntryPointRevisionRequest(name=name)
+        return EntryPointRevision.from_proto(
+            self._unary(self._stub.GetEntryPointRevision, request).revision
+        )
+
+    def revisions(
+        self, id_or_name: str | EntryPoint, page_size: int | None = None
+    ) -> Iterator[EntryPointRevision]:
+        """Iterates over an entry point's revisions, newest first."""
+        parent = _name(id_or_name, "entryPoints", "entry point")
+
+        def fetch(token: str) -> tuple[list[EntryPointRevision], str]:
+            request = entry_point_service_pb2.ListEntryPointRevisionsRequest(
+                parent=parent, page_size=page_size or 0, page_token=token
+            )
+            response = self._unary(self._stub.ListEntryPointRevisions, request)
+            items = [EntryPointRevision.from_proto(r) for r in response.revisions]
+            return items, str(response.next_page_token)
+
+        return _pages(fetch)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    for chunk in _read_chunks(path):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            yield chunk
+
+
+class Jobs(_Service):
+    """``client.jobs``: submit, observe and cancel jobs."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._stub = job_service_pb2_grpc.JobServiceStub(client._channel)
+
+    def submit(
+        self,
+        experiment: str | Experiment,
+        entry_point: str | EntryPoint,
+        parameters: Mapping[str, object] | None = None,
+        *,
+        entry: str = "main",
+        digest: str | None = None,
+        queue: str = "default",
+        selector: Mapping[str, str] | None = None,
+        timeout: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        request_id: str | None = None,
+    ) -> Job:
+        """Submits a job; parameter values are sent as strings (bools as ``true``/``false``).
+
+        ``request_id`` defaults to a fresh UUID, sent unchanged on every retry of this call,
+        so a retry after a lost response returns the first job instead of a second one. Pass
+        your own to make retries across calls (or processes) idempotent too.
+        ``timeout`` bounds one attempt's run time (None: no limit); ``digest`` pins a revision.
+        """
+        request = job_service_pb2.SubmitJobRequest(
+            experiment=_name(experiment, "experiments", "experiment"),
+            entry_point=_name(entry_point, "entryPoints", "entry point"),
+            entry_point_digest=_digest(digest) if digest else "",
+            entry=entry,
+            parameters={str(k): _param(v) for k, v in (parameters or {}).items()},
+            queue=queue,
+            selector=dict(selector or {}),
+            max_attempts=max_attempts or 0,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        if timeout is not None:
+            limit = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
+            d = duration_pb2.Duration()
+            d.FromTimedelta(limit)
+            request.timeout.CopyFrom(d)
+        return Job.from_proto(self._unary(self._stub.SubmitJob, request).job)
+
+    def get(self, job: str | Job) -> Job:
+        request = job_service_pb2.GetJobRequest(name=_name(job, "jobs", "job"))
+        return Job.from_proto(self._unary(self._stub.GetJob, request).job)
+
+    def list(self, filter: str = "", page_size: int | None = None) -> Iterator[Job]:
+        """Iterates over jobs, newest first.
+
+        ``filter``: space-separated terms that must all hold, e.g.
+        ``"state=RUNNING,QUEUED experiment=experiments/x queue=q agent=agents/a"``.
+        """
+
+        def fetch(token: str) -> tuple[list[Job], str]:
+            request = job_service_pb2.ListJobsRequest(
+                page_size=page_size or 0, page_token=token, filter=filter
+            )
+            response = self._unary(self._stub.ListJobs, request)
+            return [Job.from_proto(j) for j in response.jobs], str(response.next_page_token)
+
+        return _pages(fetch)
+
+    def cancel(self, job: str | Job, reason: str = "") -> Job:
+        """Requests cancellation; a running job stops after SIGTERM (and SIGKILL after grace)."""
+        request = job_service_pb2.CancelJobRequest(name=_name(job, "jobs", "job"), reason=reason)
+        return Job.from_proto(self._unary(self._stub.CancelJob, request).job)
+
+    def watch(self, job: str | Job, *, timeout: float | None = None) -> Iterator[Job]:
+        """Yields the job now and after every change; ends after a final state.
+
+        A dropped stream is reopened (the server starts again with the current state, so
+        nothing is missed; repeats are skipped). ``timeout`` (seconds) bounds the whole watch
+        and raises ``DeadlineExceededError`` when it runs out.
+        """
+        name = _name(job, "jobs", "job")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: Job | None = None
+        failures = 0
+        failure: CrucibleError
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise _watch_timeout(name, timeout, last)
+            call = self._stub.WatchJob(
+                job_service_pb2.WatchJobRequest(name=name), timeout=remaining
+            )
+            try:
+                for response in call:
+                    current = Job.from_proto(response.job)
+                    failures = 0
+                    if current != last:
+                        last = current
+                        yield current
+                if last is not None and last.is_final:
+                    return
+                failure = UnavailableError(f"{name}: the watch ended before the job did")
+            except grpc.RpcError as err:
+                code = _code(err)
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
+                    raise _watch_timeout(name, timeout, last) from err
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise from_rpc_error(err) from err
+                failure = from_rpc_error(err)
+            finally:
+                call.cancel()
+            failures += 1
+            if failures > _STREAM_RETRIES:
+                raise failure
+            pause = min(0.25 * 2**failures, 5.0)
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(pause)
+
+    def wait(self, job: str | Job, timeout: float | None = None) -> Job:
+        """Blocks until the job ends and returns it; ``DeadlineExceededError`` on timeout.
+
+        ``DeadlineExceededError`` is also a ``TimeoutError``. Waiting does not cancel anything.
+        """
+        last: Job | None = None
+        for last in self.watch(job, timeout=timeout):  # noqa: B007 - the last one is the result
+            if last.is_final:
+                break
+        return last if last is not None else self.get(job)
+
+    def logs(
+        self, job: str | Job, follow: bool = False, start_offset: int = 0
+    ) -> Iterator[LogLine]:
+        """Yields the job's log lines from ``start_offset``, one by one.
+
+        With ``follow``, keeps yielding new lines until the job has ended and every line was
+        sent. A dropped stream is resumed after the last line received, so no line is lost or
+        repeated.
+        """
+        name = _name(job, "jobs", "job")
+        next_offset = start_offset
+        failures = 0
+        while True:
+            request = job_service_pb2.StreamJobLogsRequest(
+                name=name, start_offset=next_offset, follow=follow
+            )
+            call = self._stub.StreamJobLogs(request)
+            try:
+                for response in call:
+                    failures = 0
+                    for raw in response.lines:
+                        line = LogLine.from_proto(raw)
+                        if line.offset < next_offset:
+                            continue  # already yielded before a reconnect
+                        next_offset = line.offset + 1
+                        yield line
+                return
+            except grpc.RpcError as err:
+                if _code(err) != grpc.StatusCode.UNAVAILABLE or failures >= _STREAM_RETRIES:
+                    raise from_rpc_error(err) from err
+            finally:
+                call.cancel()
+            failures += 1
+            time.sleep(min(0.25 * 2**failures, 5.0))
+
+
+def _watch_timeout(name: str, timeout: float | None, last: Job | None) -> DeadlineExceededError:
+    state = f" (still {last.state})" if last is not None else ""
+    return DeadlineExceededError(f"{name} did not end within {timeout:g} s{state}")
+
+
+class Agents(_Service):
+    """``client.agents``: the compute hosts' daemons, as the control plane sees them."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._stub = agent_service_pb2_grpc.AgentServiceStub(client._channel)
+
+    def list(self, filter: str = "", page_size: int | None = None) -> Iterator[Agent]:
+        """Iterates over agents; filter: ``state=CONNECTED queue=q labels.k=v`` terms."""
+
+        def fetch(token: str) -> tuple[list[Agent], str]:
+            request = agent_service_pb2.ListAgentsRequest(
+                page_size=page_size or 0, page_token=token, filter=filter
+            )
+            response = self._unary(self._stub.ListAgents, request)
+            return [Agent.from_proto(a) for a in response.agents], str(response.next_page_token)
+
+        return _pages(fetch)
+
+    def get(self, id_or_name: str | Agent) -> Agent:
+        request = agent_service_pb2.GetAgentRequest(name=_name(id_or_name, "agents", "agent"))
+        return Agent.from_proto(self._unary(self._stub.GetAgent, request).agent)
+
+
+class Client:
+    """A connection to a Crucible control plane.
+
+    ``timeout`` is the deadline (seconds) of each unary call; streams (watch, logs) have none.
+    Use as a context manager, or call ``close()``, to release the connection. Thread-safe.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 30.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                # Detects a dead control plane on long, quiet streams (watch, logs --follow).
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", SERVICE_CONFIG),
+                ("grpc.primary_user_agent", "crucible-sdk"),
+            ],
+        )
+        self.experiments = Experiments(self)
+        self.entry_points = EntryPoints(self)
+        self.jobs = Jobs(self)
+        self.agents = Agents(self)
+
+    def close(self) -> None:
+        """Closes the connection; calls in progress end with ``CancelledError``."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"
