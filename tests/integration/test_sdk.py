@@ -1,0 +1,128 @@
+"""The SDK and the CLI against a real control plane on port 0 (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crucible import (
+    AlreadyExistsError,
+    Client,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    JobState,
+    NotFoundError,
+)
+from crucible.v1 import job_pb2
+from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server
+from tests.simagent import SimAgent
+
+CLI = [sys.executable, "-m", "crucible.cli"]
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Any:
+    s = make_server(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    d = tmp_path / "sleepy"
+    d.mkdir()
+    (d / "MLproject").write_text(SLEEPY_MLPROJECT)
+    (d / "main.py").write_text("print('hi')\n")
+    (d / "__pycache__").mkdir()
+    (d / "__pycache__" / "junk.pyc").write_bytes(b"\0")
+    return d
+
+
+def test_sdk_round_trip(srv: ServerThread, project: Path) -> None:
+    with Client(srv.target, timeout=10) as c:
+        exp = c.experiments.create("sdk", description="d", labels={"k": "v"})
+        assert exp.id == "sdk" and exp.labels == {"k": "v"}
+        with pytest.raises(AlreadyExistsError):
+            c.experiments.create("sdk")
+        with pytest.raises(NotFoundError):
+            c.experiments.get("missing")
+        assert c.experiments.update("sdk", description="new").description == "new"
+        assert [e.id for e in c.experiments.list(filter="labels.k=v")] == ["sdk"]
+
+        ep, rev = c.entry_points.push(project)
+        assert ep.id == "sleepy" and rev.digest.startswith("sha256:")
+        ep2, rev2 = c.entry_points.push(project)
+        assert rev2.digest == rev.digest and ep2.revision_count == 1  # deterministic packing
+
+        with pytest.raises(InvalidArgumentError) as info:
+            c.jobs.submit(exp, ep, {"seconds": "soon", "extra": 1})
+        assert len(info.value.problems) == 3, info.value.problems  # seconds, extra, label
+
+        job = c.jobs.submit(exp, ep, {"label": "x", "seconds": 0.5}, timeout=30,
+                            request_id="same")
+        assert c.jobs.submit(exp, ep, {"label": "x", "seconds": 0.5}, timeout=30,
+                             request_id="same").name == job.name
+        assert job.state == JobState.QUEUED and job.parameters["seconds"] == "0.5"
+        assert [j.name for j in c.jobs.list(filter="state=QUEUED")] == [job.name]
+
+        agent = SimAgent(srv.target, "sdk-agent")
+        try:
+            a = agent.next("assignment")
+            seen: list[JobState] = []
+            watcher = threading.Thread(target=lambda: seen.extend(
+                j.state for j in c.jobs.watch(job)))
+            watcher.start()
+            agent.update(job.name, a.attempt, job_pb2.JOB_STATE_RUNNING)
+            agent.logs(job.name, a.attempt, [(1, "line one"), (2, "line two")])
+            agent.update(job.name, a.attempt, job_pb2.JOB_STATE_SUCCEEDED, exit_code=0)
+            final = c.jobs.wait(job, timeout=10)
+            watcher.join(10)
+            assert final.state == JobState.SUCCEEDED and final.state.is_final
+            assert seen[-1] == JobState.SUCCEEDED
+            assert [ln.text for ln in c.jobs.logs(job)] == ["line one", "line two"]
+            assert [ln.text for ln in c.jobs.logs(job, start_offset=1)] == ["line two"]
+            (listed,) = c.agents.list()
+            assert listed.id == "sdk-agent"
+        finally:
+            agent.close()
+        with pytest.raises(FailedPreconditionError):
+            c.experiments.delete("sdk")
+
+
+def run_cli(target: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CRUCIBLE_TARGET=target)
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cli_commands(srv: ServerThread, project: Path) -> None:
+    run_cli(srv.target, "experiment", "create", "cli")
+    pushed = json.loads(run_cli(srv.target, "--json", "entrypoint", "push", str(project)).stdout)
+    assert "sha256:" in json.dumps(pushed)
+    job = json.loads(run_cli(srv.target, "--json", "job", "submit", "cli", "sleepy",
+                             "-p", "label=x").stdout)
+    name = job["name"] if "name" in job else job["job"]["name"]
+    listed = json.loads(run_cli(srv.target, "--json", "job", "list").stdout)
+    assert name in json.dumps(listed)
+    got = json.loads(run_cli(srv.target, "--json", "job", "get", name).stdout)
+    assert got["state"] in ("QUEUED", "JOB_STATE_QUEUED")
+    run_cli(srv.target, "job", "cancel", name, "--reason", "cli test")
+    waited = run_cli(srv.target, "job", "wait", name, check=False)
+    assert waited.returncode == 1  # cancelled is not success
+    bad = run_cli(srv.target, "job", "submit", "cli", "sleepy", "-p", "rounds=x", check=False)
+    assert bad.returncode == 2
+    assert "INVALID_ARGUMENT" in bad.stderr and "rounds" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = run_cli(srv.target, "experiment", "get", "nope", check=False)
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+    agents = run_cli(srv.target, "agent", "list")
+    assert agents.returncode == 0
