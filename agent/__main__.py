@@ -1,0 +1,80 @@
+"""``python -m crucible.agent``: the agent daemon without the `crucible` CLI's dependencies."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import AgentConfig
+from .daemon import run_forever
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"label {text!r} must be KEY=VALUE")
+    return key, value
+
+
+def parse_args(argv: list[str] | None = None) -> AgentConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m crucible.agent",
+        description="Crucible agent: takes jobs from the control plane and runs them here.",
+    )
+    parser.add_argument("--control-plane", required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--queue", action="append", dest="queues", metavar="Q",
+        help="queue to take jobs from (repeat; default: default)",
+    )
+    parser.add_argument(
+        "--label", action="append", type=_label, default=[], metavar="K=V",
+        help="label jobs may select on (repeat)",
+    )
+    parser.add_argument("--slots", type=int, default=1, help="jobs run at once (default: 1)")
+    parser.add_argument("--work-dir", type=Path, help="workspaces and archive cache")
+    parser.add_argument(
+        "--prefect-api-url", default="auto", metavar="URL|auto|none",
+        help="auto: run a local Prefect server (default); none: set no PREFECT_API_URL",
+    )
+    parser.add_argument("--agent-id", help="agent id (default: the host name)")
+    parser.add_argument(
+        "--grace-period", type=float, help="SIGTERM to SIGKILL seconds (default: 10)"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    extra: dict[str, Any] = {}
+    if args.work_dir is not None:
+        extra["work_dir"] = args.work_dir
+    if args.grace_period is not None:
+        extra["grace_period"] = args.grace_period
+    try:
+        return AgentConfig(
+            control_plane=args.control_plane,
+            queues=args.queues or ["default"],
+            labels=dict(args.label),
+            agent_id=args.agent_id,
+            slots=args.slots,
+            prefect_api_url=args.prefect_api_url,
+            **extra,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_forever(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,902 @@
+"""The agent daemon: one ``AgentService.Connect`` stream, attempts run as asyncio tasks.
+
+Delivery model. Everything the agent tells the control plane outlives the stream it was
+meant for: log lines stay in a per-attempt replay buffer until a LogAck covers them, and
+attempt updates stay pending until the stream has demonstrably stayed up after them (two
+heartbeat ticks later). After a reconnect the agent re-registers, listing what still runs,
+and replays both in their original order; the control plane deduplicates lines by
+(attempt, sequence) and ignores repeated or stale updates. Running attempts never notice a
+disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import grpc
+
+from crucible.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
+
+from .config import AgentConfig
+from .executor import (
+    CancelSignal,
+    ExecutionResult,
+    Executor,
+    Outcome,
+    ProcessExecutor,
+    RunSpec,
+    Stream,
+)
+from .prefect_server import PrefectServer
+from .workspace import (
+    BlobCache,
+    BlobError,
+    WorkspaceError,
+    extract_archive,
+    prepare_workspace,
+)
+
+log = logging.getLogger("crucible.agent")
+
+# Log batching: a line waits at most this long, and a batch goes out as soon as this many
+# lines are queued for an attempt.
+LOG_FLUSH_INTERVAL = 0.05
+LOG_FLUSH_LINES = 100
+# One LogBatch stays well below gRPC's 4 MiB default message limit.
+MAX_BATCH_LINES = 1000
+MAX_BATCH_CHARS = 256 * 1024
+# Per attempt, while disconnected; the oldest lines are dropped beyond it (the control plane
+# sees a gap in the sequence numbers, and a SYSTEM line says so).
+MAX_BUFFERED_LINES = 100_000
+# A finished attempt whose updates were delivered but whose lines are never acknowledged
+# (e.g. the control plane fenced it) is forgotten after this long.
+UNACKED_LINES_TTL = 60.0
+REGISTER_TIMEOUT = 30.0
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# Shutdown: how long to try to deliver final updates and lines, then to let the stream close.
+SHUTDOWN_DELIVERY_TIMEOUT = 10.0
+SHUTDOWN_CLOSE_TIMEOUT = 5.0
+DOWNLOAD_ATTEMPTS = 5
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.CANCELLED,
+}
+
+_STATES = {
+    Outcome.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
+    Outcome.FAILED: job_pb2.JOB_STATE_FAILED,
+    Outcome.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
+    Outcome.TIMED_OUT: job_pb2.JOB_STATE_TIMED_OUT,
+}
+_STREAMS = {
+    Stream.STDOUT: job_pb2.LOG_STREAM_STDOUT,
+    Stream.STDERR: job_pb2.LOG_STREAM_STDERR,
+    Stream.SYSTEM: job_pb2.LOG_STREAM_SYSTEM,
+}
+
+AttemptKey = tuple[str, int]
+# What StreamStreamCall.read() returns at the end of the stream (absent from grpc-stubs).
+_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009
+
+
+# --------------------------------------------------------------------------- host facts
+
+
+def discover_gpus() -> list[Any]:
+    """GPUs of this host as ``crucible.v1.Gpu`` messages.
+
+    Empty for now: GPU discovery (NVML / nvidia-smi, by UUID) is a later issue.
+    """
+    return []
+
+
+def memory_bytes() -> int:
+    """Physical memory of the host, from /proc/meminfo where there is one."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("crucible")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def channel_options(config: AgentConfig) -> list[tuple[str, Any]]:
+    """Keepalive that a server allowing pings every 10 s accepts, and channel reconnects
+    no slower than the agent's own backoff."""
+    return [
+        ("grpc.keepalive_time_ms", 20000),
+        ("grpc.keepalive_timeout_ms", 10000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", max(100, int(config.reconnect_min * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(1000, int(config.reconnect_max * 1000))),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ]
+
+
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds) + float(duration.nanos) / 1e9
+
+
+class Backoff:
+    """Exponential backoff with full jitter, never below ``low`` nor above ``high``."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low = low
+        self.high = high
+        self.failures = 0
+
+    def next(self) -> float:
+        cap = min(self.high, self.low * (2 ** min(self.failures, 30)))
+        self.failures += 1
+        return random.uniform(self.low, max(self.low, cap))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+# --------------------------------------------------------------------------- per-attempt state
+
+
+@dataclass
+class _PendingUpdate:
+    message: Any  # crucible.v1.AttemptUpdate
+    # The last log sequence number written before the update: replay keeps that order.
+    after_seq: int
+    # Connection generation and heartbeat count when it was put on a stream.
+    sent_gen: int | None = None
+    sent_heartbeat: int = 0
+
+
+@dataclass
+class _Attempt:
+    job: str  # `jobs/{id}`
+    attempt: int
+    grace_period: float
+    cancel: CancelSignal = field(default_factory=CancelSignal)
+    task: asyncio.Task[None] | None = None
+    lines: deque[Any] = field(default_factory=deque)  # crucible.v1.LogLine, unacknowledged
+    next_seq: int = 1
+    sent_upto: int = 0  # highest sequence put on the current stream
+    acked: int = 0
+    dropped: int = 0
+    updates: list[_PendingUpdate] = field(default_factory=list)
+    finished: bool = False
+    delivered_at: float | None = None
+    # False for the record made to answer a Cancel for an attempt this agent never had.
+    assigned: bool = True
+
+    @property
+    def key(self) -> AttemptKey:
+        return (self.job, self.attempt)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.removeprefix("jobs/")
+
+    def running_message(self) -> Any:
+        return agent_service_pb2.RunningAttempt(job=self.job, attempt=self.attempt)
+
+    def add_line(self, stream: Stream, text: str) -> None:
+        ns = time.time_ns()
+        line = job_pb2.LogLine(
+            attempt=self.attempt, sequence=self.next_seq, stream=_STREAMS[stream], text=text
+        )
+        line.time.seconds = ns // 1_000_000_000
+        line.time.nanos = ns % 1_000_000_000
+        self.next_seq += 1
+        self.lines.append(line)
+        if len(self.lines) > MAX_BUFFERED_LINES:
+            self.lines.popleft()
+            self.dropped += 1
+
+
+class _StreamEnded(Exception):
+    """The control plane ended or refused the stream without a gRPC error."""
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+class Agent:
+    """Registers with the control plane, runs what it assigns, reports back.
+
+    ``run()`` returns after ``stop()``: running attempts are cancelled with their grace
+    period and their final updates delivered when the control plane is reachable.
+    """
+
+    def __init__(self, config: AgentConfig, executor: Executor | None = None) -> None:
+        self.config = config
+        self.executor = executor if executor is not None else ProcessExecutor()
+        self.cache = BlobCache(config.work_dir / "cache" / "blobs")
+        self.prefect: PrefectServer | None = None
+        if config.prefect_mode == "auto":
+            self.prefect = PrefectServer(config.work_dir / "prefect")
+        self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._recently_finished: OrderedDict[AttemptKey, None] = OrderedDict()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+        self._old_channels: set[asyncio.Task[None]] = set()
+        self._call: Any = None
+        self._outbox: asyncio.Queue[Any] | None = None
+        self._gen = 0
+        self._heartbeats = 0
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._lines_pending = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._closing_event = asyncio.Event()
+        self._stop_reason = "agent is shutting down"
+        self._stopping = False
+        self._closing = False
+        self._force = False  # a second stop(): no more waiting for anything
+        self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
+        self._ctx = f"agent={config.id}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        """True while registered on a live stream."""
+        return self._outbox is not None
+
+    def stop(self, reason: str = "agent is shutting down") -> None:
+        """First call: graceful shutdown. A second call kills running attempts at once."""
+        if self._stop_requested.is_set():
+            log.warning("%s: second stop request; killing running attempts now", self._ctx)
+            self._force = True
+            for st in self._attempts.values():
+                if not st.finished:
+                    st.cancel.cancel(self._stop_reason, grace_period=0.0)
+            return
+        self._stop_reason = reason
+        self._stopping = True
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Runs until stop(); then drains attempts, delivers, closes, stops Prefect."""
+        cfg = self.config
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "%s: starting (control plane %s, queues %s, slots %d, work dir %s, executor %s)",
+            self._ctx, cfg.control_plane, ",".join(cfg.queues), cfg.slots, cfg.work_dir,
+            self.executor.name,
+        )
+        background: list[asyncio.Task[None]] = []
+        if self.prefect is not None:
+            background.append(asyncio.create_task(self.prefect.supervise()))
+        background.append(asyncio.create_task(self._flush_loop()))
+        connection = asyncio.create_task(self._connection_loop())
+        try:
+            await self._stop_requested.wait()
+            log.info("%s: stopping: %s", self._ctx, self._stop_reason)
+            await self._stop_attempts()
+            await self._deliver_remaining(SHUTDOWN_DELIVERY_TIMEOUT)
+            await self._close_stream(connection)
+        finally:
+            self._closing = True
+            self._closing_event.set()
+            for task in [*background, connection]:
+                task.cancel()
+            leftovers = [
+                st.task for st in self._attempts.values()
+                if st.task is not None and not st.task.done()
+            ]
+            for task in leftovers:
+                task.cancel()  # the executor SIGKILLs the process group on cancellation
+            await asyncio.gather(*background, connection, *leftovers, return_exceptions=True)
+            if self.prefect is not None:
+                await self.prefect.stop()
+            if self._channel is not None:
+                await self._channel.close(grace=None)
+            for closing in list(self._old_channels):
+                closing.cancel()
+            log.info("%s: stopped", self._ctx)
+
+    async def _stop_attempts(self) -> None:
+        tasks = []
+        for st in self._attempts.values():
+            if not st.finished:
+                st.cancel.cancel(self._stop_reason)
+                if st.task is not None:
+                    tasks.append(st.task)
+        if tasks:
+            log.info("%s: cancelling %d running attempt(s)", self._ctx, len(tasks))
+            # Executors kill after the grace period; the bound only guards against a process
+            # the kernel cannot reap (uninterruptible sleep).
+            longest = max(st.grace_period for st in self._attempts.values())
+            _done, stuck = await asyncio.wait(tasks, timeout=longest + 30.0)
+            if stuck:
+                log.error("%s: %d attempt(s) did not stop; leaving them", self._ctx, len(stuck))
+
+    def _undelivered(self) -> bool:
+        for st in self._attempts.values():
+            if st.lines or any(pu.sent_gen != self._gen for pu in st.updates):
+                return True
+        return False
+
+    async def _deliver_remaining(self, timeout: float) -> None:
+        """Gives the stream a bounded chance to carry the final updates and last lines."""
+        self._flush_all()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._force:
+            if self.connected:
+                self._flush_all()
+                if not self._undelivered():
+                    return
+            await asyncio.sleep(0.05)
+        if self._undelivered():
+            log.warning(
+                "%s: stopping with undelivered updates or log lines (control plane %s)",
+                self._ctx, "connected" if self.connected else "unreachable",
+            )
+
+    async def _close_stream(self, connection: asyncio.Task[None]) -> None:
+        """Half-closes the stream and waits for the control plane to end it."""
+        self._closing = True
+        self._closing_event.set()
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+        deadline = time.monotonic() + SHUTDOWN_CLOSE_TIMEOUT
+        while not connection.done() and not self._force and time.monotonic() < deadline:
+            await asyncio.wait({connection}, timeout=0.1)
+
+    # ------------------------------------------------------------------ the stream
+
+    def _new_channel(self) -> None:
+        """Replaces the channel: a fresh one connects at once, where a channel that has been
+        failing waits out gRPC's own reconnect backoff. The old one finishes its downloads."""
+        old = self._channel
+        if old is not None:
+            task = asyncio.create_task(old.close(grace=30.0))
+            self._old_channels.add(task)
+            task.add_done_callback(self._old_channels.discard)
+        self._channel = grpc.aio.insecure_channel(
+            self.config.control_plane, options=channel_options(self.config)
+        )
+        self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
+
+    async def _connection_loop(self) -> None:
+        while not self._closing:
+            self._new_channel()
+            try:
+                await self._run_stream()
+            except grpc.aio.AioRpcError as exc:
+                self._log_rpc_error(exc)
+            except (_StreamEnded, TimeoutError) as exc:
+                if not self._closing:
+                    log.warning("%s: stream ended: %s", self._ctx, exc or "timeout")
+            except asyncio.CancelledError:
+                self._disconnect()
+                raise
+            except Exception:
+                log.exception("%s: unexpected error on the stream", self._ctx)
+            finally:
+                self._disconnect()
+            if self._closing:
+                return
+            delay = self._backoff.next()
+            log.info("%s: reconnecting in %.2fs", self._ctx, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing_event.wait(), delay)
+
+    def _log_rpc_error(self, exc: grpc.aio.AioRpcError) -> None:
+        code, details = exc.code(), exc.details()
+        if self._closing and code == grpc.StatusCode.CANCELLED:
+            return
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            log.warning(
+                "%s: control plane says another stream holds this agent id (%s); "
+                "an old stream not yet noticed dead, or a second agent with the same id",
+                self._ctx, details,
+            )
+        elif code == grpc.StatusCode.INVALID_ARGUMENT:
+            log.error("%s: control plane refused registration: %s", self._ctx, details)
+        else:
+            log.warning("%s: stream to %s lost: %s: %s", self._ctx,
+                        self.config.control_plane, code.name, details)
+
+    async def _run_stream(self) -> None:
+        outbox: asyncio.Queue[Any] = asyncio.Queue()
+        register = self._register_message()
+        call = self._stub.Connect(self._requests(register, outbox))
+        self._call = call
+        first = await asyncio.wait_for(call.read(), REGISTER_TIMEOUT)
+        if first is _EOF:
+            raise _StreamEnded("control plane closed the stream before registering the agent")
+        if first.WhichOneof("message") != "registered":
+            raise _StreamEnded(f"expected Registered, got {first.WhichOneof('message')}")
+        self._on_registered(first.registered, outbox)
+        while True:
+            response = await call.read()
+            if response is _EOF:
+                if not self._closing:
+                    raise _StreamEnded("control plane closed the stream")
+                return
+            self._dispatch(response)
+
+    async def _requests(self, register: Any, outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+        """The request side of the stream: Register, then whatever goes through the outbox."""
+        yield agent_service_pb2.ConnectRequest(register=register)
+        while True:
+            message = await outbox.get()
+            if message is None:
+                return
+            yield message
+
+    def _register_message(self) -> Any:
+        cfg = self.config
+        capacity = agent_pb2.Capacity(
+            cpus=os.cpu_count() or 1,
+            memory_bytes=memory_bytes(),
+            slots=cfg.slots,
+            gpus=discover_gpus(),
+        )
+        # Attempts whose final update is not yet known to be delivered count as running, so
+        # the control plane does not declare them lost before the replayed update arrives.
+        running = [
+            st.running_message()
+            for st in self._attempts.values()
+            if not st.finished or (st.updates and st.assigned)
+        ]
+        return agent_service_pb2.Register(
+            agent_id=cfg.id,
+            hostname=socket.gethostname(),
+            labels=cfg.labels,
+            queues=cfg.queues,
+            capacity=capacity,
+            running=running,
+            version=agent_version(),
+            executor=self.executor.name,
+        )
+
+    def _on_registered(self, registered: Any, outbox: asyncio.Queue[Any]) -> None:
+        interval = _seconds(registered.heartbeat_interval) or DEFAULT_HEARTBEAT_INTERVAL
+        self._gen += 1
+        self._heartbeats = 0
+        self._outbox = outbox
+        log.info(
+            "%s: registered as %s (heartbeat %.1fs, lease %.1fs, %d attempt(s) to report)",
+            self._ctx, registered.agent, interval, _seconds(registered.lease_duration),
+            len(self._attempts),
+        )
+        # Replay in the original order: each pending update after the lines written before it.
+        for st in list(self._attempts.values()):
+            st.sent_upto = st.acked
+            for pending in st.updates:
+                self._send_lines(st, upto=pending.after_seq)
+                self._put_update(pending)
+            self._send_lines(st)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(outbox, interval))
+
+    def _disconnect(self) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+        self._outbox = None
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            self._heartbeat_task = None
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def _heartbeat_loop(self, outbox: asyncio.Queue[Any], interval: float) -> None:
+        while self._outbox is outbox:
+            await asyncio.sleep(interval)
+            if self._outbox is not outbox:
+                return
+            self._heartbeats += 1
+            running = [st.running_message() for st in self._attempts.values() if not st.finished]
+            outbox.put_nowait(
+                agent_service_pb2.ConnectRequest(
+                    heartbeat=agent_service_pb2.Heartbeat(running=running)
+                )
+            )
+            if self._heartbeats == 1:
+                # The stream has held for a full interval: a later break starts backoff anew.
+                self._backoff.reset()
+            self._confirm_updates()
+
+    def _confirm_updates(self) -> None:
+        """Drops updates that a heartbeat followed on a stream that then held one more tick."""
+        now = time.monotonic()
+        for st in list(self._attempts.values()):
+            st.updates = [
+                pu for pu in st.updates
+                if not (pu.sent_gen == self._gen and pu.sent_heartbeat <= self._heartbeats - 2)
+            ]
+            if st.finished and not st.updates and st.lines:
+                if st.delivered_at is None:
+                    st.delivered_at = now
+                elif now - st.delivered_at > UNACKED_LINES_TTL:
+                    log.warning(
+                        "%s job=%s attempt=%d: %d log line(s) never acknowledged; dropping them",
+                        self._ctx, st.job, st.attempt, len(st.lines),
+                    )
+                    st.lines.clear()
+            self._maybe_forget(st)
+
+    def _maybe_forget(self, st: _Attempt) -> None:
+        if st.finished and not st.updates and not st.lines:
+            self._attempts.pop(st.key, None)
+
+    # ------------------------------------------------------------------ outbound
+
+    def _put_update(self, pending: _PendingUpdate) -> None:
+        assert self._outbox is not None
+        pending.sent_gen = self._gen
+        pending.sent_heartbeat = self._heartbeats
+        self._outbox.put_nowait(agent_service_pb2.ConnectRequest(attempt_update=pending.message))
+
+    def _post_update(
+        self, st: _Attempt, state: Any, exit_code: int | None = None, message: str = ""
+    ) -> None:
+        update = agent_service_pb2.AttemptUpdate(
+            job=st.job, attempt=st.attempt, state=state, message=message
+        )
+        if exit_code is not None:
+            update.has_exit_code = True
+            update.exit_code = exit_code
+        pending = _PendingUpdate(update, after_seq=st.next_seq - 1)
+        st.updates.append(pending)
+        if self._outbox is not None:
+            self._send_lines(st, upto=pending.after_seq)
+            self._put_update(pending)
+
+    def _send_lines(self, st: _Attempt, upto: int | None = None) -> None:
+        """Puts the attempt's unsent lines (up to ``upto``) on the stream, in batches."""
+        outbox = self._outbox
+        if outbox is None or not st.lines:
+            return
+        if st.dropped:
+            dropped, st.dropped = st.dropped, 0
+            st.add_line(
+                Stream.SYSTEM,
+                f"the agent dropped {dropped} log line(s): its buffer was full while the "
+                "control plane was unreachable",
+            )
+        limit = st.next_seq - 1 if upto is None else upto
+        if st.sent_upto >= limit:
+            return
+        start = max(0, st.sent_upto + 1 - st.lines[0].sequence)
+        batch: list[Any] = []
+        chars = 0
+        for line in itertools.islice(st.lines, start, None):
+            if line.sequence > limit:
+                break
+            full = len(batch) >= MAX_BATCH_LINES or chars + len(line.text) > MAX_BATCH_CHARS
+            if batch and full:
+                self._put_batch(outbox, st, batch)
+                batch, chars = [], 0
+            batch.append(line)
+            chars += len(line.text)
+            st.sent_upto = line.sequence
+        if batch:
+            self._put_batch(outbox, st, batch)
+
+    @staticmethod
+    def _put_batch(outbox: asyncio.Queue[Any], st: _Attempt, batch: list[Any]) -> None:
+        outbox.put_nowait(
+            agent_service_pb2.ConnectRequest(
+                log_batch=agent_service_pb2.LogBatch(job=st.job, attempt=st.attempt, lines=batch)
+            )
+        )
+
+    def _flush_all(self) -> None:
+        for st in list(self._attempts.values()):
+            self._send_lines(st)
+
+    async def _flush_loop(self) -> None:
+        """Sends queued lines within LOG_FLUSH_INTERVAL, or at once when a batch is full."""
+        while True:
+            await self._lines_pending.wait()
+            if not self._flush_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_now.wait(), LOG_FLUSH_INTERVAL)
+            self._lines_pending.clear()
+            self._flush_now.clear()
+            self._flush_all()
+
+    def _on_line(self, st: _Attempt, stream: Stream, text: str) -> None:
+        st.add_line(stream, text)
+        self._lines_pending.set()
+        if self._outbox is not None and st.next_seq - 1 - st.sent_upto >= LOG_FLUSH_LINES:
+            self._flush_now.set()
+
+    # ------------------------------------------------------------------ inbound
+
+    def _dispatch(self, response: Any) -> None:
+        kind = response.WhichOneof("message")
+        if kind == "assignment":
+            self._on_assignment(response.assignment)
+        elif kind == "cancel":
+            self._on_cancel(response.cancel)
+        elif kind == "log_ack":
+            self._on_log_ack(response.log_ack)
+        elif kind == "registered":
+            log.debug("%s: Registered again on a live stream; ignored", self._ctx)
+        else:
+            log.warning("%s: unknown message from the control plane: %s", self._ctx, kind)
+
+    def _on_assignment(self, assignment: Any) -> None:
+        job, attempt = assignment.job.name, assignment.attempt
+        key = (job, attempt)
+        if self._stopping:
+            # Not started and not reported: the attempt is lost with this agent's stream and
+            # the control plane requeues it elsewhere.
+            log.warning("%s job=%s attempt=%d: assignment ignored, agent is stopping",
+                        self._ctx, job, attempt)
+            return
+        if key in self._attempts or key in self._recently_finished:
+            log.info("%s job=%s attempt=%d: duplicate assignment ignored", self._ctx, job, attempt)
+            return
+        running = sum(1 for st in self._attempts.values() if not st.finished)
+        if running >= self.config.slots:
+            log.warning(
+                "%s job=%s attempt=%d: assigned beyond capacity (%d of %d slots busy); running it",
+                self._ctx, job, attempt, running, self.config.slots,
+            )
+        grace = _seconds(assignment.grace_period) or self.config.grace_period
+        st = _Attempt(job=job, attempt=attempt, grace_period=grace)
+        self._attempts[key] = st
+        log.info("%s job=%s attempt=%d: assigned (entry %r, digest %s)", self._ctx, job, attempt,
+                 assignment.job.entry or "main", assignment.job.entry_point_digest)
+        st.task = asyncio.create_task(self._run_attempt(st, assignment))
+
+    def _on_cancel(self, cancel: Any) -> None:
+        key = (cancel.job, cancel.attempt)
+        st = self._attempts.get(key)
+        # Zero or unset: the attempt's own grace period.
+        grace = _seconds(cancel.grace_period) or None
+        if st is not None and not st.finished:
+            log.info("%s job=%s attempt=%d: cancel requested (%s)", self._ctx, cancel.job,
+                     cancel.attempt, cancel.reason or "no reason given")
+            st.cancel.cancel(cancel.reason or "cancelled by the control plane", grace)
+            return
+        if st is not None or key in self._recently_finished:
+            return  # already over; its final update is or was on its way
+        # Never heard of it (its assignment may have been lost): say it is not running here.
+        log.info("%s job=%s attempt=%d: cancel for an unknown attempt; reporting it cancelled",
+                 self._ctx, cancel.job, cancel.attempt)
+        st = _Attempt(
+            job=cancel.job, attempt=cancel.attempt, grace_period=0.0, finished=True, assigned=False
+        )
+        self._attempts[key] = st
+        self._remember_finished(key)
+        self._post_update(
+            st, job_pb2.JOB_STATE_CANCELLED, None, "cancelled: the attempt was not running"
+        )
+
+    def _on_log_ack(self, ack: Any) -> None:
+        st = self._attempts.get((ack.job, ack.attempt))
+        if st is None:
+            return
+        while st.lines and st.lines[0].sequence <= ack.sequence:
+            st.lines.popleft()
+        st.acked = max(st.acked, ack.sequence)
+        st.sent_upto = max(st.sent_upto, st.acked)
+        self._maybe_forget(st)
+
+    def _remember_finished(self, key: AttemptKey) -> None:
+        self._recently_finished[key] = None
+        while len(self._recently_finished) > 1024:
+            self._recently_finished.popitem(last=False)
+
+    # ------------------------------------------------------------------ attempts
+
+    async def _run_attempt(self, st: _Attempt, assignment: Any) -> None:
+        def system(text: str) -> None:
+            self._on_line(st, Stream.SYSTEM, text)
+
+        try:
+            prepare = asyncio.create_task(self._prepare(st, assignment, system))
+            cancelled = asyncio.create_task(st.cancel.wait())
+            try:
+                await asyncio.wait({prepare, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                cancelled.cancel()
+            if not prepare.done():
+                prepare.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await prepare
+                system("cancelled before the process started")
+                reason = st.cancel.reason
+                result = ExecutionResult(
+                    Outcome.CANCELLED, None, f"cancelled: {reason}" if reason else "cancelled"
+                )
+            else:
+                spec = prepare.result()
+                result = await self.executor.run(
+                    spec,
+                    on_line=lambda stream, text: self._on_line(st, stream, text),
+                    on_start=lambda pid: self._on_started(st, pid),
+                    cancel=st.cancel,
+                )
+        except WorkspaceError as exc:
+            system(str(exc))
+            result = ExecutionResult(Outcome.FAILED, None, str(exc))
+        except grpc.aio.AioRpcError as exc:
+            message = (
+                f"cannot fetch the entry point archive {assignment.job.entry_point_digest}: "
+                f"{exc.code().name}: {exc.details()}"
+            )
+            system(message)
+            result = ExecutionResult(Outcome.FAILED, None, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s job=%s attempt=%d: agent error", self._ctx, st.job, st.attempt)
+            message = f"agent error: {exc!r}"
+            system(message)
+            result = ExecutionResult(Outcome.FAILED, None, message)
+        self._finish(st, result)
+
+    async def _prepare(
+        self, st: _Attempt, assignment: Any, system: Any
+    ) -> RunSpec:
+        """Fetches and extracts the archive and works out the environment."""
+        cfg = self.config
+        job = assignment.job
+        if not st.job.startswith("jobs/"):
+            raise WorkspaceError(f"malformed job name {st.job!r}")
+        digest = job.entry_point_digest
+        size = int(assignment.archive_size_bytes) or None
+        if self.cache.lookup(digest) is not None:
+            system(f"archive {digest} found in the cache")
+        else:
+            system(f"fetching archive {digest}" + (f" ({size} bytes)" if size else ""))
+        archive = await self._fetch(digest, size)
+        dest = await asyncio.to_thread(prepare_workspace, cfg.work_dir, st.job_id, st.attempt)
+        system(f"extracting archive into {dest}")
+        root = await asyncio.to_thread(
+            extract_archive, archive, dest, cfg.max_archive_bytes, cfg.max_archive_files
+        )
+        timeout = _seconds(job.timeout) if job.HasField("timeout") else 0.0
+        return RunSpec(
+            project_root=root,
+            entry=job.entry or "main",
+            parameters=dict(job.parameters),
+            job_id=st.job_id,
+            attempt=st.attempt,
+            env=dict(assignment.env),
+            timeout=timeout if timeout > 0 else None,
+            grace_period=st.grace_period,
+            prefect_api_url=await self._prefect_url(system),
+        )
+
+    async def _fetch(self, digest: str, size: int | None) -> Any:
+        cfg = self.config
+        # The largest archive whose content passes the extraction limits, with room for headers.
+        limit = cfg.max_archive_bytes + 4096 * cfg.max_archive_files + 1024 * 1024
+        delay = 0.5
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            chunks = self._download(digest)
+            try:
+                return await self.cache.fetch(
+                    digest, chunks, expected_size=size, max_bytes=limit
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE or attempt == DOWNLOAD_ATTEMPTS:
+                    raise
+                log.warning("%s: download of %s failed (%s); retrying", self._ctx, digest,
+                            exc.code().name)
+            except BlobError:
+                if attempt >= 2:
+                    raise
+                log.warning("%s: download of %s was corrupt; retrying", self._ctx, digest)
+            finally:
+                await chunks.aclose()  # ends the RPC when the cache stopped reading early
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")
+
+    async def _download(self, digest: str) -> AsyncGenerator[bytes, None]:
+        call = self._stub.DownloadBlob(agent_service_pb2.DownloadBlobRequest(digest=digest))
+        try:
+            async for response in call:
+                yield response.chunk
+        finally:
+            call.cancel()
+
+    async def _prefect_url(self, system: Any) -> str | None:
+        mode = self.config.prefect_mode
+        if mode == "none":
+            return None
+        if mode == "url":
+            return self.config.prefect_api_url
+        assert self.prefect is not None
+        if self.prefect.ready:
+            return self.prefect.url
+        if self.prefect.last_error is None:
+            system("waiting for the agent's local Prefect server to start")
+            url = await self.prefect.wait_ready(self.prefect.startup_timeout)
+            if url is not None:
+                return url
+        system(
+            "the agent's local Prefect server is not available "
+            f"({self.prefect.last_error or 'not started'}); Prefect runs in ephemeral mode"
+        )
+        return None
+
+    def _on_started(self, st: _Attempt, pid: int) -> None:
+        log.info("%s job=%s attempt=%d: process %d started", self._ctx, st.job, st.attempt, pid)
+        self._post_update(st, job_pb2.JOB_STATE_RUNNING)
+
+    def _finish(self, st: _Attempt, result: ExecutionResult) -> None:
+        st.finished = True
+        self._remember_finished(st.key)
+        log.info(
+            "%s job=%s attempt=%d: %s%s%s", self._ctx, st.job, st.attempt,
+            result.outcome.value,
+            f" (exit code {result.exit_code})" if result.exit_code is not None else "",
+            f": {result.message}" if result.message else "",
+        )
+        self._post_update(st, _STATES[result.outcome], result.exit_code, result.message)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def configure_logging(config: AgentConfig, level: int | str = logging.INFO) -> None:
+    """Plain-text logs on stderr, unless the embedding program configured logging already."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+async def _serve(config: AgentConfig) -> None:
+    agent = Agent(config)
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, agent.stop, f"received {sig.name}")
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signals here: the embedder calls stop()
+    try:
+        await agent.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run_forever(config: AgentConfig) -> None:
+    """Runs the agent until SIGINT/SIGTERM, then shuts down gracefully and returns."""
+    configure_logging(config)
+    asyncio.run(_serve(config))

@@ -1,0 +1,417 @@
+"""Executors: run an entry point's command and report its lines and outcome.
+
+Executors know nothing of gRPC or the control plane: the daemon hands them a RunSpec and
+callbacks and maps the result to the wire. The docker executor will implement the same
+interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crucible import mlproject
+
+from .workspace import find_mlproject
+
+# Lines longer than this are split, so one runaway line cannot exhaust memory or a message.
+MAX_LINE_BYTES = 32 * 1024
+_READ_CHUNK = 64 * 1024
+# How often the exit of a process is checked; asyncio's wait() also waits for the pipes,
+# which a background child may hold open long after the main process exited.
+_POLL_INTERVAL = 0.02
+# After SIGKILL, how long to wait for the kernel to reap the group before giving up.
+_KILL_WAIT = 5.0
+# After the process is gone, how long to wait for the last output still in the pipes.
+_DRAIN_WAIT = 2.0
+
+
+class Stream(enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    # Lines the agent writes about what it does (fetching, starting, signals, exit).
+    SYSTEM = "system"
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    outcome: Outcome
+    # None when the process never started or its exit status is unknown. A process killed by
+    # signal N reports 128 + N, as shells and container runtimes do.
+    exit_code: int | None
+    message: str
+
+
+LineCallback = Callable[[Stream, str], None]
+StartCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One attempt to run: what and where, and under which limits."""
+
+    project_root: Path
+    entry: str
+    parameters: Mapping[str, str]
+    job_id: str
+    attempt: int
+    # The Assignment's environment (MLflow run, tracking URI, ...).
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Wall-clock limit of the process; None means none.
+    timeout: float | None = None
+    grace_period: float = 10.0
+    # Handed to the job as PREFECT_API_URL when set.
+    prefect_api_url: str | None = None
+
+
+class CancelSignal:
+    """Lets the daemon stop an attempt from outside the task that runs it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.reason = ""
+        self.grace_period: float | None = None
+
+    def cancel(self, reason: str = "", grace_period: float | None = None) -> None:
+        """Requests a stop; a later call may only shorten the grace period."""
+        if not self._event.is_set():
+            self.reason = reason
+            self.grace_period = grace_period
+            self._event.set()
+        elif grace_period is not None and (
+            self.grace_period is None or grace_period < self.grace_period
+        ):
+            self.grace_period = grace_period
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class Executor(abc.ABC):
+    """Runs one attempt to completion; never raises for job failures, only returns them."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def run(
+        self,
+        spec: RunSpec,
+        *,
+        on_line: LineCallback,
+        on_start: StartCallback | None = None,
+        cancel: CancelSignal | None = None,
+    ) -> ExecutionResult:
+        """Runs the attempt; ``on_start`` gets the pid once the process runs."""
+
+
+def load_command(project_root: Path, entry: str, parameters: Mapping[str, str]) -> str:
+    """Reads MLproject and builds the entry's shell command (raises MLprojectError)."""
+    path = find_mlproject(project_root)
+    if path is None:
+        raise mlproject.MLprojectError([f"no MLproject file in the entry point ({project_root})"])
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise mlproject.MLprojectError([f"cannot read {path.name}: {exc}"]) from exc
+    project = mlproject.parse(text)
+    resolved = mlproject.resolve(project, entry, dict(parameters))
+    spec = project.entry(entry)
+    assert spec is not None  # resolve() raised otherwise
+    command: str = mlproject.build_command(spec, resolved)
+    return command
+
+
+def build_env(
+    spec: RunSpec,
+    base: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+) -> dict[str, str]:
+    """The job's environment: the agent's, then the assignment's, then what the agent owns."""
+    env = dict(os.environ if base is None else base)
+    env.update(spec.env)
+    if spec.prefect_api_url:
+        env["PREFECT_API_URL"] = spec.prefect_api_url
+    # `python` in a command means the agent's interpreter, which has prefect and mlflow.
+    bin_dir = os.path.dirname(python)
+    path = env.get("PATH") or os.defpath
+    env["PATH"] = bin_dir + os.pathsep + path if bin_dir else path
+    env["PYTHONUNBUFFERED"] = "1"
+    env["CRUCIBLE_JOB"] = f"jobs/{spec.job_id}"
+    env["CRUCIBLE_JOB_ID"] = spec.job_id
+    env["CRUCIBLE_ATTEMPT"] = str(spec.attempt)
+    return env
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group.
+
+    Zombies are left out: orphans reparented to a PID 1 that does not reap would otherwise
+    look alive forever. Falls back to killpg(0) where /proc is missing.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members: list[int] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces; fields follow the last ')'.
+        fields = raw[raw.rfind(")") + 2 :].split()
+        if len(fields) < 3:
+            continue
+        state, pgrp = fields[0], fields[2]
+        if pgrp == str(pgid) and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class ProcessExecutor(Executor):
+    """Runs the command with /bin/sh in its own process group, in the project directory.
+
+    stdout and stderr are read line by line; order is kept within each stream, but the
+    interleaving of the two is only as good as the pipes deliver it.
+    """
+
+    name = "process"
+
+    def __init__(self, python: str = sys.executable, shell: str = "/bin/sh") -> None:
+        self.python = python
+        self.shell = shell
+
+    async def run(
+        self,
+        spec: RunSpec,
+        *,
+        on_line: LineCallback,
+        on_start: StartCallback | None = None,
+        cancel: CancelSignal | None = None,
+    ) -> ExecutionResult:
+        def system(text: str) -> None:
+            on_line(Stream.SYSTEM, text)
+
+        try:
+            command = load_command(spec.project_root, spec.entry, spec.parameters)
+        except mlproject.MLprojectError as exc:
+            message = f"cannot run entry {spec.entry!r}: {exc}"
+            system(message)
+            return ExecutionResult(Outcome.FAILED, None, message)
+        if cancel is not None and cancel.requested:
+            system("cancelled before start")
+            return ExecutionResult(Outcome.CANCELLED, None, _cancel_message(cancel))
+
+        env = build_env(spec, python=self.python)
+        system(f"running: {command}")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.shell,
+                "-c",
+                command,
+                cwd=spec.project_root,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            message = f"cannot start the process: {exc}"
+            system(message)
+            return ExecutionResult(Outcome.FAILED, None, message)
+
+        pgid = proc.pid  # start_new_session makes the child the leader of its own group
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [
+            asyncio.create_task(_read_lines(proc.stdout, Stream.STDOUT, on_line)),
+            asyncio.create_task(_read_lines(proc.stderr, Stream.STDERR, on_line)),
+        ]
+        try:
+            if on_start is not None:
+                on_start(proc.pid)
+            outcome, message = await self._supervise(proc, pgid, spec, cancel, system)
+            returncode = proc.returncode
+            assert returncode is not None
+            exit_code = returncode if returncode >= 0 else 128 - returncode
+            # Children that outlive the main process (daemons, `cmd &`) end with the attempt.
+            if group_members(pgid):
+                system("the main process exited; stopping what it left running")
+                await _terminate_group(pgid, spec.grace_period, system, lambda: True)
+            await _drain(readers, proc)
+        finally:
+            # Reached without an exit only when our task is cancelled (agent crash path):
+            # never leave the group behind.
+            if proc.returncode is None or group_members(pgid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+            for reader in readers:
+                reader.cancel()
+
+        if returncode < 0:
+            status = f"killed by {_signal_name(-returncode)} (exit code {exit_code})"
+        else:
+            status = f"exit code {exit_code}"
+        system(status)
+        if outcome is None:
+            if exit_code == 0:
+                return ExecutionResult(Outcome.SUCCEEDED, 0, "")
+            return ExecutionResult(Outcome.FAILED, exit_code, status)
+        return ExecutionResult(outcome, exit_code, message)
+
+    async def _supervise(
+        self,
+        proc: asyncio.subprocess.Process,
+        pgid: int,
+        spec: RunSpec,
+        cancel: CancelSignal | None,
+        system: Callable[[str], None],
+    ) -> tuple[Outcome | None, str]:
+        """Waits for exit, cancel or timeout; returns (None, "") for a natural exit."""
+        exited = asyncio.create_task(_wait_exit(proc))
+        waiters: set[asyncio.Task[None]] = {exited}
+        cancelled: asyncio.Task[None] | None = None
+        if cancel is not None:
+            cancelled = asyncio.create_task(cancel.wait())
+            waiters.add(cancelled)
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=spec.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in waiters:
+                task.cancel()
+        if exited in done or proc.returncode is not None:
+            return None, ""
+        if cancelled is not None and cancelled in done:
+            assert cancel is not None
+            grace = spec.grace_period if cancel.grace_period is None else cancel.grace_period
+            system(f"cancel requested{': ' + cancel.reason if cancel.reason else ''}")
+            await _terminate_group(pgid, grace, system, lambda: proc.returncode is not None)
+            await _wait_exit(proc)
+            return Outcome.CANCELLED, _cancel_message(cancel)
+        system(f"timeout of {_seconds(spec.timeout)} exceeded")
+        await _terminate_group(pgid, spec.grace_period, system, lambda: proc.returncode is not None)
+        await _wait_exit(proc)
+        return Outcome.TIMED_OUT, f"timed out after {_seconds(spec.timeout)}"
+
+
+def _cancel_message(cancel: CancelSignal) -> str:
+    return f"cancelled: {cancel.reason}" if cancel.reason else "cancelled"
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:g}s" if value is not None else "none"
+
+
+async def _wait_exit(proc: asyncio.subprocess.Process) -> None:
+    """Waits for the main process to exit, without waiting for its pipes to close."""
+    while proc.returncode is None:
+        await asyncio.sleep(_POLL_INTERVAL)
+
+
+async def _terminate_group(
+    pgid: int,
+    grace: float,
+    system: Callable[[str], None],
+    main_exited: Callable[[], bool],
+) -> None:
+    """SIGTERM to the group, up to ``grace`` seconds to exit, then SIGKILL to whatever is left."""
+    if not group_members(pgid):
+        return
+    system(f"sending SIGTERM to process group {pgid}")
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not group_members(pgid):
+            return
+        await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    if not group_members(pgid):
+        return
+    system(f"grace period of {grace:g}s over; sending SIGKILL to process group {pgid}")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + _KILL_WAIT
+    while (group_members(pgid) or not main_exited()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def _drain(readers: list[asyncio.Task[None]], proc: asyncio.subprocess.Process) -> None:
+    """Waits for the readers to hit end of file; a process that escaped the group (setsid)
+    may hold a pipe open, so the wait is bounded."""
+    _done, pending = await asyncio.wait(readers, timeout=_DRAIN_WAIT)
+    for task in pending:
+        task.cancel()
+    if pending:
+        # The pipes stay open only because something outside the group holds them; close our
+        # ends so the transport does not leak.
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
+    else:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), _DRAIN_WAIT)
+
+
+async def _read_lines(reader: asyncio.StreamReader, stream: Stream, on_line: LineCallback) -> None:
+    """Splits a pipe into lines; a trailing partial line is emitted at end of file."""
+    buffer = b""
+    while True:
+        chunk = await reader.read(_READ_CHUNK)
+        if not chunk:
+            break
+        buffer += chunk
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                if len(buffer) >= MAX_LINE_BYTES:
+                    on_line(stream, _decode(buffer[:MAX_LINE_BYTES]))
+                    buffer = buffer[MAX_LINE_BYTES:]
+                    continue
+                break
+            line, buffer = buffer[:newline], buffer[newline + 1 :]
+            while len(line) > MAX_LINE_BYTES:
+                on_line(stream, _decode(line[:MAX_LINE_BYTES]))
+                line = line[MAX_LINE_BYTES:]
+            on_line(stream, _decode(line))
+    if buffer:
+        on_line(stream, _decode(buffer))
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").removesuffix("\r")

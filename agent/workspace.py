@@ -1,0 +1,467 @@
+"""Blob cache and safe archive extraction.
+
+Entry-point archives come from users, so extraction treats them as hostile: nothing may be
+written outside the attempt's workspace, and size and file-count limits stop archive bombs.
+Checks are made before each member is written, so a rejected archive never touches anything
+outside the workspace (the partial workspace is removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import lzma
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import AsyncIterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_COPY_CHUNK = 1024 * 1024
+# Files that archivers add beside the real content; ignored when looking for the project root.
+_IGNORED_TOP_LEVEL = {"__MACOSX", ".DS_Store"}
+
+
+class WorkspaceError(Exception):
+    """The job cannot get its files; the message is shown to the user."""
+
+
+class BlobError(WorkspaceError):
+    """The archive could not be fetched or did not match its digest."""
+
+
+class ArchiveError(WorkspaceError):
+    """The archive is corrupt or of an unsupported format."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """The archive tries to escape its workspace or exceeds the limits."""
+
+
+def parse_digest(digest: str) -> str:
+    """Returns the hex part of ``sha256:<hex>``; rejects anything else (it becomes a path)."""
+    match = _DIGEST.match(digest)
+    if not match:
+        raise BlobError(f"malformed digest {digest!r} (expected sha256:<64 lowercase hex>)")
+    return match.group(1)
+
+
+def workspace_dir(work_dir: Path, job_id: str, attempt: int) -> Path:
+    """``work_dir/jobs/<job_id>/<attempt>``; the job id comes off the wire, so it is checked."""
+    if not _SAFE_SEGMENT.match(job_id):
+        raise WorkspaceError(f"job id {job_id!r} cannot be used as a directory name")
+    if attempt < 0:
+        raise WorkspaceError(f"bad attempt number {attempt}")
+    return work_dir / "jobs" / job_id / str(attempt)
+
+
+def prepare_workspace(work_dir: Path, job_id: str, attempt: int) -> Path:
+    """Creates a fresh, empty workspace for one attempt (a leftover from a crash is removed)."""
+    dest = workspace_dir(work_dir, job_id, attempt)
+    if dest.exists() or dest.is_symlink():
+        remove_tree(dest)
+    dest.mkdir(parents=True)
+    return dest
+
+
+def remove_tree(path: Path) -> None:
+    """Removes a workspace, including files the job made read-only."""
+
+    def onerror(func: Any, failed: str, exc_info: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(failed) or ".", 0o700)
+            os.chmod(failed, 0o700)
+            func(failed)
+        except OSError:
+            pass
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=onerror)
+
+
+# --------------------------------------------------------------------------- blob cache
+
+
+class BlobCache:
+    """Content-addressed local copies of blobs, under ``root/sha256/<hex>``.
+
+    A blob is written to a temporary file, verified against its digest and renamed into place,
+    so a file at its final path is always complete and correct and can be reused without
+    re-hashing.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def path_for(self, digest: str) -> Path:
+        return self.root / "sha256" / parse_digest(digest)
+
+    def lookup(self, digest: str) -> Path | None:
+        path = self.path_for(digest)
+        return path if path.is_file() else None
+
+    async def fetch(
+        self,
+        digest: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        expected_size: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Path:
+        """Stores a blob from a stream of chunks (a DownloadBlob response) unless cached.
+
+        ``chunks`` is only iterated on a cache miss. Raises BlobError on a digest or size
+        mismatch; the partial file is removed.
+        """
+        hex_digest = parse_digest(digest)
+        lock = self._locks.setdefault(hex_digest, asyncio.Lock())
+        async with lock:
+            cached = self.lookup(digest)
+            if cached is not None:
+                return cached
+            final = self.path_for(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=".part-", dir=final.parent)
+            tmp = Path(tmp_name)
+            try:
+                hasher = hashlib.sha256()
+                received = 0
+                with os.fdopen(fd, "wb") as out:
+                    async for chunk in chunks:
+                        received += len(chunk)
+                        if max_bytes is not None and received > max_bytes:
+                            raise BlobError(
+                                f"blob {digest} is larger than the limit of {max_bytes} bytes"
+                            )
+                        if expected_size is not None and received > expected_size:
+                            raise BlobError(
+                                f"blob {digest} is larger than its announced {expected_size} bytes"
+                            )
+                        hasher.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if expected_size is not None and received != expected_size:
+                    raise BlobError(
+                        f"blob {digest} ended after {received} of {expected_size} bytes"
+                    )
+                actual = hasher.hexdigest()
+                if actual != hex_digest:
+                    raise BlobError(f"blob {digest} has the wrong content (its sha256 is {actual})")
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, final)
+                return final
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@dataclass
+class _Limits:
+    max_bytes: int
+    max_files: int
+    files: int = 0
+    total: int = 0
+
+    def count_member(self) -> None:
+        self.files += 1
+        if self.files > self.max_files:
+            self.too_many()
+
+    def too_many(self) -> None:
+        raise UnsafeArchiveError(
+            f"archive has more than {self.max_files} entries (limit max_archive_files)"
+        )
+
+    def check_declared(self, size: int, name: str) -> None:
+        """Refuses a member by its declared size before any of its bytes are read."""
+        if self.total + size > self.max_bytes:
+            self.add_bytes(size, name)
+
+    def add_bytes(self, n: int, name: str) -> None:
+        self.total += n
+        if self.total > self.max_bytes:
+            raise UnsafeArchiveError(
+                f"archive expands to more than {self.max_bytes} bytes "
+                f"(reached at {name!r}; limit max_archive_bytes)"
+            )
+
+
+def _clean_name(raw: str) -> str | None:
+    """A member name as a safe relative POSIX path; None for the archive root itself.
+
+    Raises UnsafeArchiveError for absolute paths and ``..`` components. Backslashes are treated
+    as separators too, since Windows zip tools write them and a later consumer might honour them.
+    """
+    if "\x00" in raw:
+        raise UnsafeArchiveError(f"entry name {raw!r} contains a NUL byte")
+    name = raw.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UnsafeArchiveError(f"entry {raw!r} has an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"entry {raw!r} contains '..'")
+    if not parts:
+        return None
+    return "/".join(parts)
+
+
+def _check_link_target(name: str, target: str) -> None:
+    """Rejects symlink targets that are absolute or point above the workspace on their face."""
+    if not target:
+        raise UnsafeArchiveError(f"symlink {name!r} has an empty target")
+    if target.startswith("/") or target.startswith("\\") or re.match(r"^[A-Za-z]:", target):
+        raise UnsafeArchiveError(f"symlink {name!r} points to the absolute path {target!r}")
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+    if joined == ".." or joined.startswith("../"):
+        raise UnsafeArchiveError(f"symlink {name!r} -> {target!r} points outside the workspace")
+
+
+class _Extractor:
+    """Writes members below ``root``; symlinks are made last so no write can follow one."""
+
+    def __init__(self, root: Path, limits: _Limits) -> None:
+        self.root = root
+        self.limits = limits
+        self.files: set[str] = set()
+        self.symlinks: dict[str, str] = {}
+
+    def _path(self, name: str) -> Path:
+        return self.root.joinpath(*name.split("/"))
+
+    def _make_parents(self, name: str) -> None:
+        parent = posixpath.dirname(name)
+        if parent:
+            path = self._path(parent)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise ArchiveError(
+                    f"entry {name!r} is inside {parent!r}, which is not a directory"
+                ) from None
+
+    def directory(self, name: str) -> None:
+        self.symlinks.pop(name, None)
+        path = self._path(name)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ArchiveError(f"directory {name!r} collides with a file of that name") from None
+
+    def file(self, name: str, source: IO[bytes], mode: int) -> None:
+        self.symlinks.pop(name, None)
+        self._make_parents(name)
+        path = self._path(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        perm = 0o755 if mode & 0o111 else 0o644
+        try:
+            fd = os.open(path, flags, perm)
+        except IsADirectoryError:
+            raise ArchiveError(f"file {name!r} collides with a directory of that name") from None
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                chunk = source.read(_COPY_CHUNK)
+                if not chunk:
+                    break
+                self.limits.add_bytes(len(chunk), name)
+                out.write(chunk)
+        os.chmod(path, perm)
+        self.files.add(name)
+
+    def hardlink(self, name: str, target_raw: str) -> None:
+        """Materialises a hard link as a copy of an earlier regular member of the archive."""
+        try:
+            target = _clean_name(target_raw)
+        except UnsafeArchiveError as exc:
+            raise UnsafeArchiveError(f"hard link {name!r} -> {target_raw!r}: {exc}") from None
+        if target is None or target == name or target not in self.files:
+            raise UnsafeArchiveError(
+                f"hard link {name!r} -> {target_raw!r} does not point to a file of the archive"
+            )
+        source_path = self._path(target)
+        st = os.lstat(source_path)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeArchiveError(f"hard link {name!r} -> {target_raw!r} is not a regular file")
+        with open(source_path, "rb") as source:
+            self.file(name, source, st.st_mode)
+
+    def symlink(self, name: str, target: str) -> None:
+        _check_link_target(name, target)
+        self.files.discard(name)
+        self.symlinks[name] = target
+
+    def finish_symlinks(self) -> None:
+        """Creates the deferred symlinks, then checks every chain resolves inside the root."""
+        real_root = os.path.realpath(self.root)
+        for name, target in self.symlinks.items():
+            # Parents must be real directories: creating a link through another link could
+            # place it anywhere.
+            current = self.root
+            for part in name.split("/")[:-1]:
+                current = current / part
+                try:
+                    st = os.lstat(current)
+                except FileNotFoundError:
+                    current.mkdir()
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    raise UnsafeArchiveError(
+                        f"symlink {name!r} is inside {str(current.relative_to(self.root))!r}, "
+                        "which is not a directory"
+                    )
+            path = self._path(name)
+            if os.path.lexists(path):
+                raise ArchiveError(f"symlink {name!r} collides with another entry of that name")
+            os.symlink(target, path)
+        for name in self.symlinks:
+            resolved = os.path.realpath(self._path(name))
+            if os.path.commonpath([real_root, resolved]) != real_root:
+                raise UnsafeArchiveError(
+                    f"symlink {name!r} -> {self.symlinks[name]!r} resolves outside the workspace"
+                )
+
+
+def _extract_tar(archive: Path, ex: _Extractor) -> None:
+    try:
+        # Stream mode reads each member once, so a compressed archive is decompressed once.
+        with tarfile.open(archive, mode="r|*") as tf:
+            for member in _iter_tar(tf):
+                ex.limits.count_member()
+                name = _clean_name(member.name)
+                if name is None:
+                    continue
+                if member.isdir():
+                    ex.directory(name)
+                elif member.isreg():
+                    # Declared size first, so a bomb is refused before its bytes are read.
+                    ex.limits.check_declared(member.size, name)
+                    source = tf.extractfile(member)
+                    if source is None:  # pragma: no cover - isreg members always have data
+                        raise ArchiveError(f"cannot read {name!r}")
+                    ex.file(name, source, member.mode)
+                elif member.issym():
+                    ex.symlink(name, member.linkname)
+                elif member.islnk():
+                    ex.hardlink(name, member.linkname)
+                elif member.ischr() or member.isblk():
+                    raise UnsafeArchiveError(f"entry {member.name!r} is a device file")
+                elif member.isfifo():
+                    raise UnsafeArchiveError(f"entry {member.name!r} is a FIFO")
+                else:
+                    raise UnsafeArchiveError(f"entry {member.name!r} has an unsupported type")
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise ArchiveError(f"the archive is not a readable tar archive: {exc}") from exc
+    except OSError as exc:
+        raise ArchiveError(f"cannot extract the archive: {exc}") from exc
+
+
+def _iter_tar(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    while True:
+        member = tf.next()
+        if member is None:
+            return
+        yield member
+
+
+def _extract_zip(archive: Path, ex: _Extractor) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            # The central directory lists everything up front: refuse before writing anything.
+            if len(infos) > ex.limits.max_files:
+                ex.limits.too_many()
+            ex.limits.check_declared(sum(i.file_size for i in infos), "(whole archive)")
+            for info in infos:
+                ex.limits.count_member()
+                name = _clean_name(info.filename)
+                if name is None:
+                    continue
+                mode = info.external_attr >> 16
+                if info.is_dir():
+                    ex.directory(name)
+                elif stat.S_ISLNK(mode):
+                    if info.file_size > 4096:
+                        raise UnsafeArchiveError(f"symlink {name!r} has an oversized target")
+                    target = zf.read(info).decode("utf-8", errors="surrogateescape")
+                    ex.symlink(name, target)
+                # Type bits are optional in zips (Windows tools, zipfile.writestr): none = file.
+                elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                    raise UnsafeArchiveError(
+                        f"entry {info.filename!r} is not a regular file, directory or symlink"
+                    )
+                else:
+                    with zf.open(info) as source:
+                        ex.file(name, source, mode)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as exc:
+        raise ArchiveError(f"the archive is not a readable zip archive: {exc}") from exc
+    except (EOFError, OSError) as exc:
+        raise ArchiveError(f"cannot extract the archive: {exc}") from exc
+
+
+def _is_zip(archive: Path) -> bool:
+    with open(archive, "rb") as f:
+        magic = f.read(4)
+    return magic in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -> Path:
+    """Extracts a tar (optionally gz/bz2/xz) or zip archive into ``dest``; returns the project root.
+
+    ``dest`` must be an empty directory. Rejects absolute paths, ``..`` components, links
+    that leave ``dest``, device files and FIFOs, more than ``max_files`` entries and more than
+    ``max_bytes`` of content, raising UnsafeArchiveError; on any error ``dest`` is emptied.
+    Hard links are materialised as copies of the file they name (which must be in the archive).
+    The project root is ``dest``, or its single top-level directory when ``dest`` holds no
+    MLproject itself (the usual ``tar czf project.tgz project/`` layout).
+    """
+    if not dest.is_dir() or any(dest.iterdir()):
+        raise ArchiveError(f"workspace {dest} must be an existing empty directory")
+    ex = _Extractor(dest, _Limits(max_bytes=max_bytes, max_files=max_files))
+    try:
+        if _is_zip(archive):
+            _extract_zip(archive, ex)
+        else:
+            _extract_tar(archive, ex)
+        ex.finish_symlinks()
+    except BaseException:
+        for child in list(dest.iterdir()):
+            remove_tree(child)
+        raise
+    return project_root(dest)
+
+
+def find_mlproject(root: Path) -> Path | None:
+    """The MLproject file in ``root`` (exact name first, then any case, as MLflow does)."""
+    exact = root / "MLproject"
+    if exact.is_file():
+        return exact
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if child.name.lower() == "mlproject" and child.is_file():
+            return child
+    return None
+
+
+def project_root(dest: Path) -> Path:
+    """``dest``, or its single top-level directory when ``dest`` has no MLproject."""
+    if find_mlproject(dest) is not None:
+        return dest
+    children = [c for c in dest.iterdir() if c.name not in _IGNORED_TOP_LEVEL]
+    if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
+        return children[0]
+    return dest
