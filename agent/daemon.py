@@ -396,7 +396,8 @@ class Agent:
                 self._log_rpc_error(exc)
             except (_StreamEnded, TimeoutError) as exc:
                 if not self._closing:
-                    log.warning("%s: stream ended: %s", self._ctx, exc or "timeout")
+                    reason = str(exc) or f"no Registered within {REGISTER_TIMEOUT:g}s"
+                    log.warning("%s: stream ended: %s", self._ctx, reason)
             except asyncio.CancelledError:
                 self._disconnect()
                 raise
@@ -432,19 +433,24 @@ class Agent:
         register = self._register_message()
         call = self._stub.Connect(self._requests(register, outbox))
         self._call = call
-        first = await asyncio.wait_for(call.read(), REGISTER_TIMEOUT)
-        if first is _EOF:
-            raise _StreamEnded("control plane closed the stream before registering the agent")
-        if first.WhichOneof("message") != "registered":
-            raise _StreamEnded(f"expected Registered, got {first.WhichOneof('message')}")
-        self._on_registered(first.registered, outbox)
-        while True:
-            response = await call.read()
-            if response is _EOF:
-                if not self._closing:
-                    raise _StreamEnded("control plane closed the stream")
-                return
-            self._dispatch(response)
+        try:
+            first = await asyncio.wait_for(call.read(), REGISTER_TIMEOUT)
+            if first is _EOF:
+                raise _StreamEnded("control plane closed the stream before registering the agent")
+            if first.WhichOneof("message") != "registered":
+                raise _StreamEnded(f"expected Registered, got {first.WhichOneof('message')}")
+            self._on_registered(first.registered, outbox)
+            while True:
+                response = await call.read()
+                if response is _EOF:
+                    if not self._closing:
+                        raise _StreamEnded("control plane closed the stream")
+                    return
+                self._dispatch(response)
+        finally:
+            # grpc does not stop polling the request iterator of a call the server ended;
+            # this ends the generator, so no task is left waiting on a dead outbox.
+            outbox.put_nowait(None)
 
     async def _requests(self, register: Any, outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
         """The request side of the stream: Register, then whatever goes through the outbox."""
