@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from ..domain import models as m
@@ -22,20 +22,68 @@ from .models import (
     utcnow,
 )
 
+# Hot paths (submit, dispatch, attempt reports, logs) use Core statements built once, run on
+# the session's connection: the ORM's per-statement overhead was most of the control plane's
+# CPU per job. Core rows have the same attribute names as the ORM rows, so one converter
+# serves both.
+J = cast(Table, JobRow.__table__)
+A = cast(Table, AttemptRow.__table__)
+L = cast(Table, LogLineRow.__table__)
+E = cast(Table, ExperimentRow.__table__)
+EP = cast(Table, EntryPointRow.__table__)
+R = cast(Table, RevisionRow.__table__)
 
-def _experiment(r: ExperimentRow) -> m.Experiment:
+_EXPERIMENT = select(E).where(E.c.id == bindparam("id"))
+_ENTRY_POINT = select(EP).where(EP.c.id == bindparam("id"))
+_REVISION = select(R).where(R.c.entry_point_id == bindparam("ep"), R.c.digest == bindparam("d"))
+_JOB = select(J).where(J.c.id == bindparam("id"))
+_JOB_BY_REQUEST = select(J, J.c.request_hash).where(J.c.request_id == bindparam("rid"))
+_JOB_CAS = (
+    update(J)
+    .where(J.c.id == bindparam("w_id"), J.c.state.in_(bindparam("w_states", expanding=True)))
+    .values(version=J.c.version + 1)
+    .returning(*J.c)
+)
+_JOB_CAS_ATTEMPT = _JOB_CAS.where(J.c.attempt == bindparam("w_attempt"))
+_QUEUED = (
+    select(J)
+    .where(J.c.state == JobState.QUEUED.value, J.c.queue.in_(bindparam("queues", expanding=True)))
+    .order_by(J.c.seq)
+    .limit(bindparam("limit"))
+)
+_ATTEMPT_SET = update(A).where(A.c.job_id == bindparam("w_job"), A.c.number == bindparam("w_n"))
+_LOG_SEEN = select(L.c.sequence).where(
+    L.c.job_id == bindparam("job"),
+    L.c.attempt == bindparam("attempt"),
+    L.c.sequence.in_(bindparam("seqs", expanding=True)),
+)
+_LOG_COUNT = (
+    update(J)
+    .where(J.c.id == bindparam("w_id"))
+    .values(log_count=J.c.log_count + bindparam("n"))
+    .returning(J.c.log_count)
+)
+_LOG_READ = (
+    select(L)
+    .where(L.c.job_id == bindparam("job"), L.c.offset >= bindparam("start"))
+    .order_by(L.c.offset)
+    .limit(bindparam("limit"))
+)
+
+
+def _experiment(r: Any) -> m.Experiment:
     return m.Experiment(
         r.id, r.description, dict(r.labels), r.mlflow_experiment_id, r.create_time, r.update_time
     )
 
 
-def _revision(r: RevisionRow) -> m.Revision:
+def _revision(r: Any) -> m.Revision:
     return m.Revision(
         r.entry_point_id, r.digest, r.size_bytes, r.project_name, dict(r.spec), r.create_time
     )
 
 
-def _job(r: JobRow) -> m.Job:
+def _job(r: Any) -> m.Job:
     return m.Job(
         id=r.id,
         experiment_id=r.experiment_id,
@@ -80,7 +128,7 @@ class Experiments:
 
     @staticmethod
     def get(s: Session, exp_id: str) -> m.Experiment | None:
-        row = s.scalar(select(ExperimentRow).where(ExperimentRow.id == exp_id))
+        row = s.connection().execute(_EXPERIMENT, {"id": exp_id}).first()
         return _experiment(row) if row else None
 
     @staticmethod
@@ -138,14 +186,14 @@ class Experiments:
 class EntryPoints:
     @staticmethod
     def get(s: Session, ep_id: str, with_latest: bool = True) -> m.EntryPoint | None:
-        row = s.scalar(select(EntryPointRow).where(EntryPointRow.id == ep_id))
+        row = s.connection().execute(_ENTRY_POINT, {"id": ep_id}).first()
         if row is None:
             return None
         latest = EntryPoints.revision(s, ep_id, row.latest_digest) if with_latest else None
         return EntryPoints._ep(row, latest)
 
     @staticmethod
-    def _ep(row: EntryPointRow, latest: m.Revision | None) -> m.EntryPoint:
+    def _ep(row: Any, latest: m.Revision | None) -> m.EntryPoint:
         return m.EntryPoint(
             row.id,
             row.description,
@@ -158,11 +206,7 @@ class EntryPoints:
 
     @staticmethod
     def revision(s: Session, ep_id: str, digest: str) -> m.Revision | None:
-        row = s.scalar(
-            select(RevisionRow).where(
-                RevisionRow.entry_point_id == ep_id, RevisionRow.digest == digest
-            )
-        )
+        row = s.connection().execute(_REVISION, {"ep": ep_id, "d": digest}).first()
         return _revision(row) if row else None
 
     @staticmethod
@@ -231,8 +275,9 @@ class EntryPoints:
 class Jobs:
     @staticmethod
     def add(s: Session, job: m.Job, request_hash: str) -> None:
-        s.add(
-            JobRow(
+        s.connection().execute(
+            insert(J),
+            dict(
                 id=job.id,
                 experiment_id=job.experiment_id,
                 entry_point_id=job.entry_point_id,
@@ -255,19 +300,20 @@ class Jobs:
                 log_count=0,
                 version=1,
                 create_time=job.create_time,
+                start_time=None,
+                end_time=None,
                 update_time=job.update_time,
-            )
+            ),
         )
-        s.flush()
 
     @staticmethod
     def get(s: Session, job_id: str) -> m.Job | None:
-        row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        row = s.connection().execute(_JOB, {"id": job_id}).first()
         return _job(row) if row else None
 
     @staticmethod
     def by_request_id(s: Session, request_id: str) -> tuple[m.Job, str] | None:
-        row = s.scalar(select(JobRow).where(JobRow.request_id == request_id))
+        row = s.connection().execute(_JOB_BY_REQUEST, {"rid": request_id}).first()
         return (_job(row), row.request_hash) if row else None
 
     @staticmethod
@@ -295,12 +341,7 @@ class Jobs:
 
     @staticmethod
     def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.Job]:
-        rows = s.scalars(
-            select(JobRow)
-            .where(JobRow.state == JobState.QUEUED.value, JobRow.queue.in_(list(queues)))
-            .order_by(JobRow.seq)
-            .limit(limit)
-        ).all()
+        rows = s.connection().execute(_QUEUED, {"queues": list(queues), "limit": limit})
         return [_job(r) for r in rows]
 
     @staticmethod
@@ -316,41 +357,28 @@ class Jobs:
         The state (and attempt) condition is what keeps two writers, or a stale agent
         report, from both winning. Returns the updated job, or None when the guard failed.
         """
-        q = (
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.state.in_([e.value for e in expected]))
-            .values(**values, version=JobRow.version + 1, update_time=utcnow())
-        )
+        params = {**values, "update_time": utcnow(), "w_id": job_id,
+                  "w_states": [e.value for e in expected]}
+        stmt = _JOB_CAS
         if attempt is not None:
-            q = q.where(JobRow.attempt == attempt)
-        if s.execute(q).rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        return Jobs.get(s, job_id)
+            stmt, params["w_attempt"] = _JOB_CAS_ATTEMPT, attempt
+        row = s.connection().execute(stmt, params).first()
+        return _job(row) if row else None
 
 
 class Attempts:
     @staticmethod
     def add(s: Session, job_id: str, number: int, agent_id: str, lease_expires: datetime) -> None:
-        now = utcnow()
-        s.add(
-            AttemptRow(
-                job_id=job_id,
-                number=number,
-                agent_id=agent_id,
-                state=JobState.ASSIGNED.value,
-                active=True,
-                lease_expires=lease_expires,
-                create_time=now,
-            )
+        s.connection().execute(
+            insert(A),
+            dict(job_id=job_id, number=number, agent_id=agent_id, state=JobState.ASSIGNED.value,
+                 active=True, lease_expires=lease_expires, exit_code=None, message="",
+                 create_time=utcnow(), start_time=None, end_time=None),
         )
 
     @staticmethod
     def set(s: Session, job_id: str, number: int, **values: Any) -> None:
-        s.execute(
-            update(AttemptRow)
-            .where(AttemptRow.job_id == job_id, AttemptRow.number == number)
-            .values(**values)
-        )
+        s.connection().execute(_ATTEMPT_SET, {**values, "w_job": job_id, "w_n": number})
 
     @staticmethod
     def renew(s: Session, agent_id: str, refs: Sequence[m.AttemptRef], until: datetime) -> None:
@@ -399,16 +427,10 @@ class Logs:
         """
         if not lines:
             return 0
+        conn = s.connection()
         seqs = [ln[0] for ln in lines]
-        seen = set(
-            s.scalars(
-                select(LogLineRow.sequence).where(
-                    LogLineRow.job_id == job_id,
-                    LogLineRow.attempt == attempt,
-                    LogLineRow.sequence.in_(seqs),
-                )
-            ).all()
-        )
+        seen = set(conn.execute(_LOG_SEEN, {"job": job_id, "attempt": attempt, "seqs": seqs})
+                   .scalars().all())
         fresh = []
         for ln in lines:
             if ln[0] not in seen:
@@ -416,37 +438,23 @@ class Logs:
                 fresh.append(ln)
         if not fresh:
             return 0
-        base = s.scalar(
-            update(JobRow)
-            .where(JobRow.id == job_id)
-            .values(log_count=JobRow.log_count + len(fresh))
-            .returning(JobRow.log_count)
-        )
+        base = conn.execute(_LOG_COUNT, {"w_id": job_id, "n": len(fresh)}).scalar()
         if base is None:
             return 0
         start = base - len(fresh)
-        s.add_all(
-            LogLineRow(
-                job_id=job_id,
-                offset=start + i,
-                attempt=attempt,
-                sequence=seq,
-                stream=stream,
-                text=text,
-                time=t,
-            )
-            for i, (seq, stream, text, t) in enumerate(fresh)
+        conn.execute(
+            insert(L),
+            [
+                dict(job_id=job_id, offset=start + i, attempt=attempt, sequence=seq,
+                     stream=stream, text=text, time=t)
+                for i, (seq, stream, text, t) in enumerate(fresh)
+            ],
         )
         return len(fresh)
 
     @staticmethod
     def read(s: Session, job_id: str, start: int, limit: int) -> list[m.LogLine]:
-        rows = s.scalars(
-            select(LogLineRow)
-            .where(LogLineRow.job_id == job_id, LogLineRow.offset >= start)
-            .order_by(LogLineRow.offset)
-            .limit(limit)
-        ).all()
+        rows = s.connection().execute(_LOG_READ, {"job": job_id, "start": start, "limit": limit})
         return [m.LogLine(r.offset, r.attempt, r.sequence, r.stream, r.text, r.time) for r in rows]
 
 
