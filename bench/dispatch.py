@@ -192,6 +192,7 @@ async def run_config(target: str, n_agents: int, latency_jobs: int, throughput_j
 
     state.expected = state.completed + throughput_jobs
     cpu_before = cpu_seconds(server_pid)
+    own_before = cpu_seconds(os.getpid())
     start = time.perf_counter()
     await asyncio.gather(*(submit(i) for i in range(throughput_jobs)))
     submitted = time.perf_counter()
@@ -202,6 +203,7 @@ async def run_config(target: str, n_agents: int, latency_jobs: int, throughput_j
         await asyncio.sleep(0.02)
     finished = time.perf_counter()
     cpu_used = cpu_seconds(server_pid) - cpu_before
+    own_used = cpu_seconds(os.getpid()) - own_before
     stop.set()
     for t in tasks:
         t.cancel()
@@ -214,6 +216,7 @@ async def run_config(target: str, n_agents: int, latency_jobs: int, throughput_j
         "submit_rate": throughput_jobs / (submitted - start),
         "jobs_per_s": throughput_jobs / (finished - start),
         "cpu_ms_per_job": cpu_used * 1000 / throughput_jobs,
+        "client_cpu_ms_per_job": own_used * 1000 / throughput_jobs,
     }
 
 
@@ -281,7 +284,8 @@ def main() -> None:
                                            f"{label[:2]}{n}".replace(" ", ""), proc.pid))
                 rows.append((label, n, r))
                 print(f"{label:30s} agents={n:<4d} p50={r['p50']:.2f} ms p99={r['p99']:.2f} ms "
-                      f"{r['jobs_per_s']:.0f} jobs/s, server CPU {r['cpu_ms_per_job']:.2f} ms/job",
+                      f"{r['jobs_per_s']:.0f} jobs/s, server CPU {r['cpu_ms_per_job']:.2f} ms/job, "
+                      f"bench client+agents CPU {r['client_cpu_ms_per_job']:.2f} ms/job",
                       flush=True)
         finally:
             proc.terminate()

@@ -131,10 +131,27 @@ class JobManager:
                     return self._same_request(found, fingerprint)
             return self._check_refs(s, spec, exp_id, ep_id)
 
-        checked = await self.db.run(check)
+        job_id = names.new_job_id()
+        if not self.tracking.tracking_uri:
+            # No MLflow run to create between the checks and the insert: one transaction.
+            def check_and_add(s: Session) -> Job:
+                checked = check(s)
+                if isinstance(checked, Job):
+                    return checked
+                job = self._new_job(job_id, checked, spec, queue, max_attempts, "")
+                Jobs.add(s, job, fingerprint)
+                return job
+
+            try:
+                job = await self.db.batch(check_and_add)
+            except IntegrityError:
+                return await self._lost_race(spec, fingerprint, "")
+            self.scheduler.wake()
+            return job
+
+        checked = await self.db.batch(check)
         if isinstance(checked, Job):
             return checked
-        job_id = names.new_job_id()
         run_id = ""
         if checked.mlflow_experiment_id:
             tags = {
@@ -146,11 +163,31 @@ class JobManager:
                 **{f"crucible.param.{k}": v for k, v in checked.parameters.items()},
             }
             run_id = await self.tracking.create_run(checked.mlflow_experiment_id, job_id, tags)
+        job = self._new_job(job_id, checked, spec, queue, max_attempts, run_id)
+        try:
+            await self.db.batch(lambda s: Jobs.add(s, job, fingerprint))
+        except IntegrityError:
+            return await self._lost_race(spec, fingerprint, run_id)
+        self.scheduler.wake()
+        return job
+
+    async def _lost_race(self, spec: SubmitSpec, fingerprint: str, run_id: str) -> Job:
+        """Two submits with one request_id raced and the other won: answer with its job."""
+        found = await self.db.run(lambda s: Jobs.by_request_id(s, spec.request_id))
+        if found is None:
+            raise InvalidArgument("the job could not be stored; retry the submit")
+        if run_id:
+            self.scheduler.spawn(self.tracking.end_run(run_id, "CANCELLED"))
+        return self._same_request(found, fingerprint)
+
+    @staticmethod
+    def _new_job(job_id: str, checked: _Checked, spec: SubmitSpec, queue: str,
+                 max_attempts: int, run_id: str) -> Job:
         now = utcnow()
-        job = Job(
+        return Job(
             id=job_id,
-            experiment_id=exp_id,
-            entry_point_id=ep_id,
+            experiment_id=checked.experiment_id,
+            entry_point_id=checked.entry_point_id,
             digest=checked.digest,
             entry=checked.entry,
             parameters=checked.parameters,
@@ -172,18 +209,6 @@ class JobManager:
             update_time=now,
             request_id=spec.request_id,
         )
-        try:
-            await self.db.run(lambda s: Jobs.add(s, job, fingerprint))
-        except IntegrityError:
-            # Two submits with one request_id raced; the other won.
-            found = await self.db.run(lambda s: Jobs.by_request_id(s, spec.request_id))
-            if found is None:
-                raise
-            if run_id:
-                self.scheduler.spawn(self.tracking.end_run(run_id, "CANCELLED"))
-            return self._same_request(found, fingerprint)
-        self.scheduler.wake()
-        return job
 
     @staticmethod
     def _same_request(found: tuple[Job, str], fingerprint: str) -> Job:

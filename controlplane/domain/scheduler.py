@@ -242,7 +242,7 @@ class Scheduler:
             Attempts.renew(s, session.id, known, until)
             Agents.set(s, session.id, last_heartbeat_time=now)
 
-        await self.db.run(beat)
+        await self.db.batch(beat)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -264,7 +264,9 @@ class Scheduler:
             return False
         free = sum(s.free for s in sessions)
         queues = sorted({q for s in sessions for q in s.info.queues})
-        limit = max(free * 2, 64)
+        # A few more than the free slots, so jobs whose selector fits no free agent do not
+        # hide the ones behind them; reading many more costs CPU on every pass.
+        limit = free + 16
         grace = self.config.grace_period
         lease = timedelta(seconds=self.config.lease_duration)
 
@@ -344,7 +346,7 @@ class Scheduler:
                 attempt=rep.attempt,
             )
 
-        job = await self.db.run(apply)
+        job = await self.db.batch(apply)
         if job is None:
             log.info("ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt,
                      rep.state)
@@ -383,7 +385,7 @@ class Scheduler:
     async def logs(self, job_id: str, attempt: int,
                    lines: Sequence[tuple[int, int, str, datetime]]) -> int:
         """Persists a batch; returns the highest sequence now safely stored (for the ack)."""
-        added = await self.db.run(lambda s: Logs.append(s, job_id, attempt, lines))
+        added = await self.db.batch(lambda s: Logs.append(s, job_id, attempt, lines))
         if added:
             self.notifier.notify(job_id)
         return max((ln[0] for ln in lines), default=0)
