@@ -309,6 +309,28 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
 
     async def _read(self, session: AgentSession,
                     requests: AsyncIterator[agent_pb.ConnectRequest]) -> None:
+        # Updates and log batches are pipelined: each is enqueued in arrival order (so the
+        # store applies them in that order) and the reader moves on without waiting for the
+        # commit. The semaphore bounds how much one agent may have in flight.
+        in_flight = asyncio.Semaphore(256)
+        pending: set[asyncio.Future[Any]] = set()
+
+        def track(fut: asyncio.Future[Any], on_done: Any = None) -> None:
+            pending.add(fut)
+
+            def done(f: asyncio.Future[Any]) -> None:
+                pending.discard(f)
+                in_flight.release()
+                if f.cancelled():
+                    return
+                if f.exception() is not None:
+                    log.error("agent %s: applying a message failed", session.id,
+                              exc_info=f.exception())
+                elif on_done is not None:
+                    on_done(f.result())
+
+            fut.add_done_callback(done)
+
         try:
             async for req in requests:
                 kind = req.WhichOneof("message")
@@ -320,13 +342,14 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                     if state is None:
                         log.warning("agent %s sent an update without state", session.id)
                         continue
-                    await self.scheduler.report(
+                    await in_flight.acquire()
+                    track(self.scheduler.report_nowait(
                         session,
                         AttemptReport(
                             names.job_id(u.job), u.attempt, state,
                             u.exit_code if u.has_exit_code else None, u.message,
                         ),
-                    )
+                    ))
                 elif kind == "log_batch":
                     b = req.log_batch
                     job_id = names.job_id(b.job)
@@ -335,10 +358,14 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                          ln.time.ToDatetime(UTC) if ln.HasField("time") else datetime.now(UTC))
                         for ln in b.lines
                     ]
-                    seq = await self.scheduler.logs(job_id, b.attempt, lines)
-                    session.outbox.put_nowait(LogAck(job_id, b.attempt, seq))
+                    await in_flight.acquire()
+                    track(self.scheduler.logs_nowait(job_id, b.attempt, lines),
+                          lambda seq, j=job_id, a=b.attempt: session.outbox.put_nowait(
+                              LogAck(j, a, seq)))
                 else:
                     log.warning("agent %s sent an unexpected %s", session.id, kind)
+            if pending:  # the agent closed its side: let what it sent land first
+                await asyncio.wait(pending)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             raise
         except Exception:

@@ -310,6 +310,12 @@ class Scheduler:
 
     async def report(self, session: AgentSession | None, rep: AttemptReport) -> Job | None:
         """Applies an agent's attempt update; stale attempts are ignored (fenced)."""
+        return await self.report_nowait(session, rep)
+
+    def report_nowait(self, session: AgentSession | None, rep: AttemptReport
+                      ) -> asyncio.Future[Job | None]:
+        """Enqueues the update now (keeping the stream's order) and applies it in the next
+        group commit; the returned future settles after the follow-up work is done."""
         now = utcnow()
 
         def apply(s: Session) -> Job | None:
@@ -346,15 +352,20 @@ class Scheduler:
                 attempt=rep.attempt,
             )
 
-        job = await self.db.batch(apply)
-        if job is None:
-            log.info("ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt,
-                     rep.state)
-            return None
-        if job.state != JobState.RUNNING:
-            self._release(rep.job_id, rep.attempt)
-        self._after_change(job)
-        return job
+        applied = self.db.enqueue(apply)
+
+        async def follow_up() -> Job | None:
+            job = await applied
+            if job is None:
+                log.info("ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt,
+                         rep.state)
+                return None
+            if job.state != JobState.RUNNING:
+                self._release(rep.job_id, rep.attempt)
+            self._after_change(job)
+            return job
+
+        return asyncio.ensure_future(follow_up())
 
     def _requeue_or_fail(self, s: Session, job: Job, why: str) -> Job | None:
         Attempts.set(s, job.id, job.attempt, state="LOST", active=False, end_time=utcnow(),
@@ -385,10 +396,19 @@ class Scheduler:
     async def logs(self, job_id: str, attempt: int,
                    lines: Sequence[tuple[int, int, str, datetime]]) -> int:
         """Persists a batch; returns the highest sequence now safely stored (for the ack)."""
-        added = await self.db.batch(lambda s: Logs.append(s, job_id, attempt, lines))
-        if added:
-            self.notifier.notify(job_id)
-        return max((ln[0] for ln in lines), default=0)
+        return await self.logs_nowait(job_id, attempt, lines)
+
+    def logs_nowait(self, job_id: str, attempt: int,
+                    lines: Sequence[tuple[int, int, str, datetime]]) -> asyncio.Future[int]:
+        """``logs``, enqueued now so it keeps its place among the stream's other messages."""
+        stored = self.db.enqueue(lambda s: Logs.append(s, job_id, attempt, lines))
+
+        async def follow_up() -> int:
+            if await stored:
+                self.notifier.notify(job_id)
+            return max((ln[0] for ln in lines), default=0)
+
+        return asyncio.ensure_future(follow_up())
 
     # -- cancel ----------------------------------------------------------------------
 

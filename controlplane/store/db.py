@@ -94,13 +94,19 @@ class Database:
         handed to its caller and the others commit. Any other error rolls the shared
         transaction back, and each operation is then retried in a transaction of its own.
         """
+        return await self.enqueue(fn)
+
+    def enqueue(self, fn: Callable[[Session], T]) -> asyncio.Future[T]:
+        """``batch`` without waiting: operations apply in the order they were enqueued, so a
+        caller can pipeline several (an agent's RUNNING then SUCCEEDED) and still keep order.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((fn, future))
         if not self._flushing:
             self._flushing = True
             loop.call_soon(self._flush)  # one loop turn for others to join this batch
-        return await future
+        return future
 
     def _flush(self) -> None:
         ops, self._pending = self._pending, []
