@@ -32,6 +32,7 @@ log = logging.getLogger("crucible.controlplane.jobs")
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
 LOG_PAGE = 500
+PROJECT_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class JobManager:
         self.notifier = notifier
         self.scheduler = scheduler
         self.tokens = tokens
+        # Parsed MLprojects of revisions: immutable, so cached without invalidation.
+        self._projects: dict[tuple[str, str], mlproject.ProjectSpec] = {}
 
     def _check_shape(self, spec: SubmitSpec) -> tuple[str, str, str, int]:
         problems: list[str] = []
@@ -106,19 +109,25 @@ class JobManager:
         exp = Experiments.get(s, exp_id)
         if exp is None:
             raise NotFound(f"experiment {exp_id!r} not found")
-        ep = EntryPoints.get(s, ep_id, with_latest=not spec.digest)
+        ep = EntryPoints.get(s, ep_id, with_latest=False)
         if ep is None:
             raise NotFound(f"entry point {ep_id!r} not found")
-        rev = EntryPoints.revision(s, ep_id, spec.digest) if spec.digest else ep.latest
-        if rev is None:
-            raise NotFound(f"entry point {ep_id!r} has no revision {spec.digest}")
+        digest = spec.digest or ep.latest_digest
+        project = self._projects.get((ep_id, digest))
+        if project is None:
+            rev = EntryPoints.revision(s, ep_id, digest)
+            if rev is None:
+                raise NotFound(f"entry point {ep_id!r} has no revision {spec.digest}")
+            project = spec_from_dict(rev.project_name, rev.spec)
+            if len(self._projects) >= PROJECT_CACHE_SIZE:
+                self._projects.pop(next(iter(self._projects)))
+            self._projects[(ep_id, digest)] = project
         entry = spec.entry or "main"
-        project = spec_from_dict(rev.project_name, rev.spec)
         try:
             params = mlproject.resolve(project, entry, spec.parameters)
         except mlproject.MLprojectError as exc:
             raise InvalidArgument(exc.problems, field="parameters") from None
-        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, rev.digest, entry, params)
+        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params)
 
     async def submit(self, spec: SubmitSpec) -> Job:
         exp_id, ep_id, queue, max_attempts = self._check_shape(spec)

@@ -296,7 +296,7 @@ class Scheduler:
                 claimed.append((target, updated))
             return claimed, len(candidates)
 
-        claimed, seen = await self.db.run(claim)
+        claimed, seen = await self.db.batch(claim)
         for target, job in claimed:
             target.running.add((job.id, job.attempt))
             if self.sessions.get(target.id) is target:
@@ -318,39 +318,45 @@ class Scheduler:
         group commit; the returned future settles after the follow-up work is done."""
         now = utcnow()
 
+        # The compare-and-set's guards do the fencing: the job must still be on this
+        # attempt, held by this agent, in a state the report may follow.
+        fence: dict[str, Any] = {"attempt": rep.attempt}
+        if session is not None:
+            fence["agent_id"] = session.id
+        if not (rep.state == JobState.RUNNING or rep.state.is_final):
+            raise InvalidArgument(f"an agent cannot report state {rep.state}")
+
         def apply(s: Session) -> Job | None:
-            job = Jobs.get(s, rep.job_id)
-            if job is None or job.attempt != rep.attempt or not job.state.is_active:
-                return None
-            if session is not None and job.agent_id != session.id:
-                return None
             if rep.state == JobState.RUNNING:
-                if job.state != JobState.ASSIGNED:
-                    return None
-                Attempts.set(s, job.id, rep.attempt, state="RUNNING", start_time=now)
-                return Jobs.compare_and_set(
-                    s, job.id, [JobState.ASSIGNED],
-                    {"state": JobState.RUNNING.value, "start_time": job.start_time or now},
-                    attempt=rep.attempt,
+                job = Jobs.compare_and_set(
+                    s, rep.job_id, [JobState.ASSIGNED],
+                    {"state": JobState.RUNNING.value, "start_time": now}, **fence,
                 )
-            if not rep.state.is_final:
-                raise InvalidArgument(f"an agent cannot report state {rep.state}")
-            if rep.state == JobState.CANCELLED and not job.cancel_requested:
-                # The agent stopped it on its own (shutting down): not the user's cancel.
-                return self._requeue_or_fail(
-                    s, job, f"agent {job.agent_id} stopped the attempt: {rep.message}".rstrip(": ")
-                )
-            Attempts.set(s, job.id, rep.attempt, state=rep.state.value, active=False,
-                         end_time=now, exit_code=rep.exit_code, message=rep.message)
-            reason = rep.message
+                if job is not None:
+                    Attempts.set(s, job.id, rep.attempt, state="RUNNING", start_time=now)
+                return job
+            values: dict[str, Any] = {"state": rep.state.value, "end_time": now,
+                                      "exit_code": rep.exit_code}
             if rep.state == JobState.CANCELLED:
-                reason = job.state_reason or "cancelled"
-            return Jobs.compare_and_set(
-                s, job.id, ACTIVE,
-                {"state": rep.state.value, "end_time": now, "exit_code": rep.exit_code,
-                 "state_reason": reason},
-                attempt=rep.attempt,
-            )
+                # The user's cancel reason stays the job's reason.
+                job = Jobs.compare_and_set(s, rep.job_id, ACTIVE, values,
+                                           cancel_requested=True, **fence)
+                if job is None:
+                    current = Jobs.get(s, rep.job_id)
+                    if (current is None or current.attempt != rep.attempt
+                            or not current.state.is_active or current.cancel_requested
+                            or (session is not None and current.agent_id != session.id)):
+                        return None
+                    # The agent stopped it on its own (shutting down): not the user's cancel.
+                    why = f"agent {current.agent_id} stopped the attempt: {rep.message}"
+                    return self._requeue_or_fail(s, current, why.rstrip(": "))
+            else:
+                job = Jobs.compare_and_set(s, rep.job_id, ACTIVE,
+                                           {**values, "state_reason": rep.message}, **fence)
+            if job is not None:
+                Attempts.set(s, job.id, rep.attempt, state=rep.state.value, active=False,
+                             end_time=now, exit_code=rep.exit_code, message=rep.message)
+            return job
 
         applied = self.db.enqueue(apply)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -44,7 +45,16 @@ _JOB_CAS = (
     .values(version=J.c.version + 1)
     .returning(*J.c)
 )
-_JOB_CAS_ATTEMPT = _JOB_CAS.where(J.c.attempt == bindparam("w_attempt"))
+
+
+@functools.cache
+def _job_cas(guards: tuple[str, ...]) -> Any:
+    """The compare-and-set with extra equality guards on these columns, built once each."""
+    stmt = _JOB_CAS
+    for column in guards:
+        stmt = stmt.where(J.c[column] == bindparam(f"w_{column}"))
+    return stmt
+
 _QUEUED = (
     select(J)
     .where(J.c.state == JobState.QUEUED.value, J.c.queue.in_(bindparam("queues", expanding=True)))
@@ -351,18 +361,19 @@ class Jobs:
         expected: Iterable[JobState],
         values: dict[str, Any],
         attempt: int | None = None,
+        **guards: Any,
     ) -> m.Job | None:
-        """``UPDATE jobs SET … WHERE id=? AND state IN expected [AND attempt=?]``.
+        """``UPDATE jobs SET … WHERE id=? AND state IN expected [AND attempt=? AND …]``.
 
-        The state (and attempt) condition is what keeps two writers, or a stale agent
-        report, from both winning. Returns the updated job, or None when the guard failed.
+        The state (and attempt, agent…) condition is what keeps two writers, or a stale agent
+        report, from both winning. Returns the updated job, or None when a guard failed.
         """
-        params = {**values, "update_time": utcnow(), "w_id": job_id,
-                  "w_states": [e.value for e in expected]}
-        stmt = _JOB_CAS
         if attempt is not None:
-            stmt, params["w_attempt"] = _JOB_CAS_ATTEMPT, attempt
-        row = s.connection().execute(stmt, params).first()
+            guards["attempt"] = attempt
+        params = {**values, "update_time": utcnow(), "w_id": job_id,
+                  "w_states": [e.value for e in expected],
+                  **{f"w_{k}": v for k, v in guards.items()}}
+        row = s.connection().execute(_job_cas(tuple(sorted(guards))), params).first()
         return _job(row) if row else None
 
 
