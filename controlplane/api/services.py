@@ -288,20 +288,14 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
             )
         )
         reader = asyncio.create_task(self._read(session, requests))
-        get: asyncio.Future[Outbound] | None = None
+        # The reader puts a Close in the outbox when the agent's side ends (or fails).
+        reader.add_done_callback(
+            lambda _: session.outbox.put_nowait(Close("the agent closed the stream"))
+        )
         try:
-            while True:
-                get = asyncio.ensure_future(session.outbox.get())
-                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    break  # the agent closed its side, or the reader failed
-                msg = get.result()
-                if isinstance(msg, Close):
-                    break
+            while not isinstance(msg := await session.outbox.get(), Close):
                 yield _outbound(msg)
         finally:
-            if get is not None and not get.done():
-                get.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader

@@ -143,10 +143,9 @@ class JobManager:
         job_id = names.new_job_id()
         if not self.tracking.tracking_uri:
             # No MLflow run to create between the checks and the insert: one transaction.
+            # A repeated request_id is caught by its unique index (the rare, slow path).
             def check_and_add(s: Session) -> Job:
-                checked = check(s)
-                if isinstance(checked, Job):
-                    return checked
+                checked = self._check_refs(s, spec, exp_id, ep_id)
                 job = self._new_job(job_id, checked, spec, queue, max_attempts, "")
                 Jobs.add(s, job, fingerprint)
                 return job

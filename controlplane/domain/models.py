@@ -69,6 +69,16 @@ class Job:
 
 
 @dataclass(frozen=True)
+class QueuedJob:
+    """A queued job as the dispatcher sees it before claiming it."""
+
+    id: str
+    queue: str
+    selector: dict[str, str]
+    attempt: int
+
+
+@dataclass(frozen=True)
 class LogLine:
     offset: int
     attempt: int

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -25,13 +25,37 @@ from ..store.models import utcnow
 from ..store.repositories import Agents, Attempts, Jobs, Logs
 from ..tracking import Tracking
 from .errors import InvalidArgument
-from .models import AgentInfo, AttemptRef, Job
+from .models import AgentInfo, AttemptRef, Job, QueuedJob
 from .notify import Notifier
 from .states import JobState, predecessors
 
 log = logging.getLogger("crucible.controlplane.scheduler")
 
+T = TypeVar("T")
+U = TypeVar("U")
+
 ACTIVE = (JobState.ASSIGNED, JobState.RUNNING)
+
+
+def _then(future: asyncio.Future[T], fn: Callable[[T], U]) -> asyncio.Future[U]:
+    """A future of ``fn(result)``, chained by callback: no task per message on hot paths."""
+    out: asyncio.Future[U] = asyncio.get_running_loop().create_future()
+
+    def done(f: asyncio.Future[T]) -> None:
+        if out.cancelled():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            try:
+                out.set_result(fn(f.result()))
+            except Exception as err:
+                out.set_exception(err)
+
+    future.add_done_callback(done)
+    return out
 
 
 @dataclass(frozen=True)
@@ -82,7 +106,7 @@ class AgentSession:
     def free(self) -> int:
         return 0 if self.draining else self.info.capacity.slots - len(self.running)
 
-    def accepts(self, job: Job) -> bool:
+    def accepts(self, job: Job | QueuedJob) -> bool:
         return job.queue in self.info.queues and all(
             self.info.labels.get(k) == v for k, v in job.selector.items()
         )
@@ -358,10 +382,7 @@ class Scheduler:
                              end_time=now, exit_code=rep.exit_code, message=rep.message)
             return job
 
-        applied = self.db.enqueue(apply)
-
-        async def follow_up() -> Job | None:
-            job = await applied
+        def follow_up(job: Job | None) -> Job | None:
             if job is None:
                 log.info("ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt,
                          rep.state)
@@ -371,7 +392,7 @@ class Scheduler:
             self._after_change(job)
             return job
 
-        return asyncio.ensure_future(follow_up())
+        return _then(self.db.enqueue(apply), follow_up)
 
     def _requeue_or_fail(self, s: Session, job: Job, why: str) -> Job | None:
         Attempts.set(s, job.id, job.attempt, state="LOST", active=False, end_time=utcnow(),
@@ -407,14 +428,13 @@ class Scheduler:
     def logs_nowait(self, job_id: str, attempt: int,
                     lines: Sequence[tuple[int, int, str, datetime]]) -> asyncio.Future[int]:
         """``logs``, enqueued now so it keeps its place among the stream's other messages."""
-        stored = self.db.enqueue(lambda s: Logs.append(s, job_id, attempt, lines))
-
-        async def follow_up() -> int:
-            if await stored:
+        def follow_up(added: int) -> int:
+            if added:
                 self.notifier.notify(job_id)
             return max((ln[0] for ln in lines), default=0)
 
-        return asyncio.ensure_future(follow_up())
+        return _then(self.db.enqueue(lambda s: Logs.append(s, job_id, attempt, lines)),
+                     follow_up)
 
     # -- cancel ----------------------------------------------------------------------
 

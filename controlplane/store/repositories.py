@@ -56,7 +56,7 @@ def _job_cas(guards: tuple[str, ...]) -> Any:
     return stmt
 
 _QUEUED = (
-    select(J)
+    select(J.c.id, J.c.queue, J.c.selector, J.c.attempt)
     .where(J.c.state == JobState.QUEUED.value, J.c.queue.in_(bindparam("queues", expanding=True)))
     .order_by(J.c.seq)
     .limit(bindparam("limit"))
@@ -350,9 +350,10 @@ class Jobs:
         return [(r.seq, _job(r)) for r in rows]
 
     @staticmethod
-    def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.Job]:
+    def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.QueuedJob]:
+        """The oldest queued jobs: only what placement needs (the claim returns the rest)."""
         rows = s.connection().execute(_QUEUED, {"queues": list(queues), "limit": limit})
-        return [_job(r) for r in rows]
+        return [m.QueuedJob(r.id, r.queue, r.selector, r.attempt) for r in rows]
 
     @staticmethod
     def compare_and_set(
