@@ -297,13 +297,19 @@ class Scheduler:
         def claim(s: Session) -> tuple[list[tuple[AgentSession, Job]], int]:
             candidates = Jobs.queued(s, queues, limit)
             slots = {sess.id: sess.free for sess in sessions}
+            # Per queue, agents with the most free slots first: a job usually takes the
+            # first one (no scan over every agent per job), which spreads the load.
+            by_queue: dict[str, list[AgentSession]] = {}
+            for sess in sorted(sessions, key=lambda x: -slots[x.id]):
+                for q in sess.info.queues:
+                    by_queue.setdefault(q, []).append(sess)
             claimed: list[tuple[AgentSession, Job]] = []
             until = utcnow() + lease
             for job in candidates:
-                fits = [x for x in sessions if slots[x.id] > 0 and x.accepts(job)]
-                if not fits:
+                target = next((x for x in by_queue.get(job.queue, ())
+                               if slots[x.id] > 0 and x.accepts(job)), None)
+                if target is None:
                     continue
-                target = max(fits, key=lambda x: slots[x.id])
                 number = job.attempt + 1
                 updated = Jobs.compare_and_set(
                     s,
@@ -388,7 +394,11 @@ class Scheduler:
                          rep.state)
                 return None
             if job.state != JobState.RUNNING:
-                self._release(rep.job_id, rep.attempt)
+                if session is not None and (rep.job_id, rep.attempt) in session.running:
+                    session.running.discard((rep.job_id, rep.attempt))
+                    self.wake()
+                else:
+                    self._release(rep.job_id, rep.attempt)
             self._after_change(job)
             return job
 
