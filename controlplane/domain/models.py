@@ -69,6 +69,17 @@ class Job:
 
 
 @dataclass(frozen=True)
+class JobHead:
+    """What follow-up work after a state change needs of a job."""
+
+    id: str
+    state: JobState
+    attempt: int
+    agent_id: str
+    mlflow_run_id: str
+
+
+@dataclass(frozen=True)
 class QueuedJob:
     """A queued job as the dispatcher sees it before claiming it."""
 

@@ -25,7 +25,7 @@ from ..store.models import utcnow
 from ..store.repositories import Agents, Attempts, Jobs, Logs
 from ..tracking import Tracking
 from .errors import InvalidArgument
-from .models import AgentInfo, AttemptRef, Job, QueuedJob
+from .models import AgentInfo, AttemptRef, Job, JobHead, QueuedJob
 from .notify import Notifier
 from .states import JobState, predecessors
 
@@ -56,6 +56,12 @@ def _then(future: asyncio.Future[T], fn: Callable[[T], U]) -> asyncio.Future[U]:
 
     future.add_done_callback(done)
     return out
+
+
+def _head(job: Job | None) -> JobHead | None:
+    if job is None:
+        return None
+    return JobHead(job.id, job.state, job.attempt, job.agent_id, job.mlflow_run_id)
 
 
 @dataclass(frozen=True)
@@ -338,12 +344,12 @@ class Scheduler:
 
     # -- reports from agents ---------------------------------------------------------
 
-    async def report(self, session: AgentSession | None, rep: AttemptReport) -> Job | None:
+    async def report(self, session: AgentSession | None, rep: AttemptReport) -> JobHead | None:
         """Applies an agent's attempt update; stale attempts are ignored (fenced)."""
         return await self.report_nowait(session, rep)
 
     def report_nowait(self, session: AgentSession | None, rep: AttemptReport
-                      ) -> asyncio.Future[Job | None]:
+                      ) -> asyncio.Future[JobHead | None]:
         """Enqueues the update now (keeping the stream's order) and applies it in the next
         group commit; the returned future settles after the follow-up work is done."""
         now = utcnow()
@@ -356,9 +362,9 @@ class Scheduler:
         if not (rep.state == JobState.RUNNING or rep.state.is_final):
             raise InvalidArgument(f"an agent cannot report state {rep.state}")
 
-        def apply(s: Session) -> Job | None:
+        def apply(s: Session) -> JobHead | None:
             if rep.state == JobState.RUNNING:
-                job = Jobs.compare_and_set(
+                job = Jobs.transition(
                     s, rep.job_id, [JobState.ASSIGNED],
                     {"state": JobState.RUNNING.value, "start_time": now}, **fence,
                 )
@@ -369,7 +375,7 @@ class Scheduler:
                                       "exit_code": rep.exit_code}
             if rep.state == JobState.CANCELLED:
                 # The user's cancel reason stays the job's reason.
-                job = Jobs.compare_and_set(s, rep.job_id, ACTIVE, values,
+                job = Jobs.transition(s, rep.job_id, ACTIVE, values,
                                            cancel_requested=True, **fence)
                 if job is None:
                     current = Jobs.get(s, rep.job_id)
@@ -379,16 +385,16 @@ class Scheduler:
                         return None
                     # The agent stopped it on its own (shutting down): not the user's cancel.
                     why = f"agent {current.agent_id} stopped the attempt: {rep.message}"
-                    return self._requeue_or_fail(s, current, why.rstrip(": "))
+                    return _head(self._requeue_or_fail(s, current, why.rstrip(": ")))
             else:
-                job = Jobs.compare_and_set(s, rep.job_id, ACTIVE,
+                job = Jobs.transition(s, rep.job_id, ACTIVE,
                                            {**values, "state_reason": rep.message}, **fence)
             if job is not None:
                 Attempts.set(s, job.id, rep.attempt, state=rep.state.value, active=False,
                              end_time=now, exit_code=rep.exit_code, message=rep.message)
             return job
 
-        def follow_up(job: Job | None) -> Job | None:
+        def follow_up(job: JobHead | None) -> JobHead | None:
             if job is None:
                 log.info("ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt,
                          rep.state)
@@ -425,7 +431,7 @@ class Scheduler:
                 session.running.discard((job_id, attempt))
                 self.wake()
 
-    def _after_change(self, job: Job) -> None:
+    def _after_change(self, job: Job | JobHead) -> None:
         self.notifier.notify(job.id)
         if job.state.is_final and job.mlflow_run_id:
             self.spawn(self.tracking.end_run(job.mlflow_run_id, job.state.value))

@@ -46,11 +46,18 @@ _JOB_CAS = (
     .returning(*J.c)
 )
 
+_HEAD = (J.c.id, J.c.state, J.c.attempt, J.c.agent_id, J.c.mlflow_run_id)
+
 
 @functools.cache
-def _job_cas(guards: tuple[str, ...]) -> Any:
-    """The compare-and-set with extra equality guards on these columns, built once each."""
+def _job_cas(guards: tuple[str, ...], head: bool = False) -> Any:
+    """The compare-and-set with extra equality guards on these columns, built once each;
+    ``head`` returns only the columns that follow-up work needs (no JSON, no datetimes)."""
     stmt = _JOB_CAS
+    if head:
+        stmt = (update(J).where(J.c.id == bindparam("w_id"),
+                                J.c.state.in_(bindparam("w_states", expanding=True)))
+                .values(version=J.c.version + 1).returning(*_HEAD))
     for column in guards:
         stmt = stmt.where(J.c[column] == bindparam(f"w_{column}"))
     return stmt
@@ -369,13 +376,33 @@ class Jobs:
         The state (and attempt, agent…) condition is what keeps two writers, or a stale agent
         report, from both winning. Returns the updated job, or None when a guard failed.
         """
+        row = Jobs._cas(s, job_id, expected, values, attempt, guards, head=False)
+        return _job(row) if row else None
+
+    @staticmethod
+    def transition(
+        s: Session,
+        job_id: str,
+        expected: Iterable[JobState],
+        values: dict[str, Any],
+        **guards: Any,
+    ) -> m.JobHead | None:
+        """``compare_and_set`` returning only the job's head: the agents' hot path."""
+        row = Jobs._cas(s, job_id, expected, values, None, guards, head=True)
+        if row is None:
+            return None
+        return m.JobHead(row.id, JobState(row.state), row.attempt, row.agent_id,
+                         row.mlflow_run_id)
+
+    @staticmethod
+    def _cas(s: Session, job_id: str, expected: Iterable[JobState], values: dict[str, Any],
+             attempt: int | None, guards: dict[str, Any], head: bool) -> Any:
         if attempt is not None:
             guards["attempt"] = attempt
         params = {**values, "update_time": utcnow(), "w_id": job_id,
                   "w_states": [e.value for e in expected],
                   **{f"w_{k}": v for k, v in guards.items()}}
-        row = s.connection().execute(_job_cas(tuple(sorted(guards))), params).first()
-        return _job(row) if row else None
+        return s.connection().execute(_job_cas(tuple(sorted(guards)), head), params).first()
 
 
 class Attempts:
