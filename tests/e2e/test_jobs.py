@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def test_agent_reconnects_after_control_plane_restart(cluster: dict[str, Any], s
 
 
 def test_buf_curl_through_reflection(cluster: dict[str, Any]) -> None:
-    buf = shutil.which("buf") or str(Path(os.sys.executable).parent / "buf")  # type: ignore[attr-defined]
+    buf = shutil.which("buf") or str(Path(sys.executable).parent / "buf")
     url = f"http://{cluster['target']}"
     listed = subprocess.run([buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
                              "--list-services", url], capture_output=True, text=True, timeout=60)
@@ -191,3 +192,19 @@ def test_second_agent_process_gets_work(cluster: dict[str, Any], sleeper: str) -
         assert {f.agent for f in finals} == {"agents/e2e-agent", "agents/e2e-agent-2"}
     finally:
         assert other.stop() == 0
+
+
+def test_cli_submit_watch_shows_states_and_logs(cluster: dict[str, Any], sleeper: str) -> None:
+    env = dict(os.environ, CRUCIBLE_TARGET=cluster["target"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "crucible.cli", "job", "submit", "e2e", sleeper, "-p",
+         "seconds=0.2", "--watch"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "RUNNING" in out and "SUCCEEDED" in out
+    assert "slept" in out  # the job's own output, streamed live
+    failing = subprocess.run(
+        [sys.executable, "-m", "crucible.cli", "job", "submit", "e2e", sleeper, "-p",
+         "seconds=0", "-p", "code=4", "--watch"], capture_output=True, text=True, env=env,
+        timeout=120)
+    assert failing.returncode == 1 and "FAILED" in failing.stdout
