@@ -92,11 +92,13 @@ def cluster(tmp_path: Path, prefect_api_url: str) -> Iterator[dict[str, Any]]:
     server, target = start_server(tmp_path / "server")
     agent = start_agent(target, tmp_path / "agent", prefect_api_url)
     client = Client(target, timeout=30)
+    # A test may replace the server (a restart); teardown stops whatever is there then.
+    state = {"client": client, "target": target, "server": server, "agent": agent,
+             "data": tmp_path / "server", "tmp": tmp_path, "prefect": prefect_api_url}
     try:
         wait_connected(client, "e2e-agent")
-        yield {"client": client, "target": target, "server": server, "agent": agent,
-               "data": tmp_path / "server", "tmp": tmp_path, "prefect": prefect_api_url}
+        yield state
     finally:
         client.close()
-        agent.stop()
-        server.stop()
+        state["agent"].stop()
+        state["server"].stop()
