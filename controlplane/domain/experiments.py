@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ..store.db import Database
 from ..store.models import utcnow
@@ -74,10 +75,7 @@ class ExperimentManager:
     async def delete(self, name: str) -> None:
         exp_id = names.experiment_id(name)
 
-        def apply(s: object) -> None:
-            from sqlalchemy.orm import Session
-
-            assert isinstance(s, Session)
+        def apply(s: Session) -> None:
             if not Experiments.exists(s, exp_id):
                 raise NotFound(f"experiment {exp_id!r} not found")
             count = Jobs.count_for_experiment(s, exp_id)

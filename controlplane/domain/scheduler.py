@@ -24,7 +24,6 @@ from ..store.db import Database
 from ..store.models import utcnow
 from ..store.repositories import Agents, Attempts, Jobs, Logs
 from ..tracking import Tracking
-from .errors import InvalidArgument
 from .models import AgentInfo, AttemptRef, Job, JobHead, QueuedJob
 from .notify import Notifier
 from .states import JobState, predecessors
@@ -163,15 +162,7 @@ class Scheduler:
             # After a restart, give agents one lease to reconnect before their attempts
             # count as lost: the leases may have run out while we were down.
             Agents.mark_all_disconnected(s)
-            from sqlalchemy import update
-
-            from ..store.models import AttemptRow
-
-            s.execute(
-                update(AttemptRow)
-                .where(AttemptRow.active.is_(True))
-                .values(lease_expires=utcnow() + lease)
-            )
+            Attempts.extend_all(s, utcnow() + lease)
 
         await self.db.run(recover)
         self._tasks = [
@@ -360,7 +351,11 @@ class Scheduler:
         if session is not None:
             fence["agent_id"] = session.id
         if not (rep.state == JobState.RUNNING or rep.state.is_final):
-            raise InvalidArgument(f"an agent cannot report state {rep.state}")
+            log.warning("agent %s reported state %s for %s: ignored",
+                        session.id if session else "?", rep.state, rep.job_id)
+            ignored: asyncio.Future[JobHead | None] = asyncio.get_running_loop().create_future()
+            ignored.set_result(None)
+            return ignored
 
         def apply(s: Session) -> JobHead | None:
             if rep.state == JobState.RUNNING:

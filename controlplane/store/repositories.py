@@ -436,6 +436,11 @@ class Attempts:
         )
 
     @staticmethod
+    def extend_all(s: Session, until: datetime) -> None:
+        s.execute(update(AttemptRow).where(AttemptRow.active.is_(True))
+                  .values(lease_expires=until))
+
+    @staticmethod
     def expired(s: Session, now: datetime, limit: int = 100) -> list[tuple[str, int, str]]:
         rows = s.execute(
             select(AttemptRow.job_id, AttemptRow.number, AttemptRow.agent_id)
