@@ -23,8 +23,11 @@ from crucible.v1 import (
     experiment_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    plugin_service_pb2,
+    plugin_service_pb2_grpc,
 )
 
+from .api.plugins import PluginServicer
 from .api.services import AgentServicer, EntryPointServicer, ExperimentServicer, JobServicer
 from .domain.agents import AgentDirectory
 from .domain.entry_points import EntryPointManager
@@ -33,6 +36,7 @@ from .domain.jobs import JobManager
 from .domain.models import Job
 from .domain.notify import Notifier
 from .domain.paging import PageTokens
+from .domain.plugins import PluginManager
 from .domain.scheduler import Scheduler, SchedulerConfig
 from .store.blobs import BlobStore
 from .store.db import Database
@@ -45,6 +49,7 @@ SERVICE_NAMES = [
     entry_point_service_pb2.DESCRIPTOR.services_by_name["EntryPointService"].full_name,
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    plugin_service_pb2.DESCRIPTOR.services_by_name["PluginService"].full_name,
 ]
 
 SERVER_OPTIONS = [
@@ -103,6 +108,7 @@ class ControlPlane:
         )
         self.jobs = JobManager(self.db, self.tracking, self.notifier, self.scheduler, self.tokens)
         self.agents = AgentDirectory(self.db, self.scheduler, self.tokens)
+        self.plugins = PluginManager(self.db, self.blobs, self.tokens, config.max_archive_bytes)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -145,6 +151,9 @@ class ControlPlane:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.scheduler, self.agents, self.blobs), server
+        )
+        plugin_service_pb2_grpc.add_PluginServiceServicer_to_server(
+            PluginServicer(self.plugins), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

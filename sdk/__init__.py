@@ -13,6 +13,7 @@ or mlflow), so job code can import it cheaply::
 """
 
 from .client import Client
+from .plugin import task
 from .errors import (
     AlreadyExistsError,
     CancelledError,
@@ -71,4 +72,5 @@ __all__ = [
     "PermissionDeniedError",
     "UnavailableError",
     "__version__",
+    "task",
 ]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from crucible.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2
+from crucible.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
 
 from ..domain import models as m
 from ..domain.states import JobState
@@ -120,6 +121,44 @@ def job(j: m.Job) -> job_pb2.Job:
         start_time=ts(j.start_time),
         end_time=ts(j.end_time),
         update_time=ts(j.update_time),
+        plugins=[plugin_pb2.PluginPin(plugin=f"plugins/{p.plugin_id}", version=p.version,
+                                      digest=p.digest, package=p.package) for p in j.plugins],
+    )
+
+
+def plugin_version(v: m.PluginVersion) -> plugin_pb2.PluginVersion:
+    return plugin_pb2.PluginVersion(
+        name=f"plugins/{v.plugin_id}/versions/{v.version}",
+        version=v.version,
+        digest=v.digest,
+        size_bytes=v.size_bytes,
+        description=v.description,
+        requirements=v.requirements,
+        package=v.package,
+        tasks=[task(t) for t in v.tasks],
+        create_time=ts(v.create_time),
+    )
+
+
+def task(t: dict[str, Any]) -> plugin_pb2.Task:
+    return plugin_pb2.Task(
+        name=t["name"],
+        module=t["module"],
+        description=t["doc"],
+        inputs=[plugin_pb2.TaskInput(name=i["name"], type=i["type"], has_default=i["has_default"],
+                                     default_value=i["default"]) for i in t["inputs"]],
+        output_type=t["output"],
+    )
+
+
+def plugin(p: m.Plugin) -> plugin_pb2.Plugin:
+    return plugin_pb2.Plugin(
+        name=f"plugins/{p.id}",
+        description=p.description,
+        latest_version=plugin_version(p.latest) if p.latest else None,
+        version_count=p.version_count,
+        create_time=ts(p.create_time),
+        update_time=ts(p.update_time),
     )
 
 

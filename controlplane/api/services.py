@@ -190,6 +190,7 @@ class JobServicer(job_grpc.JobServiceServicer):
                 timeout_s=request.timeout.ToNanoseconds() / 1e9,
                 max_attempts=request.max_attempts,
                 request_id=request.request_id,
+                plugin_versions=dict(request.plugin_versions),
             )
         )
         return job_pb.SubmitJobResponse(job=convert.job(job))

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from crucible import mlproject
@@ -21,6 +17,7 @@ from .archives import read_mlproject
 from .errors import InvalidArgument, NotFound
 from .models import EntryPoint, Revision
 from .paging import PageTokens, page_size
+from .uploads import receive
 
 
 def spec_to_dict(project: mlproject.ProjectSpec) -> dict[str, Any]:
@@ -65,42 +62,15 @@ class EntryPointManager:
         self, ep_id: str, description: str, expected_sha256: str, chunks: AsyncIterator[bytes]
     ) -> tuple[EntryPoint, Revision, bool]:
         names.check_id(ep_id, "entry point")
-        digest_algo = hashlib.sha256()
-        size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self.blobs.root / "tmp")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_archive_bytes:
-                        raise InvalidArgument(
-                            f"the archive is larger than the limit of "
-                            f"{self.max_archive_bytes} bytes"
-                        )
-                    digest_algo.update(chunk)
-                    f.write(chunk)
-            if size == 0:
-                raise InvalidArgument("the upload carried no archive bytes")
-            hexdigest = digest_algo.hexdigest()
-            if expected_sha256 and expected_sha256.removeprefix("sha256:") != hexdigest:
-                raise InvalidArgument(
-                    f"sha256 mismatch: the client said {expected_sha256}, the bytes hash to "
-                    f"{hexdigest} (the upload was damaged)"
-                )
-            digest = "sha256:" + hexdigest
-            text = await asyncio.to_thread(read_mlproject, tmp)
+        async with receive(self.blobs, chunks, self.max_archive_bytes, expected_sha256,
+                           "archive") as upload:
+            text = await asyncio.to_thread(read_mlproject, upload.path)
             try:
                 project = mlproject.parse(text)
             except mlproject.MLprojectError as exc:
                 raise InvalidArgument([f"MLproject: {p}" for p in exc.problems]) from None
-            target = self.blobs.path(digest)
-            if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        rev = Revision(ep_id, digest, size, project.name, spec_to_dict(project), utcnow())
+        rev = Revision(ep_id, upload.digest, upload.size, project.name, spec_to_dict(project),
+                       utcnow())
         return await self.db.run(lambda s: EntryPoints.add_revision(s, ep_id, description, rev))
 
     async def get(self, name: str) -> EntryPoint:

@@ -21,9 +21,10 @@ from . import names
 from .entry_points import spec_from_dict
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .filters import job_filter
-from .models import Job, LogLine
+from .models import Job, LogLine, PluginPin
 from .notify import Notifier
 from .paging import PageTokens, page_size
+from .plugins import PluginManager
 from .scheduler import Scheduler
 from .states import JobState
 
@@ -47,6 +48,7 @@ class SubmitSpec:
     timeout_s: float = 0.0
     max_attempts: int = 0
     request_id: str = ""
+    plugin_versions: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """What makes two submits with one request_id "the same request"."""
@@ -62,6 +64,7 @@ class _Checked:
     digest: str
     entry: str
     parameters: dict[str, str]
+    plugins: tuple[PluginPin, ...]
 
 
 class JobManager:
@@ -127,7 +130,8 @@ class JobManager:
             params = mlproject.resolve(project, entry, spec.parameters)
         except mlproject.MLprojectError as exc:
             raise InvalidArgument(exc.problems, field="parameters") from None
-        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params)
+        pins = PluginManager.pins(s, spec.plugin_versions)
+        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins)
 
     async def submit(self, spec: SubmitSpec) -> Job:
         exp_id, ep_id, queue, max_attempts = self._check_shape(spec)
@@ -216,6 +220,7 @@ class JobManager:
             end_time=None,
             update_time=now,
             request_id=spec.request_id,
+            plugins=checked.plugins,
         )
 
     @staticmethod

@@ -42,6 +42,44 @@ class EntryPoint:
 
 
 @dataclass(frozen=True)
+class PluginPin:
+    plugin_id: str
+    version: str
+    digest: str
+    package: str
+
+
+@dataclass(frozen=True)
+class PluginVersion:
+    plugin_id: str
+    version: str
+    digest: str
+    size_bytes: int
+    description: str
+    requirements: list[str]
+    package: str
+    # [{"name", "module", "inputs": [{"name", "type", "has_default", "default"}], "output",
+    #   "doc"}], read from the source.
+    tasks: list[dict[str, Any]]
+    create_time: datetime
+
+    @property
+    def pin(self) -> PluginPin:
+        return PluginPin(self.plugin_id, self.version, self.digest, self.package)
+
+
+@dataclass(frozen=True)
+class Plugin:
+    id: str
+    description: str
+    latest_version: str
+    version_count: int
+    create_time: datetime
+    update_time: datetime
+    latest: PluginVersion | None = None
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     experiment_id: str
@@ -66,6 +104,7 @@ class Job:
     end_time: datetime | None
     update_time: datetime
     request_id: str = ""
+    plugins: tuple[PluginPin, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,8 @@ class JobRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
     log_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Pinned plugin versions: [{"plugin", "version", "digest", "package"}].
+    plugins: Mapped[list[Any]] = mapped_column(default=list)
     version: Mapped[int] = mapped_column(Integer, default=1)
     create_time: Mapped[datetime]
     start_time: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -147,6 +149,32 @@ class LogLineRow(Base):
     stream: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     time: Mapped[datetime]
+
+
+class PluginRow(Base):
+    __tablename__ = "plugins"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    latest_version: Mapped[str] = mapped_column(String(64))
+    version_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+
+class PluginVersionRow(Base):
+    __tablename__ = "plugin_versions"
+    __table_args__ = (UniqueConstraint("plugin_id", "version"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    plugin_id: Mapped[str] = mapped_column(ForeignKey("plugins.id"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(71))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    requirements: Mapped[list[Any]]
+    package: Mapped[str] = mapped_column(String(255))
+    tasks: Mapped[list[Any]]
+    create_time: Mapped[datetime]
 
 
 class AgentRow(Base):

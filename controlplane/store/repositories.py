@@ -19,6 +19,8 @@ from .models import (
     ExperimentRow,
     JobRow,
     LogLineRow,
+    PluginRow,
+    PluginVersionRow,
     RevisionRow,
     utcnow,
 )
@@ -125,6 +127,8 @@ def _job(r: Any) -> m.Job:
         end_time=r.end_time,
         update_time=r.update_time,
         request_id=r.request_id or "",
+        plugins=tuple(m.PluginPin(p["plugin"], p["version"], p["digest"], p["package"])
+                      for p in r.plugins),
     )
 
 
@@ -316,6 +320,8 @@ class Jobs:
                 request_hash=request_hash,
                 log_count=0,
                 version=1,
+                plugins=[{"plugin": p.plugin_id, "version": p.version, "digest": p.digest,
+                          "package": p.package} for p in job.plugins],
                 create_time=job.create_time,
                 start_time=None,
                 end_time=None,
@@ -502,6 +508,78 @@ class Logs:
         return [m.LogLine(r.offset, r.attempt, r.sequence, r.stream, r.text, r.time) for r in rows]
 
 
+def _plugin_version(r: Any) -> m.PluginVersion:
+    return m.PluginVersion(r.plugin_id, r.version, r.digest, r.size_bytes, r.description,
+                           list(r.requirements), r.package, list(r.tasks), r.create_time)
+
+
+class Plugins:
+    @staticmethod
+    def _plugin(row: PluginRow, latest: m.PluginVersion | None) -> m.Plugin:
+        return m.Plugin(row.id, row.description, row.latest_version, row.version_count,
+                        row.create_time, row.update_time, latest)
+
+    @staticmethod
+    def get(s: Session, plugin_id: str, with_latest: bool = True) -> m.Plugin | None:
+        row = s.scalar(select(PluginRow).where(PluginRow.id == plugin_id))
+        if row is None:
+            return None
+        latest = Plugins.version(s, plugin_id, row.latest_version) if with_latest else None
+        return Plugins._plugin(row, latest)
+
+    @staticmethod
+    def version(s: Session, plugin_id: str, version: str) -> m.PluginVersion | None:
+        row = s.scalar(select(PluginVersionRow).where(
+            PluginVersionRow.plugin_id == plugin_id, PluginVersionRow.version == version))
+        return _plugin_version(row) if row else None
+
+    @staticmethod
+    def versions(s: Session, plugin_id: str) -> list[m.PluginVersion]:
+        rows = s.scalars(select(PluginVersionRow)
+                         .where(PluginVersionRow.plugin_id == plugin_id)).all()
+        return [_plugin_version(r) for r in rows]
+
+    @staticmethod
+    def page(s: Session, after_seq: int, limit: int) -> list[tuple[int, m.Plugin]]:
+        rows = s.scalars(select(PluginRow).where(PluginRow.seq > after_seq)
+                         .order_by(PluginRow.seq).limit(limit)).all()
+        return [(r.seq, Plugins._plugin(r, Plugins.version(s, r.id, r.latest_version)))
+                for r in rows]
+
+    @staticmethod
+    def latest_pins(s: Session) -> dict[str, m.PluginPin]:
+        """Every plugin's latest version: what a job pins when it names none."""
+        rows = s.execute(
+            select(PluginVersionRow.plugin_id, PluginVersionRow.version,
+                   PluginVersionRow.digest, PluginVersionRow.package)
+            .join(PluginRow, (PluginRow.id == PluginVersionRow.plugin_id)
+                  & (PluginRow.latest_version == PluginVersionRow.version))
+        ).all()
+        return {r[0]: m.PluginPin(r[0], r[1], r[2], r[3]) for r in rows}
+
+    @staticmethod
+    def add_version(s: Session, pv: m.PluginVersion, is_latest: bool) -> m.Plugin:
+        now = utcnow()
+        row = s.scalar(select(PluginRow).where(PluginRow.id == pv.plugin_id).with_for_update())
+        if row is None:
+            row = PluginRow(id=pv.plugin_id, description=pv.description,
+                            latest_version=pv.version, version_count=0, create_time=now,
+                            update_time=now)
+            s.add(row)
+            s.flush()
+        s.add(PluginVersionRow(plugin_id=pv.plugin_id, version=pv.version, digest=pv.digest,
+                               size_bytes=pv.size_bytes, description=pv.description,
+                               requirements=pv.requirements, package=pv.package,
+                               tasks=pv.tasks, create_time=now))
+        row.version_count += 1
+        if is_latest:
+            row.latest_version = pv.version
+            row.description = pv.description or row.description
+        row.update_time = now
+        s.flush()
+        return Plugins._plugin(row, Plugins.version(s, pv.plugin_id, row.latest_version))
+
+
 def _agent(r: AgentRow, running: int = 0) -> m.AgentInfo:
     cap = r.capacity
     return m.AgentInfo(
@@ -568,4 +646,4 @@ class Agents:
         s.execute(update(AgentRow).values(state="DISCONNECTED"))
 
 
-__all__ = ["Agents", "Attempts", "EntryPoints", "Experiments", "Jobs", "Logs"]
+__all__ = ["Agents", "Attempts", "EntryPoints", "Experiments", "Jobs", "Logs", "Plugins"]

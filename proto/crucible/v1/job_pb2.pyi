@@ -1,12 +1,13 @@
 import datetime
 
+from crucible.v1 import plugin_pb2 as _plugin_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -44,7 +45,7 @@ LOG_STREAM_STDERR: LogStream
 LOG_STREAM_SYSTEM: LogStream
 
 class Job(_message.Message):
-    __slots__ = ("name", "experiment", "entry_point", "entry_point_digest", "entry", "parameters", "queue", "selector", "state", "state_reason", "timeout", "max_attempts", "attempt", "agent", "mlflow_run_id", "exit_code", "cancel_requested", "create_time", "start_time", "end_time", "update_time")
+    __slots__ = ("name", "experiment", "entry_point", "entry_point_digest", "entry", "parameters", "queue", "selector", "state", "state_reason", "timeout", "max_attempts", "attempt", "agent", "mlflow_run_id", "exit_code", "cancel_requested", "create_time", "start_time", "end_time", "update_time", "plugins")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +81,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
     name: str
     experiment: str
     entry_point: str
@@ -101,7 +103,8 @@ class Job(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., experiment: _Optional[str] = ..., entry_point: _Optional[str] = ..., entry_point_digest: _Optional[str] = ..., entry: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., queue: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., mlflow_run_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    plugins: _containers.RepeatedCompositeFieldContainer[_plugin_pb2.PluginPin]
+    def __init__(self, name: _Optional[str] = ..., experiment: _Optional[str] = ..., entry_point: _Optional[str] = ..., entry_point_digest: _Optional[str] = ..., entry: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., queue: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., mlflow_run_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plugins: _Optional[_Iterable[_Union[_plugin_pb2.PluginPin, _Mapping]]] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("offset", "attempt", "sequence", "stream", "text", "time")

@@ -26,7 +26,7 @@ from crucible.v1 import job_pb2 as crucible_dot_v1_dot_job__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rucible/v1/job_service.proto\x12\x0b\x63rucible.v1\x1a\x15\x63rucible/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb1\x03\n\x10SubmitJobRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x02 \x01(\t\x12\x1a\n\x12\x65ntry_point_digest\x18\x03 \x01(\t\x12\r\n\x05\x65ntry\x18\x04 \x01(\t\x12\x41\n\nparameters\x18\x05 \x03(\x0b\x32-.crucible.v1.SubmitJobRequest.ParametersEntry\x12\r\n\x05queue\x18\x06 \x01(\t\x12=\n\x08selector\x18\x07 \x03(\x0b\x32+.crucible.v1.SubmitJobRequest.SelectorEntry\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x12\n\nrequest_id\x18\n \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.crucible.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"1\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job\"J\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstart_offset\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"<\n\x15StreamJobLogsResponse\x12#\n\x05lines\x18\x01 \x03(\x0b\x32\x14.crucible.v1.LogLine\"0\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job2\xd5\x03\n\nJobService\x12J\n\tSubmitJob\x12\x1d.crucible.v1.SubmitJobRequest\x1a\x1e.crucible.v1.SubmitJobResponse\x12\x41\n\x06GetJob\x12\x1a.crucible.v1.GetJobRequest\x1a\x1b.crucible.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.crucible.v1.ListJobsRequest\x1a\x1d.crucible.v1.ListJobsResponse\x12I\n\x08WatchJob\x12\x1c.crucible.v1.WatchJobRequest\x1a\x1d.crucible.v1.WatchJobResponse0\x01\x12X\n\rStreamJobLogs\x12!.crucible.v1.StreamJobLogsRequest\x1a\".crucible.v1.StreamJobLogsResponse0\x01\x12J\n\tCancelJob\x12\x1d.crucible.v1.CancelJobRequest\x1a\x1e.crucible.v1.CancelJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rucible/v1/job_service.proto\x12\x0b\x63rucible.v1\x1a\x15\x63rucible/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb4\x04\n\x10SubmitJobRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x02 \x01(\t\x12\x1a\n\x12\x65ntry_point_digest\x18\x03 \x01(\t\x12\r\n\x05\x65ntry\x18\x04 \x01(\t\x12\x41\n\nparameters\x18\x05 \x03(\x0b\x32-.crucible.v1.SubmitJobRequest.ParametersEntry\x12\r\n\x05queue\x18\x06 \x01(\t\x12=\n\x08selector\x18\x07 \x03(\x0b\x32+.crucible.v1.SubmitJobRequest.SelectorEntry\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x12\n\nrequest_id\x18\n \x01(\t\x12J\n\x0fplugin_versions\x18\x0b \x03(\x0b\x32\x31.crucible.v1.SubmitJobRequest.PluginVersionsEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13PluginVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.crucible.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"1\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job\"J\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstart_offset\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"<\n\x15StreamJobLogsResponse\x12#\n\x05lines\x18\x01 \x03(\x0b\x32\x14.crucible.v1.LogLine\"0\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.crucible.v1.Job2\xd5\x03\n\nJobService\x12J\n\tSubmitJob\x12\x1d.crucible.v1.SubmitJobRequest\x1a\x1e.crucible.v1.SubmitJobResponse\x12\x41\n\x06GetJob\x12\x1a.crucible.v1.GetJobRequest\x1a\x1b.crucible.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.crucible.v1.ListJobsRequest\x1a\x1d.crucible.v1.ListJobsResponse\x12I\n\x08WatchJob\x12\x1c.crucible.v1.WatchJobRequest\x1a\x1d.crucible.v1.WatchJobResponse0\x01\x12X\n\rStreamJobLogs\x12!.crucible.v1.StreamJobLogsRequest\x1a\".crucible.v1.StreamJobLogsResponse0\x01\x12J\n\tCancelJob\x12\x1d.crucible.v1.CancelJobRequest\x1a\x1e.crucible.v1.CancelJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._loaded_options = None
   _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_options = b'8\001'
+  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._loaded_options = None
+  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITJOBREQUEST']._serialized_start=102
-  _globals['_SUBMITJOBREQUEST']._serialized_end=535
-  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_start=437
-  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_end=486
-  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_start=488
-  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_end=535
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=537
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=587
-  _globals['_GETJOBREQUEST']._serialized_start=589
-  _globals['_GETJOBREQUEST']._serialized_end=618
-  _globals['_GETJOBRESPONSE']._serialized_start=620
-  _globals['_GETJOBRESPONSE']._serialized_end=667
-  _globals['_LISTJOBSREQUEST']._serialized_start=669
-  _globals['_LISTJOBSREQUEST']._serialized_end=741
-  _globals['_LISTJOBSRESPONSE']._serialized_start=743
-  _globals['_LISTJOBSRESPONSE']._serialized_end=818
-  _globals['_WATCHJOBREQUEST']._serialized_start=820
-  _globals['_WATCHJOBREQUEST']._serialized_end=851
-  _globals['_WATCHJOBRESPONSE']._serialized_start=853
-  _globals['_WATCHJOBRESPONSE']._serialized_end=902
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=904
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=978
-  _globals['_STREAMJOBLOGSRESPONSE']._serialized_start=980
-  _globals['_STREAMJOBLOGSRESPONSE']._serialized_end=1040
-  _globals['_CANCELJOBREQUEST']._serialized_start=1042
-  _globals['_CANCELJOBREQUEST']._serialized_end=1090
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1092
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1142
-  _globals['_JOBSERVICE']._serialized_start=1145
-  _globals['_JOBSERVICE']._serialized_end=1614
+  _globals['_SUBMITJOBREQUEST']._serialized_end=666
+  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_start=513
+  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_end=562
+  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_start=564
+  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_end=611
+  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_start=613
+  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_end=666
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=668
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=718
+  _globals['_GETJOBREQUEST']._serialized_start=720
+  _globals['_GETJOBREQUEST']._serialized_end=749
+  _globals['_GETJOBRESPONSE']._serialized_start=751
+  _globals['_GETJOBRESPONSE']._serialized_end=798
+  _globals['_LISTJOBSREQUEST']._serialized_start=800
+  _globals['_LISTJOBSREQUEST']._serialized_end=872
+  _globals['_LISTJOBSRESPONSE']._serialized_start=874
+  _globals['_LISTJOBSRESPONSE']._serialized_end=949
+  _globals['_WATCHJOBREQUEST']._serialized_start=951
+  _globals['_WATCHJOBREQUEST']._serialized_end=982
+  _globals['_WATCHJOBRESPONSE']._serialized_start=984
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1033
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1035
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1109
+  _globals['_STREAMJOBLOGSRESPONSE']._serialized_start=1111
+  _globals['_STREAMJOBLOGSRESPONSE']._serialized_end=1171
+  _globals['_CANCELJOBREQUEST']._serialized_start=1173
+  _globals['_CANCELJOBREQUEST']._serialized_end=1221
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1223
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1273
+  _globals['_JOBSERVICE']._serialized_start=1276
+  _globals['_JOBSERVICE']._serialized_end=1745
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("experiment", "entry_point", "entry_point_digest", "entry", "parameters", "queue", "selector", "timeout", "max_attempts", "request_id")
+    __slots__ = ("experiment", "entry_point", "entry_point_digest", "entry", "parameters", "queue", "selector", "timeout", "max_attempts", "request_id", "plugin_versions")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,13 @@ class SubmitJobRequest(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PluginVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +43,7 @@ class SubmitJobRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     entry_point: str
     entry_point_digest: str
@@ -46,7 +54,8 @@ class SubmitJobRequest(_message.Message):
     timeout: _duration_pb2.Duration
     max_attempts: int
     request_id: str
-    def __init__(self, experiment: _Optional[str] = ..., entry_point: _Optional[str] = ..., entry_point_digest: _Optional[str] = ..., entry: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., queue: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    plugin_versions: _containers.ScalarMap[str, str]
+    def __init__(self, experiment: _Optional[str] = ..., entry_point: _Optional[str] = ..., entry_point_digest: _Optional[str] = ..., entry: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., queue: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., plugin_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)

@@ -74,8 +74,9 @@ class JobServiceServicer:
     def SubmitJob(self, request, context):
         """Submits a job. A repeated request_id with the same request returns the first job;
         with a different request it is ALREADY_EXISTS.
-        INVALID_ARGUMENT: missing or mistyped parameters (every problem listed), bad queue,
-        timeout or max_attempts. NOT_FOUND: no such experiment, entry point or revision.
+        INVALID_ARGUMENT: missing or mistyped parameters, an invalid task graph (every problem
+        listed), bad queue, timeout or max_attempts, unknown plugin versions.
+        NOT_FOUND: no such experiment, entry point or revision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,70 @@
+"""PluginService servicer: validate, convert, delegate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from crucible.v1 import plugin_service_pb2 as pb
+from crucible.v1 import plugin_service_pb2_grpc as pb_grpc
+
+from ..domain.errors import InvalidArgument
+from ..domain.plugins import PluginManager
+from . import convert
+from .errors import unary
+
+Ctx = Any  # grpc.aio.ServicerContext; grpc ships no type information
+
+
+class PluginServicer(pb_grpc.PluginServiceServicer):
+    def __init__(self, plugins: PluginManager) -> None:
+        self.plugins = plugins
+
+    @unary
+    async def UploadPlugin(self, request_iterator: AsyncIterator[pb.UploadPluginRequest],
+                           context: Ctx) -> pb.UploadPluginResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("metadata"):
+            raise InvalidArgument("the first message of an upload must carry metadata")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.HasField("metadata"):
+                    raise InvalidArgument("metadata may only be sent once, first")
+                yield msg.chunk
+
+        plugin, version, created = await self.plugins.upload(first.metadata.sha256, chunks())
+        return pb.UploadPluginResponse(plugin=convert.plugin(plugin),
+                                       version=convert.plugin_version(version), created=created)
+
+    @unary
+    async def GetPlugin(self, request: pb.GetPluginRequest, context: Ctx
+                        ) -> pb.GetPluginResponse:
+        return pb.GetPluginResponse(plugin=convert.plugin(await self.plugins.get(request.name)))
+
+    @unary
+    async def ListPlugins(self, request: pb.ListPluginsRequest, context: Ctx
+                          ) -> pb.ListPluginsResponse:
+        plugins, token = await self.plugins.page(request.page_size, request.page_token)
+        return pb.ListPluginsResponse(plugins=[convert.plugin(p) for p in plugins],
+                                      next_page_token=token)
+
+    @unary
+    async def GetPluginVersion(self, request: pb.GetPluginVersionRequest, context: Ctx
+                               ) -> pb.GetPluginVersionResponse:
+        version = await self.plugins.version(request.name)
+        return pb.GetPluginVersionResponse(version=convert.plugin_version(version))
+
+    @unary
+    async def ListPluginVersions(self, request: pb.ListPluginVersionsRequest, context: Ctx
+                                 ) -> pb.ListPluginVersionsResponse:
+        versions, token = await self.plugins.versions(request.parent, request.page_size,
+                                                      request.page_token)
+        return pb.ListPluginVersionsResponse(
+            versions=[convert.plugin_version(v) for v in versions], next_page_token=token)
+
+    @unary
+    async def ListPluginTasks(self, request: pb.ListPluginTasksRequest, context: Ctx
+                              ) -> pb.ListPluginTasksResponse:
+        version = await self.plugins.version(request.parent)
+        return pb.ListPluginTasksResponse(tasks=[convert.task(t) for t in version.tasks])

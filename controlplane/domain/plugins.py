@@ -1,0 +1,151 @@
+"""The plugin registry: immutable, content-addressed versions of task packages.
+
+A job pins plugin versions at submit and agents fetch the pinned bundles by digest, so
+pushing a new version changes nothing that already runs and needs no restart anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from packaging.version import Version
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..store.blobs import BlobStore
+from ..store.db import Database
+from ..store.models import utcnow
+from ..store.repositories import Plugins
+from . import names
+from .errors import AlreadyExists, InvalidArgument, NotFound
+from .models import Plugin, PluginPin, PluginVersion
+from .paging import PageTokens, page_size
+from .task_manifest import read_bundle
+from .uploads import receive
+
+
+def version_name(name: str) -> tuple[str, str]:
+    """`plugins/{id}/versions/{version}` -> (id, version)."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "plugins" or parts[2] != "versions" or not parts[3]:
+        raise InvalidArgument(
+            f"plugin version name {name!r} is malformed (want `plugins/{{id}}/versions/{{v}}`)"
+        )
+    return names.check_id(parts[1], "plugin"), parts[3]
+
+
+def plugin_id(name: str) -> str:
+    return names.parse(name, "plugins", "plugin")
+
+
+class PluginManager:
+    def __init__(self, db: Database, blobs: BlobStore, tokens: PageTokens,
+                 max_bundle_bytes: int) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.tokens = tokens
+        self.max_bundle_bytes = max_bundle_bytes
+
+    async def upload(self, expected_sha256: str, chunks: AsyncIterator[bytes]
+                     ) -> tuple[Plugin, PluginVersion, bool]:
+        async with receive(self.blobs, chunks, self.max_bundle_bytes, expected_sha256,
+                           "bundle") as upload:
+            manifest = await asyncio.to_thread(read_bundle, upload.path)
+            pv = PluginVersion(
+                plugin_id=manifest["name"], version=manifest["version"], digest=upload.digest,
+                size_bytes=upload.size, description=manifest["description"],
+                requirements=manifest["requirements"], package=manifest["package"],
+                tasks=manifest["tasks"], create_time=utcnow(),
+            )
+
+            def add(s: Session) -> tuple[Plugin, PluginVersion, bool]:
+                existing = Plugins.version(s, pv.plugin_id, pv.version)
+                if existing is not None:
+                    if existing.digest != pv.digest:
+                        raise AlreadyExists(
+                            f"plugin {pv.plugin_id} version {pv.version} already exists with "
+                            f"different content ({existing.digest}); versions are immutable: "
+                            "push it as a new version"
+                        )
+                    plugin = Plugins.get(s, pv.plugin_id)
+                    assert plugin is not None
+                    return plugin, existing, False
+                current = Plugins.get(s, pv.plugin_id, with_latest=False)
+                is_latest = current is None or Version(pv.version) > Version(
+                    current.latest_version)
+                plugin = Plugins.add_version(s, pv, is_latest)
+                stored = Plugins.version(s, pv.plugin_id, pv.version)
+                assert stored is not None
+                return plugin, stored, True
+
+            try:
+                return await self.db.run(add)
+            except IntegrityError:  # a concurrent push of the same version won
+                return await self.db.run(add)
+
+    async def get(self, name: str) -> Plugin:
+        pid = plugin_id(name)
+        plugin = await self.db.run(lambda s: Plugins.get(s, pid))
+        if plugin is None:
+            raise NotFound(f"plugin {pid!r} not found")
+        return plugin
+
+    async def version(self, name: str) -> PluginVersion:
+        pid, version = version_name(name)
+        pv = await self.db.run(lambda s: Plugins.version(s, pid, version))
+        if pv is None:
+            raise NotFound(f"plugin {pid!r} has no version {version!r}")
+        return pv
+
+    async def page(self, size: int, token: str) -> tuple[list[Plugin], str]:
+        after = self.tokens.decode("plugins", token) or 0
+        if not isinstance(after, int):
+            raise InvalidArgument("page_token is invalid")
+        n = page_size(size)
+        rows = await self.db.run(lambda s: Plugins.page(s, after, n + 1))
+        nxt = self.tokens.encode("plugins", rows[n - 1][0]) if len(rows) > n else ""
+        return [p for _, p in rows[:n]], nxt
+
+    async def versions(self, parent: str, size: int, token: str
+                       ) -> tuple[list[PluginVersion], str]:
+        pid = plugin_id(parent)
+        query = f"plugin_versions:{pid}"
+        start = self.tokens.decode(query, token) or 0
+        if not isinstance(start, int):
+            raise InvalidArgument("page_token is invalid")
+        n = page_size(size)
+
+        def read(s: Session) -> list[PluginVersion] | None:
+            if Plugins.get(s, pid, with_latest=False) is None:
+                return None
+            return Plugins.versions(s, pid)
+
+        found = await self.db.run(read)
+        if found is None:
+            raise NotFound(f"plugin {pid!r} not found")
+        ordered = sorted(found, key=lambda v: Version(v.version), reverse=True)
+        nxt = self.tokens.encode(query, start + n) if len(ordered) > start + n else ""
+        return ordered[start:start + n], nxt
+
+    @staticmethod
+    def pins(s: Session, requested: dict[str, str]) -> tuple[PluginPin, ...]:
+        """The versions a job runs with: the requested ones, every other plugin's latest.
+
+        Raises InvalidArgument naming every unknown plugin or version.
+        """
+        pins = Plugins.latest_pins(s)
+        problems = []
+        for pid, version in sorted(requested.items()):
+            pv = Plugins.version(s, pid, version) if names.ID_RE.match(pid) else None
+            if pv is None:
+                known = "no such plugin" if pid not in pins else (
+                    "its versions: " + ", ".join(
+                        sorted((v.version for v in Plugins.versions(s, pid)), key=Version,
+                               reverse=True)))
+                problems.append(f"plugin {pid!r} has no version {version!r} ({known})")
+            else:
+                pins[pid] = pv.pin
+        if problems:
+            raise InvalidArgument(problems, field="plugin_versions")
+        return tuple(pins[k] for k in sorted(pins))

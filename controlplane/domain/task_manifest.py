@@ -1,0 +1,156 @@
+"""Reading a plugin bundle without importing it: its manifest and its `@task` signatures.
+
+The control plane must never run plugin code (it may need packages the control plane does
+not have, and it is not trusted), so tasks are found in the source with `ast`: top-level
+functions decorated with `task`, `crucible.task`, or either called with options.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.version import InvalidVersion, Version
+
+from . import names
+from .errors import InvalidArgument
+
+MANIFEST = "crucible-plugin.yaml"
+MAX_SOURCE_BYTES = 20 << 20
+
+
+@contextlib.contextmanager
+def _members(path: Path) -> Iterator[dict[str, tuple[int, Any]]]:
+    """name -> (size, reader) of the regular files in a tar or zip archive, while open."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            yield {i.filename.lstrip("./"): (i.file_size, lambda i=i: zf.read(i))
+                   for i in zf.infolist() if not i.is_dir()}
+        return
+    with tarfile.open(path, "r:*") as tf:
+        yield {m.name.lstrip("./"): (m.size, lambda m=m: tf.extractfile(m).read())  # type: ignore[union-attr]
+               for m in tf.getmembers() if m.isfile()}
+
+
+def read_bundle(path: Path) -> dict[str, Any]:
+    """The manifest plus the tasks found in the package's source.
+
+    Raises InvalidArgument naming every problem found.
+    """
+    try:
+        with _members(path) as files:
+            return _read(files)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise InvalidArgument(f"the bundle is not a readable tar.gz, tar or zip ({exc})"
+                              ) from None
+
+
+def _read(files: dict[str, tuple[int, Any]]) -> dict[str, Any]:
+    root = ""
+    if MANIFEST not in files:
+        tops = {n.split("/", 1)[0] for n in files}
+        if len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in files:
+            root = next(iter(tops)) + "/"
+        else:
+            raise InvalidArgument(f"the bundle has no {MANIFEST} at its root")
+    size, read = files[root + MANIFEST]
+    if size > 1 << 20:
+        raise InvalidArgument(f"{MANIFEST} is larger than 1 MiB")
+    try:
+        doc = yaml.safe_load(read())
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"{MANIFEST} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{MANIFEST} must be a mapping")
+    problems: list[str] = []
+    name = str(doc.get("name") or "")
+    if not names.ID_RE.match(name):
+        problems.append(f"plugin name {name!r} is invalid: use 1-63 of [a-z0-9-], starting with "
+                        "a letter")
+    version = str(doc.get("version") or "")
+    try:
+        Version(version)
+    except InvalidVersion:
+        problems.append(f"version {version!r} is not a PEP 440 version (like 1.0.0)")
+    package = str(doc.get("package") or "")
+    if not package.isidentifier():
+        problems.append(f"package {package!r} is not a Python package name")
+    requirements = doc.get("requirements") or []
+    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
+        problems.append("requirements must be a list of strings")
+        requirements = []
+    sources = {n: v for n, v in files.items()
+               if n.startswith(f"{root}{package}/") and n.endswith(".py")}
+    if package.isidentifier() and f"{root}{package}/__init__.py" not in files:
+        problems.append(f"the bundle has no package {package}/ (with an __init__.py)")
+    tasks: list[dict[str, Any]] = []
+    total = 0
+    for path_name in sorted(sources):
+        size, read = sources[path_name]
+        total += size
+        if total > MAX_SOURCE_BYTES:
+            problems.append("the package's Python source is larger than 20 MiB")
+            break
+        module = path_name[len(root):-3].replace("/", ".").removesuffix(".__init__")
+        try:
+            tree = ast.parse(read(), filename=path_name)
+        except SyntaxError as exc:
+            problems.append(f"{path_name[len(root):]}:{exc.lineno}: {exc.msg}")
+            continue
+        tasks.extend(tasks_in(tree, module))
+    if problems:
+        raise InvalidArgument(problems)
+    return {"name": name, "version": version, "package": package,
+            "description": str(doc.get("description") or ""), "requirements": requirements,
+            "tasks": tasks}
+
+
+def _is_task_decorator(node: ast.expr) -> tuple[bool, str | None]:
+    target = node.func if isinstance(node, ast.Call) else node
+    is_task = (isinstance(target, ast.Name) and target.id == "task") or (
+        isinstance(target, ast.Attribute) and target.attr == "task"
+        and isinstance(target.value, ast.Name) and target.value.id == "crucible"
+    )
+    name = None
+    if is_task and isinstance(node, ast.Call):
+        for kw in node.keywords:
+            if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                name = str(kw.value.value)
+    return is_task, name
+
+
+def tasks_in(tree: ast.Module, module: str) -> list[dict[str, Any]]:
+    out = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for deco in node.decorator_list:
+            is_task, name = _is_task_decorator(deco)
+            if is_task:
+                out.append(_signature(node, module, name or node.name))
+                break
+    return out
+
+
+def _signature(fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str, name: str
+               ) -> dict[str, Any]:
+    args = fn.args
+    positional = [*args.posonlyargs, *args.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
+    defaults += list(args.defaults)
+    pairs = list(zip(positional, defaults, strict=True))
+    pairs += list(zip(args.kwonlyargs, args.kw_defaults, strict=True))
+    inputs = [
+        {"name": a.arg, "type": ast.unparse(a.annotation) if a.annotation else "",
+         "has_default": d is not None, "default": ast.unparse(d) if d is not None else ""}
+        for a, d in pairs
+    ]
+    return {"name": name, "module": module, "inputs": inputs,
+            "output": ast.unparse(fn.returns) if fn.returns else "",
+            "doc": ast.get_docstring(fn) or ""}

@@ -1,0 +1,174 @@
+"""PluginService through a real server (SQLite and PostgreSQL): push, versions, tasks read
+from source, conflicts, bad bundles, and pins at submit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from crucible.v1 import job_service_pb2 as job_pb
+from crucible.v1 import job_service_pb2_grpc as job_grpc
+from crucible.v1 import plugin_service_pb2 as pb
+from crucible.v1 import plugin_service_pb2_grpc as pb_grpc
+from tests.conftest import tar_gz
+from tests.integration.test_api import code_of, setup_job_world, stubs  # noqa: F401
+
+TASKS = '''
+"""Demo tasks."""
+from crucible import task
+import crucible
+
+
+@task
+def load(n: int = 3, *, scale: float = 1.0) -> list[float]:
+    """Makes data.
+
+    More words."""
+    return [scale * i for i in range(n)]
+
+
+@crucible.task(name="shout", retries=1)
+def greet(who: str) -> str:
+    return who.upper()
+
+
+def helper(x):
+    return x
+
+
+@task()
+async def untyped(a, b=2):
+    return a
+'''
+
+
+def bundle(version: str, body: str = TASKS, name: str = "demo", top: str = "",
+           manifest: str | None = None) -> bytes:
+    files = {
+        "crucible-plugin.yaml": manifest if manifest is not None else (
+            f"name: {name}\nversion: {version}\ndescription: demo tasks\n"
+            "package: demo_pkg\nrequirements: [numpy>=1.0]\n"),
+        "demo_pkg/__init__.py": '"""Demo."""\n',
+        "demo_pkg/tasks.py": body,
+    }
+    return tar_gz(files, top=top)
+
+
+def push(stub: Any, data: bytes, sha: str = "") -> pb.UploadPluginResponse:
+    def messages() -> Iterator[pb.UploadPluginRequest]:
+        yield pb.UploadPluginRequest(metadata=pb.UploadPluginMetadata(sha256=sha))
+        for i in range(0, len(data), 64):
+            yield pb.UploadPluginRequest(chunk=data[i:i + 64])
+
+    return stub.UploadPlugin(messages())
+
+
+@pytest.fixture
+def plugins(channel: grpc.Channel) -> Any:
+    return pb_grpc.PluginServiceStub(channel)
+
+
+def test_push_versions_and_tasks(plugins: Any) -> None:
+    first = push(plugins, bundle("1.0.0"))
+    assert first.created and first.version.name == "plugins/demo/versions/1.0.0"
+    assert first.version.digest.startswith("sha256:") and first.version.package == "demo_pkg"
+    assert list(first.version.requirements) == ["numpy>=1.0"]
+    tasks = {t.name: t for t in first.version.tasks}
+    assert set(tasks) == {"load", "shout", "untyped"}  # helper() is not a task
+    load = tasks["load"]
+    assert load.module == "demo_pkg.tasks" and load.output_type == "list[float]"
+    assert load.description.startswith("Makes data.")
+    assert [(i.name, i.type, i.has_default, i.default_value) for i in load.inputs] == [
+        ("n", "int", True, "3"), ("scale", "float", True, "1.0")]
+    assert [(i.name, i.has_default) for i in tasks["untyped"].inputs] == [("a", False),
+                                                                         ("b", True)]
+    again = push(plugins, bundle("1.0.0"))
+    assert not again.created and again.version.digest == first.version.digest
+    code, msg = code_of(push, plugins, bundle("1.0.0", body=TASKS + "\n# changed\n"))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "immutable" in msg
+
+    push(plugins, bundle("2.0.0", top="wrapped"))  # a single top-level folder is fine
+    push(plugins, bundle("1.5.0"))  # older than 2.0.0: not the latest
+    got = plugins.GetPlugin(pb.GetPluginRequest(name="plugins/demo")).plugin
+    assert got.latest_version.version == "2.0.0" and got.version_count == 3
+    versions = plugins.ListPluginVersions(pb.ListPluginVersionsRequest(parent="plugins/demo",
+                                                                       page_size=2))
+    assert [v.version for v in versions.versions] == ["2.0.0", "1.5.0"]
+    rest = plugins.ListPluginVersions(pb.ListPluginVersionsRequest(
+        parent="plugins/demo", page_size=2, page_token=versions.next_page_token))
+    assert [v.version for v in rest.versions] == ["1.0.0"] and not rest.next_page_token
+    listed = plugins.ListPluginTasks(pb.ListPluginTasksRequest(
+        parent="plugins/demo/versions/1.0.0"))
+    assert {t.name for t in listed.tasks} == {"load", "shout", "untyped"}
+    assert [p.name for p in plugins.ListPlugins(pb.ListPluginsRequest()).plugins] == [
+        "plugins/demo"]
+
+    for call, req, code in [
+        (plugins.GetPlugin, pb.GetPluginRequest(name="plugins/none"), grpc.StatusCode.NOT_FOUND),
+        (plugins.GetPlugin, pb.GetPluginRequest(name="plugins/Bad!"),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (plugins.GetPluginVersion, pb.GetPluginVersionRequest(name="plugins/demo/versions/9"),
+         grpc.StatusCode.NOT_FOUND),
+        (plugins.GetPluginVersion, pb.GetPluginVersionRequest(name="plugins/demo"),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (plugins.ListPluginVersions, pb.ListPluginVersionsRequest(parent="plugins/none"),
+         grpc.StatusCode.NOT_FOUND),
+        (plugins.ListPluginVersions, pb.ListPluginVersionsRequest(parent="plugins/demo",
+                                                                  page_token="forged"),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (plugins.ListPluginTasks, pb.ListPluginTasksRequest(parent="plugins/demo/versions/0"),
+         grpc.StatusCode.NOT_FOUND),
+    ]:
+        assert code_of(call, req)[0] == code, req
+
+
+def test_bad_bundles_are_refused_with_every_problem(plugins: Any) -> None:
+    cases = {
+        "not an archive": (b"plain bytes", "readable"),
+        "no manifest": (tar_gz({"demo_pkg/__init__.py": ""}), "crucible-plugin.yaml"),
+        "bad manifest": (bundle("1", manifest="name: Bad Name\nversion: one\npackage: 9x\n"),
+                         "plugin name 'Bad Name'"),
+        "no package": (tar_gz({"crucible-plugin.yaml": "name: p\nversion: 1\npackage: gone\n"}),
+                       "no package gone/"),
+        "syntax error": (bundle("1", body="def broken(:\n"), "demo_pkg/tasks.py:1"),
+    }
+    for case, (data, needle) in cases.items():
+        code, msg = code_of(push, plugins, data)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, case
+        assert needle in msg, (case, msg)
+    _, msg = code_of(push, plugins, cases["bad manifest"][0])
+    assert "version 'one'" in msg and "package '9x'" in msg  # all problems at once
+    code, msg = code_of(push, plugins, bundle("1.0.0"), sha="0" * 64)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "sha256 mismatch" in msg
+    assert list(plugins.ListPlugins(pb.ListPluginsRequest()).plugins) == []
+
+
+def test_jobs_pin_plugin_versions(plugins: Any, stubs: Any, channel: grpc.Channel) -> None:  # noqa: F811
+    jobs = job_grpc.JobServiceStub(channel)
+    setup_job_world(stubs)
+    v1 = push(plugins, bundle("1.0.0")).version
+    push(plugins, bundle("1.0.0", name="other"))
+    v2 = push(plugins, bundle("2.0.0")).version
+
+    def submit(**kwargs: Any) -> Any:
+        return jobs.SubmitJob(job_pb.SubmitJobRequest(
+            experiment="experiments/exp", entry_point="entryPoints/sleepy",
+            parameters={"label": "x"}, **kwargs)).job
+
+    latest = submit()
+    assert [(p.plugin, p.version, p.digest) for p in latest.plugins] == [
+        ("plugins/demo", "2.0.0", v2.digest), ("plugins/other", "1.0.0", latest.plugins[1].digest)]
+    pinned = submit(plugin_versions={"demo": "1.0.0"})
+    assert [(p.plugin, p.version, p.digest, p.package) for p in pinned.plugins][0] == (
+        "plugins/demo", "1.0.0", v1.digest, "demo_pkg")
+    # Pins are stored with the job, not recomputed.
+    push(plugins, bundle("3.0.0"))
+    again = jobs.GetJob(job_pb.GetJobRequest(name=latest.name)).job
+    assert again.plugins[0].version == "2.0.0"
+    code, msg = code_of(submit, plugin_versions={"demo": "9.9", "ghost": "1"})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'demo' has no version '9.9'" in msg and "3.0.0, 2.0.0, 1.0.0" in msg
+    assert "'ghost'" in msg
