@@ -46,6 +46,8 @@ class EntrySpec:
     name: str
     command: str
     parameters: tuple[ParameterSpec, ...] = ()
+    # A Crucible task graph (YAML, relative to the MLproject) this entry runs.
+    graph: str | None = None
 
     def parameter(self, name: str) -> ParameterSpec | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -81,6 +83,14 @@ def parse(text: str | bytes) -> ProjectSpec:
     entries: list[EntrySpec] = []
     for entry_name, raw in raw_entries.items():
         entry_name = str(entry_name)
+        graph = raw.get("graph") if isinstance(raw, dict) else None
+        if graph is not None and (not isinstance(graph, str) or not graph.strip()):
+            problems.append(f"entry {entry_name!r}: `graph` must be a file name")
+            continue
+        if isinstance(raw, dict) and graph and "command" not in raw:
+            # A task-graph entry: Crucible's runner executes the graph with the job's
+            # parameters (it reads them from the job's environment).
+            raw = {**raw, "command": f"python -m crucible.graph {shlex.quote(graph)}"}
         if not isinstance(raw, dict) or not isinstance(raw.get("command"), str):
             problems.append(f"entry {entry_name!r} has no `command` string")
             continue
@@ -122,7 +132,7 @@ def parse(text: str | bytes) -> ProjectSpec:
                     f"entry {entry_name!r}: command uses {{{used}}} which is not a declared "
                     "parameter"
                 )
-        entries.append(EntrySpec(entry_name, raw["command"], tuple(params)))
+        entries.append(EntrySpec(entry_name, raw["command"], tuple(params), graph))
     if problems:
         raise MLprojectError(problems)
     return ProjectSpec(str(doc.get("name") or ""), tuple(entries))

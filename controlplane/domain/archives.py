@@ -1,61 +1,85 @@
-"""Reading the MLproject out of an uploaded archive without extracting it."""
+"""Reading files out of an uploaded archive (tar, tar.gz or zip) without extracting it."""
 
 from __future__ import annotations
 
+import functools
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InvalidArgument
 
-MAX_MLPROJECT_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 20
 
 
-def _pick(names: list[str]) -> str | None:
-    """`MLproject` at the root, or under the single top-level folder."""
-    clean = [n.lstrip("./") for n in names]
-    if "MLproject" in clean:
-        return names[clean.index("MLproject")]
-    tops = {n.split("/", 1)[0] for n in clean if n}
-    if len(tops) == 1:
-        want = f"{tops.pop()}/MLproject"
-        if want in clean:
-            return names[clean.index(want)]
-    return None
+class Archive:
+    """The regular files of an open archive, by name (leading ``./`` removed)."""
+
+    def __init__(self, files: dict[str, tuple[int, Callable[[], bytes]]]) -> None:
+        self.files = files
+
+    def root(self, marker: str) -> str | None:
+        """The folder holding ``marker``: "" at the root, or the single top-level folder."""
+        if marker in self.files:
+            return ""
+        tops = {n.split("/", 1)[0] for n in self.files}
+        if len(tops) == 1 and f"{next(iter(tops))}/{marker}" in self.files:
+            return next(iter(tops)) + "/"
+        return None
+
+    def read(self, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
+        if name not in self.files:
+            raise InvalidArgument(f"the archive has no file {name}")
+        size, read = self.files[name]
+        if size > limit:
+            raise InvalidArgument(f"{name} is larger than {limit} bytes")
+        return read()
 
 
-def read_mlproject(path: Path) -> bytes:
-    """The MLproject file's bytes; INVALID_ARGUMENT when the archive has none or is unreadable."""
+@contextmanager
+def open_archive(path: Path) -> Iterator[Archive]:
+    """Opens a tar/tar.gz/zip; INVALID_ARGUMENT when it is none of them or is damaged."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
-                member = _pick(zf.namelist())
-                if member is None:
-                    raise InvalidArgument(_missing())
-                info = zf.getinfo(member)
-                if info.file_size > MAX_MLPROJECT_BYTES:
-                    raise InvalidArgument("MLproject is larger than 1 MiB")
-                return zf.read(member)
+                yield Archive({i.filename.lstrip("./"): (i.file_size, functools.partial(zf.read, i))
+                               for i in zf.infolist() if not i.is_dir()})
+            return
         with tarfile.open(path, "r:*") as tf:
-            members = {m.name: m for m in tf.getmembers()}
-            member = _pick(list(members))
-            if member is None:
-                raise InvalidArgument(_missing())
-            m = members[member]
-            if not m.isfile():
-                raise InvalidArgument("MLproject in the archive is not a regular file")
-            if m.size > MAX_MLPROJECT_BYTES:
-                raise InvalidArgument("MLproject is larger than 1 MiB")
-            f = tf.extractfile(m)
-            assert f is not None
-            return f.read()
+
+            def reader(member: tarfile.TarInfo) -> bytes:
+                f = tf.extractfile(member)
+                assert f is not None
+                return f.read()
+
+            yield Archive({m.name.lstrip("./"): (m.size, functools.partial(reader, m))
+                           for m in tf.getmembers() if m.isfile()})
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise InvalidArgument(
             f"the upload is not a readable tar.gz, tar or zip archive ({exc})"
         ) from None
 
 
-def _missing() -> str:
-    return ("the archive has no MLproject file at its root (or under its single top-level "
-            "folder)")
-
+def read_project(path: Path, extra: Callable[[bytes], list[str]] | None = None
+                 ) -> tuple[bytes, dict[str, bytes]]:
+    """The MLproject's bytes, and the files it names (``extra`` lists them, relative to it)."""
+    with open_archive(path) as archive:
+        root = archive.root("MLproject")
+        if root is None:
+            raise InvalidArgument("the archive has no MLproject file at its root (or under its "
+                                  "single top-level folder)")
+        text = archive.read(root + "MLproject")
+        named = extra(text) if extra else []
+        problems, files = [], {}
+        for rel in named:
+            if rel.startswith("/") or ".." in rel.split("/"):
+                problems.append(f"MLproject names {rel!r}, which leaves the project")
+            elif root + rel not in archive.files:
+                problems.append(f"MLproject names {rel!r}, which is not in the archive")
+            else:
+                files[rel] = archive.read(root + rel)
+        if problems:
+            raise InvalidArgument(problems)
+        return text, files

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+from crucible import graph as task_graph
 from crucible import mlproject
 
 from ..store.blobs import BlobStore
@@ -13,19 +15,22 @@ from ..store.db import Database
 from ..store.models import utcnow
 from ..store.repositories import EntryPoints
 from . import names
-from .archives import read_mlproject
+from .archives import read_project
 from .errors import InvalidArgument, NotFound
 from .models import EntryPoint, Revision
 from .paging import PageTokens, page_size
 from .uploads import receive
 
 
-def spec_to_dict(project: mlproject.ProjectSpec) -> dict[str, Any]:
+def spec_to_dict(project: mlproject.ProjectSpec, graphs: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
     return {
+        "graphs": graphs or {},
         "entries": [
             {
                 "name": e.name,
                 "command": e.command,
+                "graph": e.graph,
                 "parameters": [
                     {"name": p.name, "type": p.type, "default": p.default} for p in e.parameters
                 ],
@@ -44,10 +49,39 @@ def spec_from_dict(name: str, spec: dict[str, Any]) -> mlproject.ProjectSpec:
                 e["command"],
                 tuple(mlproject.ParameterSpec(p["name"], p["type"], p["default"])
                       for p in e["parameters"]),
+                e.get("graph"),
             )
             for e in spec["entries"]
         ),
     )
+
+
+def _parse_mlproject(text: bytes) -> mlproject.ProjectSpec:
+    try:
+        return mlproject.parse(text)
+    except mlproject.MLprojectError as exc:
+        raise InvalidArgument([f"MLproject: {p}" for p in exc.problems]) from None
+
+
+def inspect_project(path: Path) -> tuple[mlproject.ProjectSpec, dict[str, str]]:
+    """The archive's MLproject and the task graphs its entries run, checked for structure
+    (tasks and types are checked at submit, against the plugin versions a job pins)."""
+    text, files = read_project(
+        path, lambda t: sorted({e.graph for e in _parse_mlproject(t).entries if e.graph})
+    )
+    project = _parse_mlproject(text)
+    graphs: dict[str, str] = {}
+    problems: list[str] = []
+    for rel, data in files.items():
+        try:
+            task_graph.parse(data)
+        except task_graph.GraphError as exc:
+            problems += [f"{rel}: {p}" for p in exc.problems]
+            continue
+        graphs[rel] = data.decode()
+    if problems:
+        raise InvalidArgument(problems)
+    return project, graphs
 
 
 class EntryPointManager:
@@ -64,13 +98,9 @@ class EntryPointManager:
         names.check_id(ep_id, "entry point")
         async with receive(self.blobs, chunks, self.max_archive_bytes, expected_sha256,
                            "archive") as upload:
-            text = await asyncio.to_thread(read_mlproject, upload.path)
-            try:
-                project = mlproject.parse(text)
-            except mlproject.MLprojectError as exc:
-                raise InvalidArgument([f"MLproject: {p}" for p in exc.problems]) from None
-        rev = Revision(ep_id, upload.digest, upload.size, project.name, spec_to_dict(project),
-                       utcnow())
+            project, graphs = await asyncio.to_thread(inspect_project, upload.path)
+        rev = Revision(ep_id, upload.digest, upload.size, project.name,
+                       spec_to_dict(project, graphs), utcnow())
         return await self.db.run(lambda s: EntryPoints.add_revision(s, ep_id, description, rev))
 
     async def get(self, name: str) -> EntryPoint:

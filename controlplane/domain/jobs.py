@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from crucible import graph as task_graph
 from crucible import mlproject
 
 from ..store.db import Database
 from ..store.models import utcnow
-from ..store.repositories import EntryPoints, Experiments, Jobs, Logs
+from ..store.repositories import EntryPoints, Experiments, Jobs, Logs, Plugins
 from ..tracking import Tracking
 from . import names
 from .entry_points import spec_from_dict
@@ -75,8 +76,11 @@ class JobManager:
         self.notifier = notifier
         self.scheduler = scheduler
         self.tokens = tokens
-        # Parsed MLprojects of revisions: immutable, so cached without invalidation.
-        self._projects: dict[tuple[str, str], mlproject.ProjectSpec] = {}
+        # Parsed MLprojects and task graphs of revisions, and the task signatures of plugin
+        # versions: all immutable, so cached without invalidation.
+        self._projects: dict[tuple[str, str], tuple[mlproject.ProjectSpec,
+                                                     dict[str, task_graph.Graph]]] = {}
+        self._tasks: dict[str, list[task_graph.TaskSignature]] = {}
 
     def _check_shape(self, spec: SubmitSpec) -> tuple[str, str, str, int]:
         problems: list[str] = []
@@ -116,22 +120,49 @@ class JobManager:
         if ep is None:
             raise NotFound(f"entry point {ep_id!r} not found")
         digest = spec.digest or ep.latest_digest
-        project = self._projects.get((ep_id, digest))
-        if project is None:
+        cached = self._projects.get((ep_id, digest))
+        if cached is None:
             rev = EntryPoints.revision(s, ep_id, digest)
             if rev is None:
                 raise NotFound(f"entry point {ep_id!r} has no revision {spec.digest}")
-            project = spec_from_dict(rev.project_name, rev.spec)
+            graphs = {rel: task_graph.parse(text)
+                      for rel, text in rev.spec.get("graphs", {}).items()}
+            cached = spec_from_dict(rev.project_name, rev.spec), graphs
             if len(self._projects) >= PROJECT_CACHE_SIZE:
                 self._projects.pop(next(iter(self._projects)))
-            self._projects[(ep_id, digest)] = project
+            self._projects[(ep_id, digest)] = cached
+        project, graphs = cached
         entry = spec.entry or "main"
         try:
             params = mlproject.resolve(project, entry, spec.parameters)
         except mlproject.MLprojectError as exc:
             raise InvalidArgument(exc.problems, field="parameters") from None
         pins = PluginManager.pins(s, spec.plugin_versions)
+        entry_spec = project.entry(entry)
+        if entry_spec is not None and entry_spec.graph:
+            self._check_graph(s, graphs[entry_spec.graph], entry_spec, pins)
         return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins)
+
+    def _check_graph(self, s: Session, graph: task_graph.Graph, entry: mlproject.EntrySpec,
+                     pins: tuple[PluginPin, ...]) -> None:
+        """The task graph against the pinned plugins' tasks: every problem at once (where
+        Dioptra answers several of these with an HTTP 500)."""
+        tasks: dict[str, task_graph.TaskSignature] = {}
+        for pin in pins:
+            if pin.digest not in self._tasks:
+                pv = Plugins.version(s, pin.plugin_id, pin.version)
+                self._tasks[pin.digest] = [
+                    task_graph.TaskSignature(
+                        t["name"], t["module"],
+                        tuple((i["name"], i["type"], i["has_default"]) for i in t["inputs"]),
+                        t["output"])
+                    for t in (pv.tasks if pv else [])
+                ]
+            for sig in self._tasks[pin.digest]:
+                tasks[sig.qualified_name] = sig
+        problems = task_graph.validate(graph, {p.name: p.type for p in entry.parameters}, tasks)
+        if problems:
+            raise InvalidArgument([f"{entry.graph}: {p}" for p in problems], field="graph")
 
     async def submit(self, spec: SubmitSpec) -> Job:
         exp_id, ep_id, queue, max_attempts = self._check_shape(spec)

@@ -8,10 +8,6 @@ functions decorated with `task`, `crucible.task`, or either called with options.
 from __future__ import annotations
 
 import ast
-import contextlib
-import tarfile
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +15,11 @@ import yaml
 from packaging.version import InvalidVersion, Version
 
 from . import names
+from .archives import Archive, open_archive
 from .errors import InvalidArgument
 
 MANIFEST = "crucible-plugin.yaml"
 MAX_SOURCE_BYTES = 20 << 20
-
-
-@contextlib.contextmanager
-def _members(path: Path) -> Iterator[dict[str, tuple[int, Any]]]:
-    """name -> (size, reader) of the regular files in a tar or zip archive, while open."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            yield {i.filename.lstrip("./"): (i.file_size, lambda i=i: zf.read(i))
-                   for i in zf.infolist() if not i.is_dir()}
-        return
-    with tarfile.open(path, "r:*") as tf:
-        yield {m.name.lstrip("./"): (m.size, lambda m=m: tf.extractfile(m).read())  # type: ignore[union-attr]
-               for m in tf.getmembers() if m.isfile()}
 
 
 def read_bundle(path: Path) -> dict[str, Any]:
@@ -43,27 +27,17 @@ def read_bundle(path: Path) -> dict[str, Any]:
 
     Raises InvalidArgument naming every problem found.
     """
-    try:
-        with _members(path) as files:
-            return _read(files)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise InvalidArgument(f"the bundle is not a readable tar.gz, tar or zip ({exc})"
-                              ) from None
+    with open_archive(path) as archive:
+        return _read(archive)
 
 
-def _read(files: dict[str, tuple[int, Any]]) -> dict[str, Any]:
-    root = ""
-    if MANIFEST not in files:
-        tops = {n.split("/", 1)[0] for n in files}
-        if len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in files:
-            root = next(iter(tops)) + "/"
-        else:
-            raise InvalidArgument(f"the bundle has no {MANIFEST} at its root")
-    size, read = files[root + MANIFEST]
-    if size > 1 << 20:
-        raise InvalidArgument(f"{MANIFEST} is larger than 1 MiB")
+def _read(archive: Archive) -> dict[str, Any]:
+    files = archive.files
+    root = archive.root(MANIFEST)
+    if root is None:
+        raise InvalidArgument(f"the bundle has no {MANIFEST} at its root")
     try:
-        doc = yaml.safe_load(read())
+        doc = yaml.safe_load(archive.read(root + MANIFEST))
     except yaml.YAMLError as exc:
         raise InvalidArgument(f"{MANIFEST} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):

@@ -172,3 +172,69 @@ def test_jobs_pin_plugin_versions(plugins: Any, stubs: Any, channel: grpc.Channe
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "'demo' has no version '9.9'" in msg and "3.0.0, 2.0.0, 1.0.0" in msg
     assert "'ghost'" in msg
+
+
+GRAPH_MLPROJECT = """\
+name: graphs
+entry_points:
+  main:
+    parameters:
+      n: {type: int, default: 3}
+      who: {type: string, default: ada}
+      rate: {type: float, default: 0.5}
+    graph: graph.yaml
+  broken:
+    parameters:
+      who: {type: string, default: ada}
+      rate: {type: float, default: 0.5}
+    graph: broken.yaml
+"""
+
+GOOD_GRAPH = """\
+steps:
+  data: {task: load, args: {n: $n, scale: $rate}}
+  hello: {task: shout, args: {who: $who}}
+  join: {task: demo_pkg.tasks.untyped, args: {a: $data, b: $hello}}
+"""
+
+BROKEN_GRAPH = """\
+steps:
+  data: {task: lode, args: {n: $rate}}
+  hello: {task: shout, args: {who: $nobody, loud: true}}
+  a: {task: untyped, args: {a: $b}}
+  b: {task: untyped, args: {a: $a}}
+  count: {task: load, args: {n: $hello}}
+"""
+
+
+def test_task_graphs_are_validated_at_submit(plugins: Any, stubs: Any,  # noqa: F811
+                                             channel: grpc.Channel) -> None:
+    from tests.integration.test_api import upload
+
+    jobs = job_grpc.JobServiceStub(channel)
+    push(plugins, bundle("1.0.0"))
+    stubs.exp.CreateExperiment(__import__("crucible.v1.experiment_service_pb2",
+                                          fromlist=["x"]).CreateExperimentRequest(
+        experiment_id="exp"))
+    code, msg = code_of(upload, stubs, "graphs", tar_gz({
+        "MLproject": GRAPH_MLPROJECT, "graph.yaml": "steps: [1, 2]", "broken.yaml": BROKEN_GRAPH}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "graph.yaml" in msg
+    code, msg = code_of(upload, stubs, "graphs", tar_gz({"MLproject": GRAPH_MLPROJECT,
+                                                        "graph.yaml": GOOD_GRAPH}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "broken.yaml" in msg  # missing file
+    rev = upload(stubs, "graphs", tar_gz({"MLproject": GRAPH_MLPROJECT, "graph.yaml": GOOD_GRAPH,
+                                          "broken.yaml": BROKEN_GRAPH})).revision
+    main = next(e for e in rev.entries if e.name == "main")
+    assert main.command == "python -m crucible.graph graph.yaml"
+
+    ok = jobs.SubmitJob(job_pb.SubmitJobRequest(experiment="experiments/exp",
+                                                entry_point="entryPoints/graphs")).job
+    assert ok.state == 2 and ok.plugins[0].version == "1.0.0"
+
+    with pytest.raises(grpc.RpcError) as info:
+        jobs.SubmitJob(job_pb.SubmitJobRequest(experiment="experiments/exp",
+                                               entry_point="entryPoints/graphs", entry="broken"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    msg = info.value.details()
+    for needle in ("'lode'", "$nobody", "'loud'", "cycle", "'count'"):
+        assert needle in msg, (needle, msg)
