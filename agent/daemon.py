@@ -25,6 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +38,7 @@ from .executor import (
     ExecutionResult,
     Executor,
     Outcome,
+    PluginBundle,
     ProcessExecutor,
     RunSpec,
     Stream,
@@ -45,8 +47,10 @@ from .prefect_server import PrefectServer
 from .workspace import (
     BlobCache,
     BlobError,
+    PluginBundles,
     WorkspaceError,
     extract_archive,
+    plugin_bundle_root,
     prepare_workspace,
 )
 
@@ -240,6 +244,9 @@ class Agent:
         self.config = config
         self.executor = executor if executor is not None else ProcessExecutor()
         self.cache = BlobCache(config.work_dir / "cache" / "blobs")
+        # Extracted once per digest and shared by jobs; never reloaded or replaced, so a new
+        # plugin version changes nothing for jobs that pinned an older one.
+        self.plugin_bundles = PluginBundles(config.work_dir / "cache" / "plugins")
         self.prefect: PrefectServer | None = None
         if config.prefect_mode == "auto":
             self.prefect = PrefectServer(config.work_dir / "prefect")
@@ -788,6 +795,7 @@ class Agent:
         root = await asyncio.to_thread(
             extract_archive, archive, dest, cfg.max_archive_bytes, cfg.max_archive_files
         )
+        plugins = await self._prepare_plugins(job, system)
         timeout = _seconds(job.timeout) if job.HasField("timeout") else 0.0
         return RunSpec(
             project_root=root,
@@ -799,7 +807,62 @@ class Agent:
             timeout=timeout if timeout > 0 else None,
             grace_period=st.grace_period,
             prefect_api_url=await self._prefect_url(system),
+            plugins=plugins,
         )
+
+    async def _prepare_plugins(self, job: Any, system: Any) -> tuple[PluginBundle, ...]:
+        """Fetches and extracts the job's pinned plugin bundles (each once per digest)."""
+        bundles: list[PluginBundle] = []
+        for pin in job.plugins:
+            label = f"plugin {pin.plugin.removeprefix('plugins/')} {pin.version} ({pin.digest})"
+            try:
+                root = await self._prepare_plugin(pin, label, system)
+            except grpc.aio.AioRpcError as exc:
+                raise WorkspaceError(
+                    f"cannot fetch {label}: {exc.code().name}: {exc.details()}"
+                ) from exc
+            except WorkspaceError as exc:
+                raise WorkspaceError(f"cannot use {label}: {exc}") from exc
+            bundles.append(
+                PluginBundle(
+                    plugin=pin.plugin,
+                    version=pin.version,
+                    digest=pin.digest,
+                    package=pin.package,
+                    path=root,
+                )
+            )
+        if bundles:
+            system(
+                "using plugins: "
+                + ", ".join(
+                    f"{b.plugin.removeprefix('plugins/')} {b.version} "
+                    f"(package {b.package or '-'}, {b.digest})"
+                    for b in bundles
+                )
+            )
+            log.info(
+                "%s job=%s: plugins %s", self._ctx, job.name,
+                ", ".join(f"{b.plugin}=={b.version}" for b in bundles),
+            )
+        return tuple(bundles)
+
+    async def _prepare_plugin(self, pin: Any, label: str, system: Any) -> Path:
+        """One pinned bundle: from the extracted cache, or fetched and extracted now."""
+        cfg = self.config
+        dest = self.plugin_bundles.lookup(pin.digest)
+        if dest is not None:
+            system(f"{label}: already extracted")
+        else:
+            if self.cache.lookup(pin.digest) is None:
+                system(f"{label}: fetching bundle")
+            archive = await self._fetch(pin.digest, None)
+            dest, extracted = await self.plugin_bundles.extract(
+                archive, pin.digest, cfg.max_archive_bytes, cfg.max_archive_files
+            )
+            system(f"{label}: " + ("extracted" if extracted else "already extracted"))
+        root: Path = await asyncio.to_thread(plugin_bundle_root, dest, pin.package)
+        return root
 
     async def _fetch(self, digest: str, size: int | None) -> Any:
         cfg = self.config

@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import json
 import os
 import signal
 import sys
@@ -63,6 +64,27 @@ StartCallback = Callable[[int], None]
 
 
 @dataclass(frozen=True)
+class PluginBundle:
+    """A plugin version the job runs with, extracted on this host."""
+
+    plugin: str  # `plugins/{id}`
+    version: str
+    digest: str
+    package: str
+    # The folder that holds the package: it goes on PYTHONPATH.
+    path: Path
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "plugin": self.plugin,
+            "version": self.version,
+            "digest": self.digest,
+            "package": self.package,
+            "path": str(self.path),
+        }
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One attempt to run: what and where, and under which limits."""
 
@@ -78,6 +100,8 @@ class RunSpec:
     grace_period: float = 10.0
     # Handed to the job as PREFECT_API_URL when set.
     prefect_api_url: str | None = None
+    # The plugin versions pinned by the job, in the order their paths go on PYTHONPATH.
+    plugins: tuple[PluginBundle, ...] = ()
 
 
 class CancelSignal:
@@ -146,7 +170,14 @@ def build_env(
     base: Mapping[str, str] | None = None,
     python: str = sys.executable,
 ) -> dict[str, str]:
-    """The job's environment: the agent's, then the assignment's, then what the agent owns."""
+    """The job's environment: the agent's, then the assignment's, then what the agent owns.
+
+    What the agent owns: ``PYTHONPATH`` starts with the pinned plugin bundles (before any
+    existing entries, so a job imports exactly its pinned versions even where another copy
+    of a package is installed), ``CRUCIBLE_PLUGIN_PACKAGES`` (comma-separated package names),
+    ``CRUCIBLE_PLUGINS`` (JSON list of {plugin, version, digest, package, path}) and
+    ``CRUCIBLE_PARAMETERS`` (JSON object of the job's parameters); see ``crucible.runtime``.
+    """
     env = dict(os.environ if base is None else base)
     env.update(spec.env)
     if spec.prefect_api_url:
@@ -159,6 +190,13 @@ def build_env(
     env["CRUCIBLE_JOB"] = f"jobs/{spec.job_id}"
     env["CRUCIBLE_JOB_ID"] = spec.job_id
     env["CRUCIBLE_ATTEMPT"] = str(spec.attempt)
+    env["CRUCIBLE_PARAMETERS"] = json.dumps(dict(spec.parameters), sort_keys=True)
+    roots = list(dict.fromkeys(str(p.path) for p in spec.plugins))
+    if roots:
+        existing = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(roots + ([existing] if existing else []))
+    env["CRUCIBLE_PLUGIN_PACKAGES"] = ",".join(p.package for p in spec.plugins if p.package)
+    env["CRUCIBLE_PLUGINS"] = json.dumps([p.describe() for p in spec.plugins])
     return env
 
 

@@ -465,3 +465,105 @@ def project_root(dest: Path) -> Path:
     if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
         return children[0]
     return dest
+
+
+# --------------------------------------------------------------------------- plugin bundles
+
+#: The manifest at the root of a plugin bundle.
+PLUGIN_MANIFEST = "crucible-plugin.yaml"
+
+
+def plugin_bundle_root(dest: Path, package: str = "") -> Path:
+    """The folder of an extracted bundle that goes on ``PYTHONPATH``.
+
+    That is the folder holding the package (and the manifest): ``dest`` itself, or its single
+    top-level folder when the bundle was packed as ``tar czf b.tgz my-plugin/``. Raises
+    WorkspaceError when ``package`` is named but neither place holds it.
+    """
+    candidates = [dest]
+    children = [c for c in dest.iterdir() if c.name not in _IGNORED_TOP_LEVEL]
+    if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
+        candidates.append(children[0])
+    if package:
+        for root in candidates:
+            if (root / package).is_dir() or (root / f"{package}.py").is_file():
+                return root
+        raise WorkspaceError(f"the plugin bundle has no Python package {package!r}")
+    for root in candidates:
+        if (root / PLUGIN_MANIFEST).is_file():
+            return root
+    return candidates[-1]
+
+
+def extract_plugin_bundle(
+    archive: Path, plugins_dir: Path, digest: str, max_bytes: int, max_files: int
+) -> tuple[Path, bool]:
+    """Extracts a plugin bundle once per digest into ``plugins_dir/<hex>``.
+
+    Returns ``(dest, extracted)``; ``extracted`` is False when an earlier job (or another
+    agent sharing the work dir) had already extracted it. Extraction goes to a temporary
+    folder beside the final one, which is renamed into place only when complete: a job
+    never sees a half-extracted bundle, and a rejected archive leaves nothing behind. The
+    same checks as for entry points apply (UnsafeArchiveError). Bundles are immutable, so
+    their files are made read-only: one job cannot change the code another job runs.
+    """
+    hex_digest = parse_digest(digest)
+    dest = plugins_dir / hex_digest
+    if dest.is_dir():
+        return dest, False
+    plugins_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hex_digest[:16]}-", dir=plugins_dir))
+    try:
+        extract_archive(archive, tmp, max_bytes, max_files)
+        _make_read_only(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            # Someone else renamed a complete copy into place first: use theirs.
+            if not dest.is_dir():
+                raise
+            return dest, False
+        return dest, True
+    finally:
+        if tmp.exists():
+            remove_tree(tmp)
+
+
+def _make_read_only(root: Path) -> None:
+    """Drops write permission from every file (directories stay writable, so Python can
+    still cache bytecode in ``__pycache__``)."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o222)
+
+
+class PluginBundles:
+    """Extracted plugin bundles under ``root/<hex>``, shared by every job of the agent.
+
+    A bundle is extracted once per digest and never changed afterwards; concurrent jobs that
+    need the same digest wait for the one extraction.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def path_for(self, digest: str) -> Path:
+        return self.root / parse_digest(digest)
+
+    def lookup(self, digest: str) -> Path | None:
+        path = self.path_for(digest)
+        return path if path.is_dir() else None
+
+    async def extract(
+        self, archive: Path, digest: str, max_bytes: int, max_files: int
+    ) -> tuple[Path, bool]:
+        """``extract_plugin_bundle`` on a worker thread, one at a time per digest."""
+        lock = self._locks.setdefault(parse_digest(digest), asyncio.Lock())
+        async with lock:
+            return await asyncio.to_thread(
+                extract_plugin_bundle, archive, self.root, digest, max_bytes, max_files
+            )

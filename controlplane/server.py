@@ -17,16 +17,21 @@ from grpc_reflection.v1alpha import reflection
 from crucible.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
+    artifact_service_pb2,
+    artifact_service_pb2_grpc,
     entry_point_service_pb2,
     entry_point_service_pb2_grpc,
     experiment_service_pb2,
     experiment_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
     plugin_service_pb2,
     plugin_service_pb2_grpc,
 )
 
+from .api.models import ArtifactServicer, ModelServicer
 from .api.plugins import PluginServicer
 from .api.services import AgentServicer, EntryPointServicer, ExperimentServicer, JobServicer
 from .domain.agents import AgentDirectory
@@ -37,6 +42,7 @@ from .domain.models import Job
 from .domain.notify import Notifier
 from .domain.paging import PageTokens
 from .domain.plugins import PluginManager
+from .domain.registry import ModelRegistry
 from .domain.scheduler import Scheduler, SchedulerConfig
 from .store.blobs import BlobStore
 from .store.db import Database
@@ -50,6 +56,8 @@ SERVICE_NAMES = [
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     plugin_service_pb2.DESCRIPTOR.services_by_name["PluginService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
 ]
 
 SERVER_OPTIONS = [
@@ -109,6 +117,7 @@ class ControlPlane:
         self.jobs = JobManager(self.db, self.tracking, self.notifier, self.scheduler, self.tokens)
         self.agents = AgentDirectory(self.db, self.scheduler, self.tokens)
         self.plugins = PluginManager(self.db, self.blobs, self.tokens, config.max_archive_bytes)
+        self.registry = ModelRegistry(self.jobs, self.tracking, self.tokens)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -154,6 +163,12 @@ class ControlPlane:
         )
         plugin_service_pb2_grpc.add_PluginServiceServicer_to_server(
             PluginServicer(self.plugins), server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.registry), server
+        )
+        artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(
+            ArtifactServicer(self.registry), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -13,7 +13,6 @@ or mlflow), so job code can import it cheaply::
 """
 
 from .client import Client
-from .plugin import task
 from .errors import (
     AlreadyExistsError,
     CancelledError,
@@ -27,6 +26,9 @@ from .errors import (
     PermissionDeniedError,
     UnavailableError,
 )
+from .models import Artifact, Model, ModelVersion
+from .plugin import task
+from .plugins import Plugin, PluginPin, PluginVersion, Task, TaskInput
 from .types import (
     Agent,
     AgentState,
@@ -49,6 +51,7 @@ __all__ = [
     "Agent",
     "AgentState",
     "AlreadyExistsError",
+    "Artifact",
     "CancelledError",
     "Capacity",
     "Client",
@@ -67,9 +70,16 @@ __all__ = [
     "JobState",
     "LogLine",
     "LogStream",
+    "Model",
+    "ModelVersion",
     "NotFoundError",
     "Parameter",
     "PermissionDeniedError",
+    "Plugin",
+    "PluginPin",
+    "PluginVersion",
+    "Task",
+    "TaskInput",
     "UnavailableError",
     "__version__",
     "task",

@@ -28,6 +28,8 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from .cli_models import artifact_app, model_app
+from .cli_plugins import plugin_app
 from .client import DEFAULT_TARGET, Client
 from .errors import CrucibleError
 from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
@@ -77,6 +79,9 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(entrypoint_app, name="entrypoint")
 app.add_typer(job_app, name="job")
 app.add_typer(agent_app, name="agent")
+app.add_typer(plugin_app, name="plugin")
+app.add_typer(model_app, name="model")
+app.add_typer(artifact_app, name="artifact")
 
 
 @dataclasses.dataclass
@@ -708,6 +713,12 @@ def job_submit(
     max_attempts: Annotated[
         int | None, typer.Option(help="Attempts when agents are lost (default 3).")
     ] = None,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin", help="ID=VERSION plugin version to pin (repeat; others: their latest)."
+        ),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Follow state and logs until it ends.")
     ] = False,
@@ -726,6 +737,7 @@ def job_submit(
         selector=_kv(selector, "--selector"),
         timeout=timeout,
         max_attempts=max_attempts,
+        plugin_versions=_kv(plugin, "--plugin"),
     )
     if not watch:
         if as_json:

@@ -78,6 +78,22 @@ _RETRIED_METHODS = {
         "CancelJob",
     ),
     "crucible.v1.AgentService": ("GetAgent", "ListAgents", "DownloadBlob"),
+    "crucible.v1.PluginService": (
+        "GetPlugin",
+        "ListPlugins",
+        "GetPluginVersion",
+        "ListPluginVersions",
+        "ListPluginTasks",
+    ),
+    "crucible.v1.ModelService": (
+        "GetModel",
+        "ListModels",
+        "GetModelVersion",
+        "ListModelVersions",
+        "ResolveModel",
+        "DownloadModelVersion",
+    ),
+    "crucible.v1.ArtifactService": ("ListJobArtifacts", "DownloadJobArtifact"),
 }
 
 SERVICE_CONFIG = json.dumps(
@@ -350,6 +366,7 @@ class Jobs(_Service):
         timeout: float | timedelta | None = None,
         max_attempts: int | None = None,
         request_id: str | None = None,
+        plugin_versions: Mapping[str, str] | None = None,
     ) -> Job:
         """Submits a job; parameter values are sent as strings (bools as ``true``/``false``).
 
@@ -357,6 +374,8 @@ class Jobs(_Service):
         so a retry after a lost response returns the first job instead of a second one. Pass
         your own to make retries across calls (or processes) idempotent too.
         ``timeout`` bounds one attempt's run time (None: no limit); ``digest`` pins a revision.
+        ``plugin_versions`` pins plugin versions (plugin id -> version); every registered
+        plugin not named runs at its latest version as of this submit (see ``Job.plugins``).
         """
         request = job_service_pb2.SubmitJobRequest(
             experiment=_name(experiment, "experiments", "experiment"),
@@ -368,6 +387,9 @@ class Jobs(_Service):
             selector=dict(selector or {}),
             max_attempts=max_attempts or 0,
             request_id=request_id or str(uuid.uuid4()),
+            plugin_versions={
+                _id(k, "plugins", "plugin"): str(v) for k, v in (plugin_versions or {}).items()
+            },
         )
         if timeout is not None:
             limit = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
@@ -548,6 +570,13 @@ class Client:
         self.entry_points = EntryPoints(self)
         self.jobs = Jobs(self)
         self.agents = Agents(self)
+        from .plugins import Plugins  # here: plugins.py builds on this module
+
+        self.plugins = Plugins(self)
+        from .models import Artifacts, Models  # here too: models.py builds on this module
+
+        self.models = Models(self)
+        self.artifacts = Artifacts(self)
 
     def close(self) -> None:
         """Closes the connection; calls in progress end with ``CancelledError``."""

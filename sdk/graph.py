@@ -24,19 +24,21 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import inspect
 import json
 import os
 import pkgutil
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .mlproject import EntrySpec, MLprojectError, ParameterSpec, ProjectSpec, check_value
+from .mlproject import EntrySpec, MLprojectError, ProjectSpec
+from .mlproject import parse as parse_mlproject
 from .mlproject import resolve as resolve_parameters
 from .plugin import TaskInfo, describe, registered_tasks
 
@@ -113,6 +115,9 @@ class TaskSignature:
     module: str
     inputs: tuple[tuple[str, str, bool], ...]  # (name, annotation, has_default)
     output: str = ""
+    # The function takes **kwargs: any argument name is accepted. Plugin manifests leave
+    # *args/**kwargs out of `inputs`; this records that they were there.
+    any_keyword: bool = False
 
     @classmethod
     def from_task_info(cls, info: TaskInfo) -> TaskSignature:
@@ -325,7 +330,7 @@ def _check_call(graph: Graph, parameters: Mapping[str, str], step: Step,
     where = f"step {step.name!r}"
     inputs = {name: (ann, has_default) for name, ann, has_default in sig.inputs}
     for arg in step.args:
-        if arg not in inputs:
+        if arg not in inputs and not sig.any_keyword:
             takes = ", ".join(inputs) or "no arguments"
             problems.append(f"{where}: argument {arg!r} is not an input of task {sig.name!r} "
                             f"(it takes: {takes}){_suggest(arg, list(inputs))}")
@@ -583,25 +588,43 @@ def topological_order(graph: Graph) -> list[list[str]]:
 # --- running ----------------------------------------------------------------------------
 
 
-def load_plugins(packages: str | Sequence[str] | None = None) -> dict[str, Any]:
+def load_plugins(packages: str | Sequence[str] | None = None, *,
+                 errors: dict[str, str] | None = None) -> dict[str, Any]:
     """Imports plugin packages and every submodule, so their ``@task`` functions register.
 
     ``packages`` defaults to ``CRUCIBLE_PLUGIN_PACKAGES`` (comma-separated). Returns every
     task known to this process, by name and by module-qualified name (two plugins may
-    define tasks of the same name; the qualified name tells them apart).
+    define tasks of the same name; the qualified name tells them apart). A job pins every
+    plugin, including ones it does not use, so with ``errors`` a module that fails to import
+    is skipped and recorded there (module -> error); without it the ImportError propagates.
     """
     if packages is None:
         packages = os.environ.get(PLUGIN_PACKAGES_ENV, "")
     if isinstance(packages, str):
         packages = [p.strip() for p in packages.split(",")]
+
+    def load(name: str) -> Any:
+        try:
+            return importlib.import_module(name)
+        except Exception as exc:
+            if errors is None:
+                raise ImportError(f"cannot import plugin module {name}: {exc!r}") from exc
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            return None
+
     found: dict[str, Any] = {}
-    for package in (p for p in packages if p):
-        module = importlib.import_module(package)
+    for package in dict.fromkeys(p for p in packages if p):
+        module = load(package)
+        if module is None:
+            continue
         modules = [module]
         path = getattr(module, "__path__", None)
         if path is not None:
-            for info in pkgutil.walk_packages(path, prefix=f"{module.__name__}."):
-                modules.append(importlib.import_module(info.name))
+            # walk_packages imports subpackages to walk them; load() reports their errors.
+            for info in pkgutil.walk_packages(path, f"{module.__name__}.", onerror=_ignore):
+                sub = load(info.name)
+                if sub is not None:
+                    modules.append(sub)
         for mod in modules:
             for value in vars(mod).values():
                 info_ = getattr(value, "__crucible_task__", None)
@@ -612,13 +635,24 @@ def load_plugins(packages: str | Sequence[str] | None = None) -> dict[str, Any]:
     return tasks
 
 
+def _ignore(_: str) -> None:
+    pass
+
+
 def _signature_of(key: str, obj: Any) -> TaskSignature:
+    """The signature of a task object: a Crucible task, a plain Prefect task or a function."""
+    fn = getattr(obj, "fn", obj)
     info = getattr(obj, "__crucible_task__", None)
-    if isinstance(info, TaskInfo):
-        return TaskSignature.from_task_info(info)
-    fn = getattr(obj, "fn", obj)  # a plain prefect task, or a function
-    described = describe(fn, key)
-    return TaskSignature.from_task_info(described)
+    if not isinstance(info, TaskInfo):
+        info = describe(fn, key)
+    sig = TaskSignature.from_task_info(info)
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return sig
+    variadic = {p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return replace(sig, inputs=tuple(i for i in sig.inputs if i[0] not in variadic),
+                   any_keyword=any(p.kind is p.VAR_KEYWORD for p in params))
 
 
 def _kind_of(value: Any) -> str:
@@ -643,20 +677,39 @@ def _convert(name: str, value: Any, ptype: str) -> Any:
     return value
 
 
+def _import_problems(errors: Mapping[str, str]) -> list[str]:
+    return [f"plugin module {name} could not be imported ({error}); its tasks are missing"
+            for name, error in sorted(errors.items())]
+
+
+def _mlflow_run_activator(run_id: str) -> Callable[..., None]:
+    def activate_mlflow_run(*_: Any) -> None:  # a Prefect on_running hook: the task's thread
+        import mlflow
+
+        if mlflow.active_run() is None:
+            mlflow.start_run(run_id=run_id)
+
+    return activate_mlflow_run
+
+
 def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | None = None,
         *, types: Mapping[str, str] | None = None,
-        on_step_done: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+        on_step_done: Callable[[str, Any], None] | None = None,
+        mlflow_run_id: str | None = None) -> dict[str, Any]:
     """Runs the graph as one Prefect flow and returns each step's result, by step name.
 
     ``types`` gives parameters' MLproject types (int and float values are converted before
     use); a parameter without one is passed as given. ``tasks`` defaults to the tasks of the
     packages in ``CRUCIBLE_PLUGIN_PACKAGES``. The graph is validated first (GraphError);
     ``on_step_done(step, result)`` is called as each step completes; a failing step raises
-    StepFailedError.
+    StepFailedError. With ``mlflow_run_id``, that MLflow run is the active run in every task's
+    thread: MLflow's active run is per thread, and Prefect runs tasks in worker threads, where
+    ``mlflow.log_metric`` would otherwise start a new run of its own.
     """
     types = dict(types or {})
+    import_errors: dict[str, str] = {}
     if tasks is None:
-        tasks = load_plugins()
+        tasks = load_plugins(errors=import_errors)
     by_signature: dict[TaskSignature, Any] = {}
     for key, obj in tasks.items():
         by_signature.setdefault(_signature_of(key, obj), obj)
@@ -664,7 +717,7 @@ def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | 
     declared = {name: types.get(name) or _kind_of(value) for name, value in parameters.items()}
     problems = validate(graph, declared, {s.qualified_name: s for s in signatures})
     if problems:
-        raise GraphError(problems)
+        raise GraphError(problems + _import_problems(import_errors))
     values = {name: _convert(name, value, declared[name]) for name, value in parameters.items()}
     chosen: dict[str, Any] = {}
     for step in graph.steps.values():
@@ -680,7 +733,10 @@ def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | 
 
     for name, obj in chosen.items():
         if not hasattr(obj, "submit"):
-            chosen[name] = task(obj)
+            obj = chosen[name] = task(obj)
+        if mlflow_run_id is not None:
+            hook = _mlflow_run_activator(mlflow_run_id)
+            chosen[name] = obj.with_options(on_running=[*obj.on_running_hooks, hook])
 
     def resolve(value: Any, futures: dict[str, Any]) -> Any:
         if isinstance(value, Ref):
@@ -720,60 +776,25 @@ def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | 
 # --- command line -----------------------------------------------------------------------
 
 
-def _entry_parameters(graph_path: Path) -> tuple[str, list[ParameterSpec]] | None:
-    """The parameters of the MLproject entry whose `graph:` is this file, if there is one.
+def _graph_entry(graph_path: Path) -> tuple[ProjectSpec, EntrySpec] | None:
+    """The MLproject entry whose ``graph:`` is this file, if there is one.
 
     The nearest MLproject in the graph's folder or a folder above it is the one that counts.
     """
     target = graph_path.resolve()
     for folder in [target.parent, *target.parent.parents]:
-        mlproject = folder / "MLproject"
-        if not mlproject.is_file():
+        path = folder / "MLproject"
+        if not path.is_file():
             continue
         try:
-            doc = yaml.safe_load(mlproject.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise MLprojectError([f"cannot read {mlproject}: {exc}"]) from None
-        entries = doc.get("entry_points") if isinstance(doc, dict) else None
-        if not isinstance(entries, dict):
-            return None
-        for entry, raw in entries.items():
-            if not isinstance(raw, dict) or not isinstance(raw.get("graph"), str):
-                continue
-            if (folder / raw["graph"]).resolve() == target:
-                return str(entry), _parameter_specs(str(entry), raw.get("parameters"))
+            project = parse_mlproject(path.read_bytes())
+        except OSError as exc:
+            raise MLprojectError([f"cannot read {path}: {exc}"]) from None
+        for entry in project.entries:
+            if entry.graph and (folder / entry.graph).resolve() == target:
+                return project, entry
         return None
     return None
-
-
-def _parameter_specs(entry: str, raw: Any) -> list[ParameterSpec]:
-    if raw is None:
-        return []
-    if not isinstance(raw, dict):
-        raise MLprojectError([f"entry {entry!r}: `parameters` must be a mapping"])
-    specs: list[ParameterSpec] = []
-    problems: list[str] = []
-    for name, decl in raw.items():
-        ptype, default = "string", None
-        if isinstance(decl, str):
-            ptype = decl
-        elif isinstance(decl, dict):
-            ptype = str(decl.get("type", "string"))
-            if decl.get("default") is not None:
-                default = _scalar(decl["default"])
-        elif decl is not None:
-            problems.append(f"entry {entry!r}: parameter {name!r} has a bad declaration")
-            continue
-        if ptype not in _PARAMETER_KINDS:
-            problems.append(f"entry {entry!r}: parameter {name!r} has unknown type {ptype!r}")
-            continue
-        spec = ParameterSpec(str(name), ptype, default)
-        if default is not None and (err := check_value(spec, default)):
-            problems.append(f"entry {entry!r}: default of {err}")
-        specs.append(spec)
-    if problems:
-        raise MLprojectError(problems)
-    return specs
 
 
 def _scalar(value: Any) -> str:
@@ -824,28 +845,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         graph = parse(path.read_bytes())
         given = _given_parameters(args.param)
-        entry = _entry_parameters(path)
-        if entry is None:
+        found = _graph_entry(path)
+        if found is None:  # run by hand, outside an entry point: parameters are strings
             values, types = given, dict.fromkeys(given, "string")
         else:
-            entry_name, specs = entry
-            project = ProjectSpec("", (EntrySpec(entry_name, "", tuple(specs)),))
-            values = resolve_parameters(project, entry_name, given)
-            types = {spec.name: spec.type for spec in specs}
+            project, entry = found
+            values = resolve_parameters(project, entry.name, given)
+            types = {p.name: p.type for p in entry.parameters}
     except OSError as exc:
         return fail([f"cannot read the graph: {exc}"])
     except (GraphError, MLprojectError) as exc:
         return fail(exc.problems)
-    try:
-        tasks = load_plugins()
-    except Exception as exc:  # an import error in a plugin is the plugin's, not the graph's
-        print(f"cannot import the plugin packages in {PLUGIN_PACKAGES_ENV}: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    import_errors: dict[str, str] = {}
+    tasks = load_plugins(errors=import_errors)
     signatures = [_signature_of(key, obj) for key, obj in tasks.items()]
     problems = validate(graph, types, {s.qualified_name: s for s in signatures})
     if problems:
-        return fail(problems)
+        return fail(problems + _import_problems(import_errors))
+    for problem in _import_problems(import_errors):  # not needed by this graph, but say so
+        print(f"warning: {problem}", file=sys.stderr)
 
     def done(step: str, _result: Any) -> None:
         print(f"step {step} done", flush=True)
@@ -854,8 +872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MLFLOW_RUN_ID"):
             import mlflow
 
-            with mlflow.start_run():
-                run(graph, values, tasks, types=types, on_step_done=done)
+            with mlflow.start_run() as active:
+                run(graph, values, tasks, types=types, on_step_done=done,
+                    mlflow_run_id=active.info.run_id)
         else:
             run(graph, values, tasks, types=types, on_step_done=done)
     except GraphError as exc:

@@ -70,8 +70,8 @@ def task(fn: Any = None, *, name: str | None = None, **prefect_options: Any) -> 
         from prefect import task as prefect_task
 
         info = describe(f, name)
-        wrapped = prefect_task(f, name=info.name, **prefect_options)
-        wrapped.__crucible_task__ = info
+        wrapped = prefect_task(name=info.name, **prefect_options)(f)
+        wrapped.__crucible_task__ = info  # type: ignore[attr-defined]
         _TASKS[info.name] = wrapped
         return wrapped
 

@@ -2,18 +2,39 @@
 
 The agent describes the job to its process through environment variables: ``MLFLOW_RUN_ID``
 (the MLflow run the control plane created for the job, which ``mlflow.start_run()`` resumes),
-``CRUCIBLE_JOB`` and ``CRUCIBLE_ATTEMPT``. Outside a job these are unset and the helpers
-return None, so the same script also runs by hand. Prefect is imported only when asked for:
-importing it costs ~1.5 s.
+``CRUCIBLE_JOB``, ``CRUCIBLE_ATTEMPT``, ``CRUCIBLE_PARAMETERS`` (the job's parameters as a
+JSON object), and the plugin versions the job pinned at submit: ``CRUCIBLE_PLUGINS`` (a JSON
+list of ``{plugin, version, digest, package, path}``), ``CRUCIBLE_PLUGIN_PACKAGES`` (their
+package names, comma-separated) and ``PYTHONPATH`` (their folders first). Outside a job these
+are unset and the helpers return None or empty values, so the same script also runs by hand.
+Prefect and mlflow are imported only when asked for: importing either costs ~1.5-2 s.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import pkgutil
+import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["attempt", "in_job", "job", "prefect_flow_settings", "run_id"]
+__all__ = [
+    "attempt",
+    "in_job",
+    "job",
+    "load_plugins",
+    "mlflow_run",
+    "parameters",
+    "plugin_import_errors",
+    "plugins",
+    "prefect_flow_settings",
+    "run_id",
+    "task",
+]
 
 
 def run_id() -> str | None:
@@ -53,3 +74,140 @@ def prefect_flow_settings() -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def parameters() -> dict[str, str]:
+    """The job's parameters (``CRUCIBLE_PARAMETERS``) as strings; empty outside a job.
+
+    Values are the strings the job was submitted with; declared types are checked by the
+    control plane, conversions are the script's.
+    """
+    raw = os.environ.get("CRUCIBLE_PARAMETERS")
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"CRUCIBLE_PARAMETERS is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("CRUCIBLE_PARAMETERS must be a JSON object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def plugins() -> list[dict[str, str]]:
+    """The pinned plugin versions (``CRUCIBLE_PLUGINS``): dicts with ``plugin`` (its
+    resource name ``plugins/{id}``), ``version``, ``digest``, ``package`` and ``path``."""
+    raw = os.environ.get("CRUCIBLE_PLUGINS")
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"CRUCIBLE_PLUGINS is not valid JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise ValueError("CRUCIBLE_PLUGINS must be a JSON list")
+    return [{str(k): str(v) for k, v in item.items()} for item in value if isinstance(item, dict)]
+
+
+def _plugin_packages() -> list[str]:
+    raw = os.environ.get("CRUCIBLE_PLUGIN_PACKAGES", "")
+    return list(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
+
+
+# Module name -> the error its import raised, from the last load_plugins().
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
+def load_plugins(*, strict: bool = False) -> dict[str, Any]:
+    """Imports every pinned plugin package and all its submodules; returns the tasks by name.
+
+    Every registered plugin is pinned (at its latest version unless the job chose one), so a
+    job usually sees plugins it does not use. A module that fails to import (say, it needs a
+    package this host lacks) is therefore skipped with a warning, and its error is kept for
+    ``task()``'s message and ``plugin_import_errors()``; ``strict=True`` raises instead.
+    Calling it again is cheap: Python imports each module once per process.
+    """
+    from .plugin import registered_tasks
+
+    failed: set[str] = set()
+
+    def record(name: str, exc: BaseException) -> None:
+        if strict:
+            raise ImportError(f"cannot import plugin module {name}: {exc!r}") from exc
+        failed.add(name)
+        _IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"crucible: cannot import plugin module {name}: {exc!r}", RuntimeWarning, stacklevel=4
+        )
+
+    def load(name: str) -> Any:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:
+            if name not in failed:
+                record(name, exc)
+            return None
+        _IMPORT_ERRORS.pop(name, None)
+        return module
+
+    for package in _plugin_packages():
+        module = load(package)
+        path = getattr(module, "__path__", None)
+        if path is None:
+            continue  # not importable, or a single-module plugin
+        # walk_packages imports subpackages itself (to walk them) and reports their failures
+        # by name only: importing again below records the exception.
+        walk_errors: list[str] = []
+        for info in pkgutil.walk_packages(path, module.__name__ + ".", onerror=walk_errors.append):
+            if info.name not in sys.modules:
+                load(info.name)
+        for name in walk_errors:
+            load(name)
+    tasks: dict[str, Any] = registered_tasks()
+    return tasks
+
+
+def plugin_import_errors() -> dict[str, str]:
+    """Plugin modules that ``load_plugins()`` could not import, with their errors."""
+    return dict(_IMPORT_ERRORS)
+
+
+def task(name: str) -> Any:
+    """A plugin task by name (``"fgsm"``) or by module-qualified function name
+    (``"crucible_ml.attacks.fgsm"``), after ``load_plugins()``.
+
+    Raises KeyError listing the tasks that exist when there is no such task.
+    """
+    tasks = load_plugins()
+    if name in tasks:
+        return tasks[name]
+    for candidate in tasks.values():
+        info = getattr(candidate, "__crucible_task__", None)
+        fn = getattr(candidate, "fn", None)
+        qualified = {f"{info.module}.{info.name}"} if info is not None else set()
+        if info is not None and fn is not None:
+            qualified.add(f"{info.module}.{getattr(fn, '__name__', '')}")
+        if name in qualified:
+            return candidate
+    available = ", ".join(sorted(tasks)) or "none"
+    message = f"no plugin task {name!r}; available: {available}"
+    packages = _plugin_packages()
+    if not packages:
+        message += " (this process has no plugins: CRUCIBLE_PLUGIN_PACKAGES is empty)"
+    if _IMPORT_ERRORS:
+        failed = "; ".join(f"{m}: {e}" for m, e in sorted(_IMPORT_ERRORS.items()))
+        message += f"; modules that failed to import: {failed}"
+    raise KeyError(message)
+
+
+@contextmanager
+def mlflow_run() -> Iterator[Any]:
+    """The job's MLflow run (``MLFLOW_RUN_ID``), resumed and ended with the block.
+
+    Outside a job this starts a new run in MLflow's default store, as ``mlflow.start_run()``
+    does. mlflow is imported here, not with this module.
+    """
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id()) as active:
+        yield active

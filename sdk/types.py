@@ -26,6 +26,7 @@ __all__ = [
     "LogLine",
     "LogStream",
     "Parameter",
+    "PluginPin",
 ]
 
 
@@ -246,6 +247,30 @@ class EntryPoint:
 
 
 @dataclass(frozen=True)
+class PluginPin:
+    """A plugin version a job runs with, pinned at submit (here, not in ``plugins.py``,
+    because ``Job`` holds it and ``plugins.py`` builds on the client)."""
+
+    plugin: str  # `plugins/{id}`
+    version: str = ""
+    digest: str = ""
+    package: str = ""
+
+    @property
+    def plugin_id(self) -> str:
+        return _after(self.plugin, "plugins/")
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> PluginPin:
+        return cls(
+            plugin=str(msg.plugin),
+            version=str(msg.version),
+            digest=str(msg.digest),
+            package=str(msg.package),
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """One submitted run of an entry point; ``attempt`` is the current attempt's number.
 
@@ -273,6 +298,8 @@ class Job:
     start_time: datetime | None = None
     end_time: datetime | None = None
     update_time: datetime | None = None
+    #: The plugin versions the job runs with, pinned at submit.
+    plugins: tuple[PluginPin, ...] = ()
 
     @property
     def id(self) -> str:
@@ -318,6 +345,7 @@ class Job:
             start_time=_time(msg, "start_time"),
             end_time=_time(msg, "end_time"),
             update_time=_time(msg, "update_time"),
+            plugins=tuple(PluginPin.from_proto(p) for p in msg.plugins),
         )
 
 

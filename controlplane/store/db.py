@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,12 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
 
 
+# Alembic's migration context is a process-wide global: two migrations at once (ours and
+# MLflow's store set-up, or two control planes in one test process) would cross wires and
+# run one's revisions on the other's connection.
+ALEMBIC_LOCK = threading.Lock()
+
+
 def migrate(engine: Engine) -> None:
     """Brings the schema to the newest Alembic revision."""
     from alembic import command
@@ -55,7 +62,7 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with ALEMBIC_LOCK, engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
