@@ -155,7 +155,7 @@ class JobManager:
                     task_graph.TaskSignature(
                         t["name"], t["module"],
                         tuple((i["name"], i["type"], i["has_default"]) for i in t["inputs"]),
-                        t["output"])
+                        t["output"], t.get("any_keyword", False))
                     for t in (pv.tasks if pv else [])
                 ]
             for sig in self._tasks[pin.digest]:

@@ -127,4 +127,6 @@ def _signature(fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str, name: st
     ]
     return {"name": name, "module": module, "inputs": inputs,
             "output": ast.unparse(fn.returns) if fn.returns else "",
+            # `**kwargs`: any argument name is accepted.
+            "any_keyword": args.kwarg is not None,
             "doc": ast.get_docstring(fn) or ""}
