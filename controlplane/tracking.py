@@ -370,12 +370,20 @@ class MlflowTracking:
                     if _code(again) != "RESOURCE_ALREADY_EXISTS":
                         raise
                 rm = client.get_registered_model(model_id)
+            # MLflow 3 keeps a model logged with log_model apart from the run's files (a
+            # "logged model"): register that, so `models:/…` URIs load it; otherwise the
+            # files at the path in the run's artifacts.
+            source, logged_id = f"runs:/{run_id}/{artifact_path}", None
+            logged = self._logged_models(client, client.get_run(run_id), artifact_path)
+            if logged:
+                source, logged_id = str(logged[0].artifact_location), str(logged[0].model_id)
             mv = client.create_model_version(
                 model_id,
-                source=f"runs:/{run_id}/{artifact_path}",
+                source=source,
                 run_id=run_id,
                 tags=tags,
                 description=description or None,
+                **({"model_id": logged_id} if logged_id else {}),
             )
             return _version(mv, _model(rm).aliases)
 

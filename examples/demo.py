@@ -1,9 +1,11 @@
-"""`make demo`: a control plane and an agent on embedded defaults, hello-world end to end.
+"""`make demo`: a control plane and an agent on embedded defaults, the robustness experiment.
 
 Starts `crucible server` (SQLite, local blobs, a local MLflow store, all under .demo/) and
-one process-executor agent (which starts its own Prefect server), pushes
-examples/hello-world, submits it with a parameter, shows the state and the logs live,
-prints the final state, the MLflow run and its metrics, and shuts everything down.
+one process-executor agent with two slots (which starts its own Prefect server), pushes the
+built-in ml-security plugin and examples/robustness, trains a model (its log shown live),
+registers it, attacks it with FGSM and PGD over ε under four defenses, prints the table of
+accuracies, writes .demo/robustness.png, says where the MLflow runs are, and shuts
+everything down.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from crucible import Client, JobState
+from crucible import Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "robustness"))
+import experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
@@ -70,7 +74,8 @@ def main() -> int:
         print(f"   listening on {target}")
         print("== starting an agent (it starts a local Prefect server: ~20 s)")
         agent = start([py, "-m", "crucible.agent", "--control-plane", target, "--queue",
-                       "default", "--work-dir", str(DEMO / "agent"), "--agent-id", "demo-agent"],
+                       "default", "--work-dir", str(DEMO / "agent"), "--agent-id", "demo-agent",
+                       "--slots", "2"],
                       DEMO / "agent.log")
         with Client(target) as client:
             deadline = time.monotonic() + 180
@@ -83,36 +88,20 @@ def main() -> int:
             print(f"   agent {a.id} connected: queues={list(a.queues)} "
                   f"slots={a.capacity.slots if a.capacity else '?'}")
 
-            exp = client.experiments.create("demo", description="make demo")
-            ep, rev = client.entry_points.push(ROOT / "examples" / "hello-world")
-            print(f"== pushed entry point {ep.id} revision {rev.digest[:19]}…")
-            job = client.jobs.submit(exp, ep, {"name": "Crucible", "rounds": 5})
-            print(f"== submitted {job.name} with name=Crucible rounds=5; live log:")
-
-            def follow() -> None:
-                for ln in client.jobs.logs(job, follow=True):
-                    print(f"   | {ln.text}", flush=True)
-
-            tail = threading.Thread(target=follow, daemon=True)
-            tail.start()
-            final = job
-            for state in client.jobs.watch(job):
-                print(f"   state: {state.state.value}"
-                      + (f" on {state.agent}" if state.agent else ""), flush=True)
-                final = state
-            tail.join(10)
-
-            print(f"== final state: {final.state.value} (exit code {final.exit_code})")
-            print(f"   MLflow run: {final.mlflow_run_id}")
-            from mlflow.tracking import MlflowClient
-
+            results = experiment.run(client, say=lambda t: print(f"== {t}", flush=True),
+                                     live_logs=True)
+            print()
+            print("== robust accuracy per attack, defense and ε (clean accuracy at ε=0):")
+            print(results.table())
+            plot = results.plot(DEMO / "robustness.png")
+            print(f"\n== plot of accuracy vs ε per defense: {plot}")
             uri = f"sqlite:///{DEMO / 'server' / 'mlflow.db'}"
-            run = MlflowClient(tracking_uri=uri).get_run(final.mlflow_run_id)
-            print(f"   MLflow status: {run.info.status}")
-            print(f"   parameters: {dict(sorted(run.data.params.items()))}")
-            print(f"   metrics: {dict(sorted(run.data.metrics.items()))}")
-            print(f"   open the MLflow UI: {py} -m mlflow ui --backend-store-uri {uri}")
-            return 0 if final.state == JobState.SUCCEEDED else 1
+            train_run = results.train_job.mlflow_run_id if results.train_job else ""
+            print(f"== MLflow: experiment crucible/robustness in {uri}; one run per job "
+                  f"(the training run is {train_run})")
+            print(f"   open the MLflow UI: {py} -m mlflow ui --backend-store-uri {uri} "
+                  f"--default-artifact-root {DEMO / 'server' / 'mlartifacts'}")
+            return 0
     finally:
         print("== shutting down")
         if agent is not None:

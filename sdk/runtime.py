@@ -12,11 +12,8 @@ Prefect and mlflow are imported only when asked for: importing either costs ~1.5
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import pkgutil
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,43 +124,18 @@ def load_plugins(*, strict: bool = False) -> dict[str, Any]:
     ``task()``'s message and ``plugin_import_errors()``; ``strict=True`` raises instead.
     Calling it again is cheap: Python imports each module once per process.
     """
-    from .plugin import registered_tasks
+    from .graph import load_plugins as load
 
-    failed: set[str] = set()
-
-    def record(name: str, exc: BaseException) -> None:
-        if strict:
-            raise ImportError(f"cannot import plugin module {name}: {exc!r}") from exc
-        failed.add(name)
-        _IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
-        warnings.warn(
-            f"crucible: cannot import plugin module {name}: {exc!r}", RuntimeWarning, stacklevel=4
-        )
-
-    def load(name: str) -> Any:
-        try:
-            module = importlib.import_module(name)
-        except Exception as exc:
-            if name not in failed:
-                record(name, exc)
-            return None
-        _IMPORT_ERRORS.pop(name, None)
-        return module
-
-    for package in _plugin_packages():
-        module = load(package)
-        path = getattr(module, "__path__", None)
-        if path is None:
-            continue  # not importable, or a single-module plugin
-        # walk_packages imports subpackages itself (to walk them) and reports their failures
-        # by name only: importing again below records the exception.
-        walk_errors: list[str] = []
-        for info in pkgutil.walk_packages(path, module.__name__ + ".", onerror=walk_errors.append):
-            if info.name not in sys.modules:
-                load(info.name)
-        for name in walk_errors:
-            load(name)
-    tasks: dict[str, Any] = registered_tasks()
+    errors: dict[str, str] | None = None if strict else {}
+    try:
+        tasks = load(_plugin_packages(), errors=errors)
+    except ImportError as exc:
+        raise ImportError(str(exc)) from exc
+    for name, error in (errors or {}).items():
+        if _IMPORT_ERRORS.get(name) != error:
+            warnings.warn(f"crucible: cannot import plugin module {name}: {error}",
+                          RuntimeWarning, stacklevel=2)
+        _IMPORT_ERRORS[name] = error
     return tasks
 
 

@@ -197,8 +197,15 @@ def test_register_version_alias_resolve(world: World) -> None:
         model_id="digits", job=world.job, artifact_path="model", description="first")).version
     assert v1.name == "models/digits/versions/1" and v1.version == "1"
     assert v1.job == world.job and v1.mlflow_run_id == world.run_id
-    assert v1.artifact_path == "model" and v1.source == f"runs:/{world.run_id}/model"
+    # MLflow 3 keeps log_model's output as a "logged model", apart from the run's files:
+    # the version points there, so `models:/` URIs load it.
+    assert v1.artifact_path == "model" and "/models/m-" in v1.source
     assert v1.description == "first" and v1.create_time.seconds > 0
+    import mlflow
+
+    mlflow.set_tracking_uri(world.tracking_uri)
+    loaded = mlflow.sklearn.load_model("models:/digits/1")
+    assert hasattr(loaded, "predict")
     # The default path is `model`; a job id works as well as its name.
     v2 = s.model.RegisterModel(model_pb.RegisterModelRequest(
         model_id="digits", job=world.job.removeprefix("jobs/"))).version
