@@ -10,35 +10,44 @@ and work with only the ``[cli]`` extra installed.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta
-from itertools import islice
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
+from .cli_common import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    JsonOpt,
+    _client,
+    _details,
+    _jsonable,
+    _kv,
+    _limited,
+    _print_json,
+    _seconds,
+    _short,
+    _size,
+    _State,
+    _state,
+    _table,
+    _time,
+    _want_json,
+    err,
+    out,
+)
 from .cli_models import artifact_app, model_app
 from .cli_plugins import plugin_app
 from .client import DEFAULT_TARGET, Client
 from .errors import CrucibleError
 from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-EXIT_FAILED = 1
-EXIT_ERROR = 2
 
 
 class _Group(TyperGroup):
@@ -84,36 +93,6 @@ app.add_typer(model_app, name="model")
 app.add_typer(artifact_app, name="artifact")
 
 
-@dataclasses.dataclass
-class _State:
-    target: str
-    json: bool
-    client: Client | None = None
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
-
-
-def _state(ctx: typer.Context) -> _State:
-    root = ctx.find_root()
-    state = root.obj
-    if not isinstance(state, _State):  # invoked without the root callback (tests)
-        state = root.obj = _State(target=DEFAULT_TARGET, json=False)
-    return state
-
-
-def _client(ctx: typer.Context) -> Client:
-    state = _state(ctx)
-    if state.client is None:
-        client = state.client = Client(state.target)
-        ctx.find_root().call_on_close(client.close)
-    return state.client
-
-
-def _want_json(ctx: typer.Context, flag: bool) -> bool:
-    return flag or _state(ctx).json
-
-
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -133,53 +112,6 @@ def _root(
 # ----------------------------------------------------------------------------- formatting
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(getattr(type(value), "id", None), property):
-            data = {"id": value.id, **data}  # type: ignore[attr-defined]
-        return data
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _print_json(value: Any) -> None:
-    out.print_json(json.dumps(_jsonable(value)), highlight=False)
-
-
-def _time(value: datetime | None) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def _seconds(value: timedelta | None) -> str:
-    if value is None:
-        return "-"
-    total = value.total_seconds()
-    if total < 60:
-        return f"{total:.1f}s"
-    minutes, seconds = divmod(int(total), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _pairs(mapping: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(mapping.items())) or "-"
 
@@ -197,37 +129,6 @@ _STATE_STYLE = {
 def _state_text(state: JobState) -> str:
     style = _STATE_STYLE.get(state)
     return f"[{style}]{state}[/{style}]" if style else str(state)
-
-
-def _details(rows: Iterable[tuple[str, object]]) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for key, value in rows:
-        table.add_row(key, value if isinstance(value, str) else escape(str(value)))
-    out.print(table)
-
-
-def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _kv(values: list[str] | None, option: str) -> dict[str, str]:
-    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; a value may contain ``=``."""
-    result: dict[str, str] = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{option} {item!r}: expected KEY=VALUE")
-        result[key] = value
-    return result
-
-
-def _limited(items: Iterator[Any], limit: int) -> list[Any]:
-    return list(islice(items, limit) if limit > 0 else items)
 
 
 # ----------------------------------------------------------------------------- server/agent
@@ -472,10 +373,6 @@ def experiment_delete(ctx: typer.Context, experiment: str) -> None:
 
 
 # ----------------------------------------------------------------------------- entry points
-
-
-def _short(digest: str) -> str:
-    return digest[: len("sha256:") + 12] if digest else "-"
 
 
 def _show_revision(r: EntryPointRevision) -> None:

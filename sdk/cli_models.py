@@ -8,21 +8,25 @@ root object. This module reads that object by attribute rather than importing cl
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from .client import DEFAULT_TARGET, Client
+from .cli_common import (
+    JsonOpt,
+    _client,
+    _details,
+    _jsonable,
+    _print_json,
+    _size,
+    _table,
+    _time,
+    _want_json,
+    out,
+)
 from .models import Artifact, Model, ModelVersion
-
-out = Console(highlight=False, soft_wrap=True)
 
 model_app = typer.Typer(
     help="Register models that jobs logged, version and alias them, download them.",
@@ -33,71 +37,9 @@ alias_app = typer.Typer(help="Point aliases (champion, staging) at versions.",
 model_app.add_typer(alias_app, name="alias")
 artifact_app = typer.Typer(help="List and download what a job logged.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
-
-
-def _client(ctx: typer.Context) -> Client:
-    root = ctx.find_root()
-    state = root.obj
-    client = getattr(state, "client", None)
-    if not isinstance(client, Client):
-        client = Client(getattr(state, "target", DEFAULT_TARGET))
-        root.call_on_close(client.close)
-        if state is not None and hasattr(state, "client"):
-            state.client = client
-    return client
-
-
-def _want_json(ctx: typer.Context, flag: bool) -> bool:
-    return flag or bool(getattr(ctx.find_root().obj, "json", False))
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, Model):
-            data = {"id": value.id, **data}
-        return data
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _print_json(value: Any) -> None:
-    out.print_json(json.dumps(_jsonable(value)), highlight=False)
-
-
-def _time(value: datetime | None) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _details(rows: list[tuple[str, str]]) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for key, value in rows:
-        table.add_row(key, escape(value))
-    out.print(table)
+def _details_text(rows: list[tuple[str, str]]) -> None:
+    """Rows of plain text (escaped: names may hold rich markup characters)."""
+    _details([(key, escape(value)) for key, value in rows])
 
 
 def _aliases(aliases: dict[str, str]) -> str:
@@ -105,7 +47,7 @@ def _aliases(aliases: dict[str, str]) -> str:
 
 
 def _show_model(m: Model) -> None:
-    _details([
+    _details_text([
         ("name", m.name),
         ("description", m.description or "-"),
         ("latest version", m.latest_version or "-"),
@@ -116,7 +58,7 @@ def _show_model(m: Model) -> None:
 
 
 def _show_version(v: ModelVersion) -> None:
-    _details([
+    _details_text([
         ("name", v.name),
         ("uri", v.uri),
         ("aliases", ", ".join(v.aliases) or "-"),
