@@ -257,21 +257,7 @@ class EntryPoints(_Service):
         submit is cheap and safe. The default id is the directory or file name, sanitized.
         """
         p = Path(path)
-        chunks: Iterator[bytes]
-        if p.is_dir():
-            data = pack_directory(p)
-            digest, size = sha256_hex(data), len(data)
-            chunks = (data[i : i + CHUNK_SIZE] for i in range(0, size, CHUNK_SIZE))
-        elif p.is_file():
-            if not is_archive(p):
-                raise InvalidArgumentError(
-                    f"{p}: expected a directory or a .tar.gz, .tgz or .zip archive"
-                )
-            digest, size = _file_sha256(p), p.stat().st_size
-            chunks = _read_chunks(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
-
+        digest, size, chunks = _upload_source(p, "a directory")
         entry_point_id = _id(id, "entryPoints", "entry point") if id else default_id(p)
 
         def requests() -> Iterator[Any]:
@@ -331,6 +317,20 @@ class EntryPoints(_Service):
             return items, str(response.next_page_token)
 
         return _pages(fetch)
+
+
+def _upload_source(p: Path, folder: str) -> tuple[str, int, Iterator[bytes]]:
+    """(sha256, size, chunks) of a folder packed deterministically, or of an archive as is."""
+    if p.is_dir():
+        data = pack_directory(p)
+        size = len(data)
+        chunks = (data[i : i + CHUNK_SIZE] for i in range(0, size, CHUNK_SIZE))
+        return sha256_hex(data), size, chunks
+    if p.is_file():
+        if not is_archive(p):
+            raise InvalidArgumentError(f"{p}: expected {folder} or a .tar.gz, .tgz or .zip archive")
+        return _file_sha256(p), p.stat().st_size, _read_chunks(p)
+    raise FileNotFoundError(f"{p}: no such file or directory")
 
 
 def _file_sha256(path: Path) -> str:

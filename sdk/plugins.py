@@ -21,16 +21,13 @@ from crucible.v1 import plugin_service_pb2, plugin_service_pb2_grpc
 
 from .client import (
     _UPLOAD_MIN_RATE,
-    CHUNK_SIZE,
     Client,
-    _file_sha256,
     _name,
     _pages,
-    _read_chunks,
     _Service,
+    _upload_source,
 )
 from .errors import InvalidArgumentError, NotFoundError
-from .pack import is_archive, pack_directory, sha256_hex
 from .types import PluginPin, _after, _time
 
 __all__ = [
@@ -202,24 +199,11 @@ class Plugins(_Service):
         the version in ``crucible-plugin.yaml``). The name and version come from the manifest.
         """
         p = Path(path)
-        chunks: Iterator[bytes]
-        if p.is_dir():
-            if not (p / MANIFEST).is_file():
-                raise InvalidArgumentError(
-                    f"{p}: not a plugin folder (no {MANIFEST} with name, version and package)"
-                )
-            data = pack_directory(p)
-            digest, size = sha256_hex(data), len(data)
-            chunks = (data[i : i + CHUNK_SIZE] for i in range(0, size, CHUNK_SIZE))
-        elif p.is_file():
-            if not is_archive(p):
-                raise InvalidArgumentError(
-                    f"{p}: expected a plugin folder or a .tar.gz, .tgz or .zip bundle"
-                )
-            digest, size = _file_sha256(p), p.stat().st_size
-            chunks = _read_chunks(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
+        if p.is_dir() and not (p / MANIFEST).is_file():
+            raise InvalidArgumentError(
+                f"{p}: not a plugin folder (no {MANIFEST} with name, version and package)"
+            )
+        digest, size, chunks = _upload_source(p, "a plugin folder")
 
         def requests() -> Iterator[Any]:
             yield plugin_service_pb2.UploadPluginRequest(
