@@ -508,6 +508,14 @@ class Logs:
         return [m.LogLine(r.offset, r.attempt, r.sequence, r.stream, r.text, r.time) for r in rows]
 
 
+_PV = cast(Table, PluginVersionRow.__table__)
+_P = cast(Table, PluginRow.__table__)
+# Every submit pins every plugin's latest version: built once, run as Core.
+_LATEST_PINS = select(_PV.c.plugin_id, _PV.c.version, _PV.c.digest, _PV.c.package).join(
+    _P, (_P.c.id == _PV.c.plugin_id) & (_P.c.latest_version == _PV.c.version)
+)
+
+
 def _plugin_version(r: Any) -> m.PluginVersion:
     return m.PluginVersion(r.plugin_id, r.version, r.digest, r.size_bytes, r.description,
                            list(r.requirements), r.package, list(r.tasks), r.create_time)
@@ -549,12 +557,7 @@ class Plugins:
     @staticmethod
     def latest_pins(s: Session) -> dict[str, m.PluginPin]:
         """Every plugin's latest version: what a job pins when it names none."""
-        rows = s.execute(
-            select(PluginVersionRow.plugin_id, PluginVersionRow.version,
-                   PluginVersionRow.digest, PluginVersionRow.package)
-            .join(PluginRow, (PluginRow.id == PluginVersionRow.plugin_id)
-                  & (PluginRow.latest_version == PluginVersionRow.version))
-        ).all()
+        rows = s.connection().execute(_LATEST_PINS).all()
         return {r[0]: m.PluginPin(r[0], r[1], r[2], r[3]) for r in rows}
 
     @staticmethod
