@@ -214,4 +214,5 @@ def serve_forever(config: ServerConfig) -> None:
         level=os.environ.get("CRUCIBLE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up is noise
     asyncio.run(_serve(config))
