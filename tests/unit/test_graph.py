@@ -479,8 +479,9 @@ def test_run_steps_concurrently(prefect_api: str) -> None:
     assert done.index("total") > max(done.index("left"), done.index("right"))
     assert done.index("last") > done.index("total")
     left, right = results["left"], results["right"]
-    together = max(left["end"], right["end"]) - min(left["start"], right["start"])
-    assert together < 0.9, f"the independent steps did not overlap ({together:.2f} s)"
+    # Each sleeps 0.5 s: run concurrently, each starts before the other ends (an overlap
+    # of their own recorded intervals, whatever the machine's load).
+    assert left["start"] < right["end"] and right["start"] < left["end"], (left, right)
 
 
 def test_run_reports_the_failing_step(prefect_api: str) -> None:
