@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -180,3 +181,15 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) ->
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+CLI = [sys.executable, "-m", "crucible.cli"]
+
+
+def run_cli(target: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The `crucible` command against a control plane, as a separate process."""
+    env = dict(os.environ, CRUCIBLE_TARGET=target)
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +55,7 @@ from crucible.v1 import (
 from crucible.v1 import (
     model_service_pb2_grpc as model_grpc,
 )
-from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server, tar_gz
+from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server, run_cli, tar_gz
 
 OK = grpc.StatusCode
 CHUNK = 1 << 20
@@ -654,17 +652,6 @@ def test_sdk_mlflow_off(tmp_path: Path) -> None:
             list(c.models.list())
     finally:
         srv.stop()
-
-
-CLI = [sys.executable, "-m", "crucible.cli"]
-
-
-def run_cli(target: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CRUCIBLE_TARGET=target)
-    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def test_cli(world: World, tmp_path: Path) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,10 +18,8 @@ from crucible import (
     NotFoundError,
 )
 from crucible.v1 import job_pb2
-from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server
+from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server, run_cli
 from tests.simagent import SimAgent
-
-CLI = [sys.executable, "-m", "crucible.cli"]
 
 
 @pytest.fixture
@@ -94,14 +89,6 @@ def test_sdk_round_trip(srv: ServerThread, project: Path) -> None:
             agent.close()
         with pytest.raises(FailedPreconditionError):
             c.experiments.delete("sdk")
-
-
-def run_cli(target: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CRUCIBLE_TARGET=target)
-    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def test_cli_commands(srv: ServerThread, project: Path) -> None:
