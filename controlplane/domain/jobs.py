@@ -176,7 +176,7 @@ class JobManager:
             return self._check_refs(s, spec, exp_id, ep_id)
 
         job_id = names.new_job_id()
-        if not self.tracking.tracking_uri:
+        if not self.tracking.enabled:
             # No MLflow run to create between the checks and the insert: one transaction.
             # A repeated request_id is caught by its unique index (the rare, slow path).
             def check_and_add(s: Session) -> Job:
