@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from crucible.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
 
 from ..domain import models as m
+from ..domain.errors import InvalidArgument
 from ..domain.states import JobState
 
 PARAM_TYPES = {
@@ -206,3 +208,18 @@ def agent(a: m.AgentInfo) -> agent_pb2.Agent:
         connect_time=ts(a.connect_time),
         last_heartbeat_time=ts(a.last_heartbeat_time),
     )
+
+
+async def split_upload(requests: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:
+    """An upload stream's metadata (its first message) and then its bytes, chunk by chunk."""
+    first = await anext(aiter(requests), None)
+    if first is None or not first.HasField("metadata"):
+        raise InvalidArgument("the first message of an upload must carry metadata")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for msg in requests:
+            if msg.HasField("metadata"):
+                raise InvalidArgument("metadata may only be sent once, first")
+            yield msg.chunk
+
+    return first.metadata, chunks()

@@ -8,7 +8,6 @@ from typing import Any
 from crucible.v1 import plugin_service_pb2 as pb
 from crucible.v1 import plugin_service_pb2_grpc as pb_grpc
 
-from ..domain.errors import InvalidArgument
 from ..domain.plugins import PluginManager
 from . import convert
 from .errors import unary
@@ -23,17 +22,8 @@ class PluginServicer(pb_grpc.PluginServiceServicer):
     @unary
     async def UploadPlugin(self, request_iterator: AsyncIterator[pb.UploadPluginRequest],
                            context: Ctx) -> pb.UploadPluginResponse:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("metadata"):
-            raise InvalidArgument("the first message of an upload must carry metadata")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for msg in request_iterator:
-                if msg.HasField("metadata"):
-                    raise InvalidArgument("metadata may only be sent once, first")
-                yield msg.chunk
-
-        plugin, version, created = await self.plugins.upload(first.metadata.sha256, chunks())
+        meta, chunks = await convert.split_upload(request_iterator)
+        plugin, version, created = await self.plugins.upload(meta.sha256, chunks)
         return pb.UploadPluginResponse(plugin=convert.plugin(plugin),
                                        version=convert.plugin_version(version), created=created)
 

@@ -122,19 +122,9 @@ class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
     @unary
     async def UploadEntryPoint(self, request_iterator: AsyncIterator[ep_pb.UploadEntryPointRequest],
                                context: Ctx) -> ep_pb.UploadEntryPointResponse:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("metadata"):
-            raise InvalidArgument("the first message of an upload must carry metadata")
-        meta = first.metadata
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for msg in request_iterator:
-                if msg.HasField("metadata"):
-                    raise InvalidArgument("metadata may only be sent once, first")
-                yield msg.chunk
-
+        meta, chunks = await convert.split_upload(request_iterator)
         ep, rev, created = await self.entry_points.upload(
-            meta.entry_point_id, meta.description, meta.sha256, chunks()
+            meta.entry_point_id, meta.description, meta.sha256, chunks
         )
         return ep_pb.UploadEntryPointResponse(
             entry_point=convert.entry_point(ep), revision=convert.revision(rev), created=created
