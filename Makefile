@@ -1,4 +1,4 @@
-# Crucible: `make demo` and `make test` each do their own set-up on a fresh clone.
+# Brinell: `make demo` and `make test` each do their own set-up on a fresh clone.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/buf lint
 
 proto: setup
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto proto/crucible/v1/*.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto proto/brinell/v1/*.proto
 
 bench: setup
 	$(PY) bench/dispatch.py

@@ -1,1 +1,1 @@
-"""Crucible agent daemon."""
+"""Brinell agent daemon."""

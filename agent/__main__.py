@@ -1,4 +1,4 @@
-"""``python -m crucible.agent``: the agent daemon without the `crucible` CLI's dependencies."""
+"""``python -m brinell.agent``: the agent daemon without the `brinell` CLI's dependencies."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def _label(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> AgentConfig:
     parser = argparse.ArgumentParser(
-        prog="python -m crucible.agent",
-        description="Crucible agent: takes jobs from the control plane and runs them here.",
+        prog="python -m brinell.agent",
+        description="Brinell agent: takes jobs from the control plane and runs them here.",
     )
     parser.add_argument("--control-plane", required=True, metavar="HOST:PORT")
     parser.add_argument(

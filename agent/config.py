@@ -1,4 +1,4 @@
-"""Agent configuration, built by the CLI (`crucible agent`) or by `python -m crucible.agent`."""
+"""Agent configuration, built by the CLI (`brinell agent`) or by `python -m brinell.agent`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def sanitize_agent_id(name: str) -> str:
 
 
 def _default_work_dir() -> Path:
-    return Path.home() / ".crucible" / "agent"
+    return Path.home() / ".brinell" / "agent"
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from crucible.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
+from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 from .config import AgentConfig
 from .executor import (
@@ -54,7 +54,7 @@ from .workspace import (
     prepare_workspace,
 )
 
-log = logging.getLogger("crucible.agent")
+log = logging.getLogger("brinell.agent")
 
 # Log batching: a line waits at most this long, and a batch goes out as soon as this many
 # lines are queued for an attempt.
@@ -106,7 +106,7 @@ _EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009
 
 
 def discover_gpus() -> list[Any]:
-    """GPUs of this host as ``crucible.v1.Gpu`` messages.
+    """GPUs of this host as ``brinell.v1.Gpu`` messages.
 
     Empty for now: GPU discovery (NVML / nvidia-smi, by UUID) is a later issue.
     """
@@ -130,7 +130,7 @@ def memory_bytes() -> int:
 
 def agent_version() -> str:
     try:
-        return metadata.version("crucible")
+        return metadata.version("brinell")
     except metadata.PackageNotFoundError:
         return "0.0.0+unknown"
 
@@ -175,7 +175,7 @@ class Backoff:
 
 @dataclass
 class _PendingUpdate:
-    message: Any  # crucible.v1.AttemptUpdate
+    message: Any  # brinell.v1.AttemptUpdate
     # The last log sequence number written before the update: replay keeps that order.
     after_seq: int
     # Connection generation and heartbeat count when it was put on a stream.
@@ -190,7 +190,7 @@ class _Attempt:
     grace_period: float
     cancel: CancelSignal = field(default_factory=CancelSignal)
     task: asyncio.Task[None] | None = None
-    lines: deque[Any] = field(default_factory=deque)  # crucible.v1.LogLine, unacknowledged
+    lines: deque[Any] = field(default_factory=deque)  # brinell.v1.LogLine, unacknowledged
     next_seq: int = 1
     sent_upto: int = 0  # highest sequence put on the current stream
     acked: int = 0

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crucible import mlproject
+from brinell import mlproject
 
 from .workspace import find_mlproject
 
@@ -174,9 +174,9 @@ def build_env(
 
     What the agent owns: ``PYTHONPATH`` starts with the pinned plugin bundles (before any
     existing entries, so a job imports exactly its pinned versions even where another copy
-    of a package is installed), ``CRUCIBLE_PLUGIN_PACKAGES`` (comma-separated package names),
-    ``CRUCIBLE_PLUGINS`` (JSON list of {plugin, version, digest, package, path}) and
-    ``CRUCIBLE_PARAMETERS`` (JSON object of the job's parameters); see ``crucible.runtime``.
+    of a package is installed), ``BRINELL_PLUGIN_PACKAGES`` (comma-separated package names),
+    ``BRINELL_PLUGINS`` (JSON list of {plugin, version, digest, package, path}) and
+    ``BRINELL_PARAMETERS`` (JSON object of the job's parameters); see ``brinell.runtime``.
     """
     env = dict(os.environ if base is None else base)
     env.update(spec.env)
@@ -187,16 +187,16 @@ def build_env(
     path = env.get("PATH") or os.defpath
     env["PATH"] = bin_dir + os.pathsep + path if bin_dir else path
     env["PYTHONUNBUFFERED"] = "1"
-    env["CRUCIBLE_JOB"] = f"jobs/{spec.job_id}"
-    env["CRUCIBLE_JOB_ID"] = spec.job_id
-    env["CRUCIBLE_ATTEMPT"] = str(spec.attempt)
-    env["CRUCIBLE_PARAMETERS"] = json.dumps(dict(spec.parameters), sort_keys=True)
+    env["BRINELL_JOB"] = f"jobs/{spec.job_id}"
+    env["BRINELL_JOB_ID"] = spec.job_id
+    env["BRINELL_ATTEMPT"] = str(spec.attempt)
+    env["BRINELL_PARAMETERS"] = json.dumps(dict(spec.parameters), sort_keys=True)
     roots = list(dict.fromkeys(str(p.path) for p in spec.plugins))
     if roots:
         existing = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = os.pathsep.join(roots + ([existing] if existing else []))
-    env["CRUCIBLE_PLUGIN_PACKAGES"] = ",".join(p.package for p in spec.plugins if p.package)
-    env["CRUCIBLE_PLUGINS"] = json.dumps([p.describe() for p in spec.plugins])
+    env["BRINELL_PLUGIN_PACKAGES"] = ",".join(p.package for p in spec.plugins if p.package)
+    env["BRINELL_PLUGINS"] = json.dumps([p.describe() for p in spec.plugins])
     return env
 
 

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-log = logging.getLogger("crucible.agent.prefect")
+log = logging.getLogger("brinell.agent.prefect")
 
 # Started through this shim so the server dies with the agent even when the agent is killed
 # with SIGKILL (PR_SET_PDEATHSIG survives exec); argv[1] is the agent's pid.

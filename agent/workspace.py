@@ -470,7 +470,7 @@ def project_root(dest: Path) -> Path:
 # --------------------------------------------------------------------------- plugin bundles
 
 #: The manifest at the root of a plugin bundle.
-PLUGIN_MANIFEST = "crucible-plugin.yaml"
+PLUGIN_MANIFEST = "brinell-plugin.yaml"
 
 
 def plugin_bundle_root(dest: Path, package: str = "") -> Path:

@@ -34,7 +34,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crucible.v1 import (  # noqa: E402
+from brinell.v1 import (  # noqa: E402
     agent_pb2,
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -109,12 +109,12 @@ async def sim_agent(target: str, agent_id: str, state: Agents, ready: asyncio.Ev
 
 def start_server(data: Path, database_url: str | None, mlflow: bool
                  ) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "crucible.controlplane", "--port", "0", "--data-dir", str(data)]
+    cmd = [sys.executable, "-m", "brinell.controlplane", "--port", "0", "--data-dir", str(data)]
     if database_url:
         cmd += ["--database-url", database_url]
     if not mlflow:
         cmd += ["--mlflow-tracking-uri", "none"]
-    env = dict(os.environ, CRUCIBLE_LOG_LEVEL="WARNING")
+    env = dict(os.environ, BRINELL_LOG_LEVEL="WARNING")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env)
     assert proc.stdout is not None
@@ -216,8 +216,8 @@ async def run_config(target: str, n_agents: int, latency_jobs: int, throughput_j
 
 
 async def prepare(target: str) -> None:
-    from crucible.v1 import entry_point_service_pb2 as ep_pb
-    from crucible.v1 import entry_point_service_pb2_grpc as ep_grpc
+    from brinell.v1 import entry_point_service_pb2 as ep_pb
+    from brinell.v1 import entry_point_service_pb2_grpc as ep_grpc
 
     channel = grpc.aio.insecure_channel(target)
     await experiment_service_pb2_grpc.ExperimentServiceStub(channel).CreateExperiment(
@@ -269,7 +269,7 @@ def main() -> None:
         print("(PostgreSQL unavailable: skipping that configuration)")
     rows = []
     for label, db_url, mlflow in configs:
-        data = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
+        data = Path(tempfile.mkdtemp(prefix="brinell-bench-"))
         proc, target = start_server(data, db_url, mlflow)
         try:
             asyncio.run(prepare(target))

@@ -1,1 +1,1 @@
-"""Crucible control plane."""
+"""Brinell control plane."""

@@ -1,4 +1,4 @@
-"""`python -m crucible.controlplane`: the server without the CLI's extra imports."""
+"""`python -m brinell.controlplane`: the server without the CLI's extra imports."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from .server import ServerConfig, serve_forever
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m crucible.controlplane")
+    p = argparse.ArgumentParser(prog="python -m brinell.controlplane")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7070)
-    p.add_argument("--data-dir", type=Path, default=Path.home() / ".crucible" / "server")
+    p.add_argument("--data-dir", type=Path, default=Path.home() / ".brinell" / "server")
     p.add_argument("--database-url")
     p.add_argument("--mlflow-tracking-uri")
     p.add_argument("--heartbeat-interval", type=float, default=5.0)

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from crucible.v1 import (
+from brinell.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
     artifact_service_pb2,
@@ -48,7 +48,7 @@ from .store.blobs import BlobStore
 from .store.db import Database
 from .tracking import MlflowTracking, NullTracking, Tracking
 
-log = logging.getLogger("crucible.controlplane")
+log = logging.getLogger("brinell.controlplane")
 
 SERVICE_NAMES = [
     experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
@@ -77,7 +77,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 7070
-    data_dir: Path = field(default_factory=lambda: Path.home() / ".crucible" / "server")
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".brinell" / "server")
     # SQLAlchemy URL; default sqlite under data_dir. `postgresql://…` works too.
     database_url: str | None = None
     # MLflow tracking URI; default a SQLite store under data_dir; "none" turns MLflow off.
@@ -95,7 +95,7 @@ class ControlPlane:
         data = config.data_dir.expanduser().resolve()
         data.mkdir(parents=True, exist_ok=True)
         self.data_dir = data
-        self.db = Database(config.database_url or f"sqlite:///{data / 'crucible.db'}")
+        self.db = Database(config.database_url or f"sqlite:///{data / 'brinell.db'}")
         self.blobs = BlobStore(data / "blobs")
         self.tracking: Tracking = self._tracking(config, data)
         self.notifier = Notifier()
@@ -142,7 +142,7 @@ class ControlPlane:
         return path.read_bytes()
 
     def _job_env(self, job: Job) -> dict[str, str]:
-        env = {"CRUCIBLE_EXPERIMENT": f"experiments/{job.experiment_id}"}
+        env = {"BRINELL_EXPERIMENT": f"experiments/{job.experiment_id}"}
         if job.mlflow_run_id:
             env["MLFLOW_TRACKING_URI"] = self.tracking.tracking_uri
             env["MLFLOW_RUN_ID"] = job.mlflow_run_id
@@ -198,7 +198,7 @@ class ControlPlane:
 async def _serve(config: ServerConfig) -> None:
     cp = ControlPlane(config)
     await cp.start()
-    print(f"crucible control plane listening on {config.host}:{cp.port}", flush=True)
+    print(f"brinell control plane listening on {config.host}:{cp.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -211,7 +211,7 @@ async def _serve(config: ServerConfig) -> None:
 def serve_forever(config: ServerConfig) -> None:
     """Runs the control plane until SIGINT/SIGTERM."""
     logging.basicConfig(
-        level=os.environ.get("CRUCIBLE_LOG_LEVEL", "INFO"),
+        level=os.environ.get("BRINELL_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up is noise

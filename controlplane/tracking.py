@@ -31,7 +31,7 @@ from .domain.errors import (
 from .domain.registry_types import Artifact, ModelVersion, RegisteredModel
 from .store.db import ALEMBIC_LOCK
 
-log = logging.getLogger("crucible.controlplane.tracking")
+log = logging.getLogger("brinell.controlplane.tracking")
 
 _T = TypeVar("_T")
 
@@ -43,8 +43,8 @@ FINAL_STATUS = {
 }
 
 #: MLflow model-version tags that record where a version came from.
-JOB_TAG = "crucible.job"
-PATH_TAG = "crucible.artifact_path"
+JOB_TAG = "brinell.job"
+PATH_TAG = "brinell.artifact_path"
 MLFLOW_OFF = "MLflow is turned off on this control plane (started with --mlflow-tracking-uri none)"
 
 
@@ -60,7 +60,7 @@ class Tracking(Protocol):
 
     async def end_run(self, run_id: str, state: str) -> None: ...
 
-    # -- model registry (registered model name = Crucible model id)
+    # -- model registry (registered model name = Brinell model id)
 
     async def register_model_version(self, model_id: str, run_id: str, artifact_path: str,
                                      description: str, tags: dict[str, str]) -> ModelVersion: ...
@@ -159,7 +159,7 @@ def _time(millis: Any) -> datetime | None:
 
 
 def _model(rm: Any) -> RegisteredModel:
-    # `latest_versions` holds the newest version of each stage; Crucible uses no stages, and
+    # `latest_versions` holds the newest version of each stage; Brinell uses no stages, and
     # the newest over all stages is the newest version.
     numbers = [int(v.version) for v in (rm.latest_versions or [])]
     return RegisteredModel(
@@ -306,7 +306,7 @@ class MlflowTracking:
 
     async def create_experiment(self, experiment_id: str) -> str:
         def create(client: Any) -> str:
-            name = f"crucible/{experiment_id}"
+            name = f"brinell/{experiment_id}"
             existing = client.get_experiment_by_name(name)
             if existing is not None:
                 if existing.lifecycle_stage == "deleted":
@@ -316,7 +316,7 @@ class MlflowTracking:
             if self._artifact_root is not None:
                 location = (self._artifact_root / experiment_id).as_uri()
             return str(client.create_experiment(name, artifact_location=location,
-                                                tags={"crucible.experiment": experiment_id}))
+                                                tags={"brinell.experiment": experiment_id}))
 
         return str(await self._call("create an experiment", create))
 
@@ -460,7 +460,7 @@ class MlflowTracking:
         return await self._call("delete a model alias", delete, mapped=True)
 
     async def download_model_version(self, model_id: str, version: str, dst: Path) -> Path:
-        """For versions whose files are not a run's artifacts (registered outside Crucible)."""
+        """For versions whose files are not a run's artifacts (registered outside Brinell)."""
 
         def download(client: Any) -> Path:
             from mlflow.artifacts import download_artifacts

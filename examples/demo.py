@@ -1,6 +1,6 @@
 """`make demo`: a control plane and an agent on embedded defaults, the robustness experiment.
 
-Starts `crucible server` (SQLite, local blobs, a local MLflow store, all under .demo/) and
+Starts `brinell server` (SQLite, local blobs, a local MLflow store, all under .demo/) and
 one process-executor agent with two slots (which starts its own Prefect server), pushes the
 built-in ml-security plugin and examples/robustness, trains a model (its log shown live),
 registers it, attacks it with FGSM and PGD over ε under four defenses, prints the table of
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from crucible import Client
+from brinell import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "robustness"))
 import experiment  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> int:
     DEMO.mkdir()
     py = sys.executable
     print("== starting the control plane (SQLite, blobs and MLflow store under .demo/server)")
-    server = start([py, "-m", "crucible.controlplane", "--port", "0", "--data-dir",
+    server = start([py, "-m", "brinell.controlplane", "--port", "0", "--data-dir",
                     str(DEMO / "server"), "--heartbeat-interval", "2", "--lease-duration", "10"],
                    DEMO / "server.log")
     agent: subprocess.Popen[str] | None = None
@@ -73,7 +73,7 @@ def main() -> int:
         target = match.group(1)
         print(f"   listening on {target}")
         print("== starting an agent (it starts a local Prefect server: ~20 s)")
-        agent = start([py, "-m", "crucible.agent", "--control-plane", target, "--queue",
+        agent = start([py, "-m", "brinell.agent", "--control-plane", target, "--queue",
                        "default", "--work-dir", str(DEMO / "agent"), "--agent-id", "demo-agent",
                        "--slots", "2"],
                       DEMO / "agent.log")
@@ -97,7 +97,7 @@ def main() -> int:
             print(f"\n== plot of accuracy vs ε per defense: {plot}")
             uri = f"sqlite:///{DEMO / 'server' / 'mlflow.db'}"
             train_run = results.train_job.mlflow_run_id if results.train_job else ""
-            print(f"== MLflow: experiment crucible/robustness in {uri}; one run per job "
+            print(f"== MLflow: experiment brinell/robustness in {uri}; one run per job "
                   f"(the training run is {train_run})")
             print(f"   open the MLflow UI: {py} -m mlflow ui --backend-store-uri {uri} "
                   f"--default-artifact-root {DEMO / 'server' / 'mlartifacts'}")

@@ -1,10 +1,10 @@
-"""Crucible: ML-security experiments.
+"""Brinell: ML-security experiments.
 
 The public Python API. Everything a user needs is importable from here; nothing here needs
-grpc to be imported by the user, and ``import crucible`` stays light (no typer, rich, prefect
+grpc to be imported by the user, and ``import brinell`` stays light (no typer, rich, prefect
 or mlflow), so job code can import it cheaply::
 
-    from crucible import Client
+    from brinell import Client
 
     with Client("127.0.0.1:7070") as client:
         ep, rev = client.entry_points.push("examples/hello-world")
@@ -15,8 +15,8 @@ or mlflow), so job code can import it cheaply::
 from .client import Client
 from .errors import (
     AlreadyExistsError,
+    BrinellError,
     CancelledError,
-    CrucibleError,
     DeadlineExceededError,
     FailedPreconditionError,
     FieldViolation,
@@ -52,10 +52,10 @@ __all__ = [
     "AgentState",
     "AlreadyExistsError",
     "Artifact",
+    "BrinellError",
     "CancelledError",
     "Capacity",
     "Client",
-    "CrucibleError",
     "DeadlineExceededError",
     "Entry",
     "EntryPoint",

@@ -1,4 +1,4 @@
-"""The ``crucible`` command line: run a server or an agent, and drive them.
+"""The ``brinell`` command line: run a server or an agent, and drive them.
 
 Human output goes to stdout as rich tables; ``--json`` (global, or on get/list/submit/wait)
 prints JSON on stdout instead, for scripts. Errors from the control plane print
@@ -46,7 +46,7 @@ from .cli_common import (
 from .cli_models import artifact_app, model_app
 from .cli_plugins import plugin_app
 from .client import DEFAULT_TARGET, Client
-from .errors import CrucibleError
+from .errors import BrinellError
 from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
 
 
@@ -56,7 +56,7 @@ class _Group(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except CrucibleError as exc:
+        except BrinellError as exc:
             err.print(f"[red]error:[/red] {escape(str(exc))}")
             for v in exc.details:
                 err.print(f"  {escape(v.field)}: {escape(v.description)}")
@@ -72,8 +72,8 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     cls=_Group,
-    name="crucible",
-    help="Crucible: run, track and organize ML-security experiments.",
+    name="brinell",
+    help="Brinell: run, track and organize ML-security experiments.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -99,7 +99,7 @@ def _root(
     target: Annotated[
         str,
         typer.Option(
-            "--target", "-t", envvar="CRUCIBLE_TARGET", help="Control plane address HOST:PORT."
+            "--target", "-t", envvar="BRINELL_TARGET", help="Control plane address HOST:PORT."
         ),
     ] = DEFAULT_TARGET,
     json_output: Annotated[
@@ -140,7 +140,7 @@ def server(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7070,
     data_dir: Annotated[
         Path, typer.Option(help="Database, blobs and MLflow store (embedded mode).")
-    ] = Path("~/.crucible/server"),
+    ] = Path("~/.brinell/server"),
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in --data-dir).")
     ] = None,
@@ -149,7 +149,7 @@ def server(
     ] = None,
 ) -> None:
     """Run the control plane (gRPC API, scheduler, MLflow tracking) in the foreground."""
-    from crucible.controlplane.server import ServerConfig, serve_forever
+    from brinell.controlplane.server import ServerConfig, serve_forever
 
     serve_forever(
         ServerConfig(
@@ -178,7 +178,7 @@ def agent(
     ] = None,
     slots: Annotated[int, typer.Option(help="Jobs run at once.")] = 1,
     work_dir: Annotated[Path, typer.Option(help="Workspaces and the archive cache.")] = Path(
-        "~/.crucible/agent"
+        "~/.brinell/agent"
     ),
     prefect_api_url: Annotated[
         str,
@@ -194,8 +194,8 @@ def agent(
     """Run the agent daemon: take jobs from the control plane and run them on this host."""
     if ctx.invoked_subcommand is not None:
         return
-    from crucible.agent.config import AgentConfig
-    from crucible.agent.daemon import run_forever
+    from brinell.agent.config import AgentConfig
+    from brinell.agent.daemon import run_forever
 
     config = AgentConfig(
         control_plane=control_plane or _state(ctx).target,
@@ -559,11 +559,11 @@ def _watch_with_logs(client: Client, job: Job | str, printer: _Printer) -> Job:
         try:
             for line in client.jobs.logs(job, follow=True):
                 printer.log(line)
-        except CrucibleError as exc:
+        except BrinellError as exc:
             if not done.is_set():
                 printer.warn(f"log stream: {exc}")
 
-    thread = threading.Thread(target=pump, name="crucible-logs", daemon=True)
+    thread = threading.Thread(target=pump, name="brinell-logs", daemon=True)
     thread.start()
     final = _watch_states(client, job, printer)
     # The log stream ends by itself once the job ended and every line was sent.
@@ -583,7 +583,7 @@ def _interruptible(job: Job | str, fn: Callable[[], Job]) -> Job:
         name = job if isinstance(job, str) else job.name
         err.print(
             f"\nstopped watching; {escape(name)} goes on "
-            f"(crucible job cancel {escape(name.removeprefix('jobs/'))} to stop it)"
+            f"(brinell job cancel {escape(name.removeprefix('jobs/'))} to stop it)"
         )
         raise typer.Exit(130) from None
 
@@ -726,7 +726,7 @@ def job_logs(
             sys.stdout.flush()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    except BrokenPipeError:  # `crucible job logs X | head`: the reader is done, so are we
+    except BrokenPipeError:  # `brinell job logs X | head`: the reader is done, so are we
         _silence_stdout()
         raise typer.Exit(0) from None
 
@@ -777,8 +777,8 @@ def job_wait(
 
 
 def main() -> None:
-    """Console-script entry point (``crucible``)."""
-    app(prog_name="crucible")
+    """Console-script entry point (``brinell``)."""
+    app(prog_name="brinell")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""What every `crucible` command module shares: consoles, the root state, output helpers.
+"""What every `brinell` command module shares: consoles, the root state, output helpers.
 
-Kept apart from ``crucible.cli`` so that the command modules (``cli_plugins``,
+Kept apart from ``brinell.cli`` so that the command modules (``cli_plugins``,
 ``cli_models``) and ``cli`` itself use one copy of the state, even under
-``python -m crucible.cli``, where ``cli`` runs as ``__main__``.
+``python -m brinell.cli``, where ``cli`` runs as ``__main__``.
 """
 
 from __future__ import annotations

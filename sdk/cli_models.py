@@ -1,9 +1,9 @@
-"""``crucible model …`` and ``crucible artifact …``: the model registry and job artifacts.
+"""``brinell model …`` and ``brinell artifact …``: the model registry and job artifacts.
 
 Mounted on the main app by cli.py, whose root group prints SDK errors as ``error: CODE:
 message`` (exit 2) and whose root options (``--target``, ``--json``) live on the context's
 root object. This module reads that object by attribute rather than importing cli.py, so
-``python -m crucible.cli`` (where cli.py runs as ``__main__``) imports nothing twice.
+``python -m brinell.cli`` (where cli.py runs as ``__main__``) imports nothing twice.
 """
 
 from __future__ import annotations

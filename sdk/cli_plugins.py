@@ -1,7 +1,7 @@
-"""``crucible plugin ...``: push task plugins and inspect their versions and tasks.
+"""``brinell plugin ...``: push task plugins and inspect their versions and tasks.
 
-Mounted by ``crucible.cli`` (``app.add_typer(plugin_app, name="plugin")``); the shared
-helpers (client, JSON output, tables) come from ``crucible.cli_common``. Errors and
+Mounted by ``brinell.cli`` (``app.add_typer(plugin_app, name="plugin")``); the shared
+helpers (client, JSON output, tables) come from ``brinell.cli_common``. Errors and
 ``--json`` behave as in every other command.
 """
 
@@ -68,7 +68,7 @@ def _print_tasks(tasks: list[Task]) -> None:
 def plugin_push(
     ctx: typer.Context,
     path: Annotated[
-        Path, typer.Argument(help="A folder with crucible-plugin.yaml, or a bundle archive.")
+        Path, typer.Argument(help="A folder with brinell-plugin.yaml, or a bundle archive.")
     ],
     json_output: JsonOpt = False,
 ) -> None:

@@ -1,4 +1,4 @@
-"""The synchronous Crucible client.
+"""The synchronous Brinell client.
 
 One ``grpc`` channel per ``Client``; every unary call carries a deadline so a hung control
 plane turns into a ``DeadlineExceededError`` instead of a hung program. Reads (Get*/List*,
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from crucible.v1 import (
+from brinell.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
     entry_point_service_pb2,
@@ -39,7 +39,7 @@ from crucible.v1 import (
 )
 
 from .errors import (
-    CrucibleError,
+    BrinellError,
     DeadlineExceededError,
     InvalidArgumentError,
     UnavailableError,
@@ -62,14 +62,14 @@ _T = TypeVar("_T")
 # Methods gRPC may transparently retry on UNAVAILABLE: reads, plus calls that are idempotent
 # by contract. Creates without a request id, deletes, uploads and the agent stream are not.
 _RETRIED_METHODS = {
-    "crucible.v1.ExperimentService": ("GetExperiment", "ListExperiments"),
-    "crucible.v1.EntryPointService": (
+    "brinell.v1.ExperimentService": ("GetExperiment", "ListExperiments"),
+    "brinell.v1.EntryPointService": (
         "GetEntryPoint",
         "ListEntryPoints",
         "GetEntryPointRevision",
         "ListEntryPointRevisions",
     ),
-    "crucible.v1.JobService": (
+    "brinell.v1.JobService": (
         "SubmitJob",
         "GetJob",
         "ListJobs",
@@ -77,15 +77,15 @@ _RETRIED_METHODS = {
         "StreamJobLogs",
         "CancelJob",
     ),
-    "crucible.v1.AgentService": ("GetAgent", "ListAgents", "DownloadBlob"),
-    "crucible.v1.PluginService": (
+    "brinell.v1.AgentService": ("GetAgent", "ListAgents", "DownloadBlob"),
+    "brinell.v1.PluginService": (
         "GetPlugin",
         "ListPlugins",
         "GetPluginVersion",
         "ListPluginVersions",
         "ListPluginTasks",
     ),
-    "crucible.v1.ModelService": (
+    "brinell.v1.ModelService": (
         "GetModel",
         "ListModels",
         "GetModelVersion",
@@ -93,7 +93,7 @@ _RETRIED_METHODS = {
         "ResolveModel",
         "DownloadModelVersion",
     ),
-    "crucible.v1.ArtifactService": ("ListJobArtifacts", "DownloadJobArtifact"),
+    "brinell.v1.ArtifactService": ("ListJobArtifacts", "DownloadJobArtifact"),
 }
 
 SERVICE_CONFIG = json.dumps(
@@ -434,7 +434,7 @@ class Jobs(_Service):
         deadline = None if timeout is None else time.monotonic() + timeout
         last: Job | None = None
         failures = 0
-        failure: CrucibleError
+        failure: BrinellError
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -546,7 +546,7 @@ class Agents(_Service):
 
 
 class Client:
-    """A connection to a Crucible control plane.
+    """A connection to a Brinell control plane.
 
     ``timeout`` is the deadline (seconds) of each unary call; streams (watch, logs) have none.
     Use as a context manager, or call ``close()``, to release the connection. Thread-safe.
@@ -563,7 +563,7 @@ class Client:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.enable_retries", 1),
                 ("grpc.service_config", SERVICE_CONFIG),
-                ("grpc.primary_user_agent", "crucible-sdk"),
+                ("grpc.primary_user_agent", "brinell-sdk"),
             ],
         )
         self.experiments = Experiments(self)

@@ -1,8 +1,8 @@
-"""Exceptions raised by the Crucible SDK.
+"""Exceptions raised by the Brinell SDK.
 
 Users catch these instead of ``grpc.RpcError``, so code that calls the SDK never imports grpc
 and keeps working if the transport changes. Each class matches one gRPC status code; the
-control plane documents which codes each RPC returns (see ``proto/crucible/v1``).
+control plane documents which codes each RPC returns (see ``proto/brinell/v1``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AlreadyExistsError",
     "CancelledError",
-    "CrucibleError",
+    "BrinellError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",
@@ -34,7 +34,7 @@ class FieldViolation:
     description: str
 
 
-class CrucibleError(Exception):
+class BrinellError(Exception):
     """Any failure reported by the control plane (or by the SDK before a call).
 
     ``code`` is the gRPC status name (``"NOT_FOUND"``); ``message`` is written for users.
@@ -67,55 +67,55 @@ class CrucibleError(Exception):
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
 
 
-class InvalidArgumentError(CrucibleError):
+class InvalidArgumentError(BrinellError):
     """The request is malformed; ``problems`` lists every problem found."""
 
     default_code = "INVALID_ARGUMENT"
 
 
-class NotFoundError(CrucibleError):
+class NotFoundError(BrinellError):
     default_code = "NOT_FOUND"
 
 
-class AlreadyExistsError(CrucibleError):
+class AlreadyExistsError(BrinellError):
     default_code = "ALREADY_EXISTS"
 
 
-class FailedPreconditionError(CrucibleError):
+class FailedPreconditionError(BrinellError):
     """The resource is in a state that does not allow the operation (e.g. deleting a used one)."""
 
     default_code = "FAILED_PRECONDITION"
 
 
-class UnavailableError(CrucibleError):
+class UnavailableError(BrinellError):
     """The control plane cannot be reached; retrying later may succeed."""
 
     default_code = "UNAVAILABLE"
 
 
-class DeadlineExceededError(CrucibleError, TimeoutError):
+class DeadlineExceededError(BrinellError, TimeoutError):
     """A call or a wait ran out of time; also a ``TimeoutError`` so generic code catches it."""
 
     default_code = "DEADLINE_EXCEEDED"
 
 
-class PermissionDeniedError(CrucibleError):
+class PermissionDeniedError(BrinellError):
     default_code = "PERMISSION_DENIED"
 
 
-class CancelledError(CrucibleError):
+class CancelledError(BrinellError):
     """The call was cancelled on the client side (for example by closing the client)."""
 
     default_code = "CANCELLED"
 
 
-class InternalError(CrucibleError):
+class InternalError(BrinellError):
     """A bug or an unexpected failure in the control plane."""
 
     default_code = "INTERNAL"
 
 
-_BY_CODE: dict[str, type[CrucibleError]] = {
+_BY_CODE: dict[str, type[BrinellError]] = {
     cls.default_code: cls
     for cls in (
         InvalidArgumentError,
@@ -133,9 +133,9 @@ _BY_CODE: dict[str, type[CrucibleError]] = {
 
 def error_for_code(
     code: str, message: str, details: tuple[FieldViolation, ...] = ()
-) -> CrucibleError:
+) -> BrinellError:
     """Builds the exception class that matches a status name; unknown names give the base."""
-    cls = _BY_CODE.get(code, CrucibleError)
+    cls = _BY_CODE.get(code, BrinellError)
     return cls(message, code=code, details=details)
 
 
@@ -176,7 +176,7 @@ def _field_violations(err: Any) -> tuple[FieldViolation, ...]:
     return tuple(violations)
 
 
-def from_rpc_error(err: BaseException) -> CrucibleError:
+def from_rpc_error(err: BaseException) -> BrinellError:
     """Translates a ``grpc.RpcError`` (a ``grpc.Call``) into the matching SDK exception."""
     code_fn = getattr(err, "code", None)
     details_fn = getattr(err, "details", None)

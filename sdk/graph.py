@@ -13,7 +13,7 @@ writing a flow by hand::
 ``$name`` is an entry-point parameter or another step's output (``$$`` writes a literal
 ``$``). The control plane checks a graph at submit with :func:`validate` against the task
 signatures in plugin manifests, so a typo fails the submit rather than a job an hour in; the
-job runs it with ``python -m crucible.graph GRAPH.yaml``. Steps that do not depend on each
+job runs it with ``python -m brinell.graph GRAPH.yaml``. Steps that do not depend on each
 other run concurrently: each step is submitted with its upstream futures as arguments.
 
 Prefect and MLflow are imported only when a graph runs.
@@ -58,9 +58,9 @@ __all__ = [
     "validate",
 ]
 
-DEFAULT_FLOW_NAME = "crucible-graph"
-PLUGIN_PACKAGES_ENV = "CRUCIBLE_PLUGIN_PACKAGES"
-PARAMETERS_ENV = "CRUCIBLE_PARAMETERS"
+DEFAULT_FLOW_NAME = "brinell-graph"
+PLUGIN_PACKAGES_ENV = "BRINELL_PLUGIN_PACKAGES"
+PARAMETERS_ENV = "BRINELL_PARAMETERS"
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
 _NAME_RE = re.compile(rf"^{_NAME}$")
@@ -592,7 +592,7 @@ def load_plugins(packages: str | Sequence[str] | None = None, *,
                  errors: dict[str, str] | None = None) -> dict[str, Any]:
     """Imports plugin packages and every submodule, so their ``@task`` functions register.
 
-    ``packages`` defaults to ``CRUCIBLE_PLUGIN_PACKAGES`` (comma-separated). Returns every
+    ``packages`` defaults to ``BRINELL_PLUGIN_PACKAGES`` (comma-separated). Returns every
     task known to this process, by name and by module-qualified name (two plugins may
     define tasks of the same name; the qualified name tells them apart). A job pins every
     plugin, including ones it does not use, so with ``errors`` a module that fails to import
@@ -627,7 +627,7 @@ def load_plugins(packages: str | Sequence[str] | None = None, *,
                     modules.append(sub)
         for mod in modules:
             for value in vars(mod).values():
-                info_ = getattr(value, "__crucible_task__", None)
+                info_ = getattr(value, "__brinell_task__", None)
                 if isinstance(info_, TaskInfo):
                     found[f"{info_.module}.{info_.name}"] = value
     tasks = registered_tasks()
@@ -640,9 +640,9 @@ def _ignore(_: str) -> None:
 
 
 def _signature_of(key: str, obj: Any) -> TaskSignature:
-    """The signature of a task object: a Crucible task, a plain Prefect task or a function."""
+    """The signature of a task object: a Brinell task, a plain Prefect task or a function."""
     fn = getattr(obj, "fn", obj)
-    info = getattr(obj, "__crucible_task__", None)
+    info = getattr(obj, "__brinell_task__", None)
     if not isinstance(info, TaskInfo):
         info = describe(fn, key)
     sig = TaskSignature.from_task_info(info)
@@ -700,7 +700,7 @@ def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | 
 
     ``types`` gives parameters' MLproject types (int and float values are converted before
     use); a parameter without one is passed as given. ``tasks`` defaults to the tasks of the
-    packages in ``CRUCIBLE_PLUGIN_PACKAGES``. The graph is validated first (GraphError);
+    packages in ``BRINELL_PLUGIN_PACKAGES``. The graph is validated first (GraphError);
     ``on_step_done(step, result)`` is called as each step completes; a failing step raises
     StepFailedError. With ``mlflow_run_id``, that MLflow run is the active run in every task's
     thread: MLflow's active run is per thread, and Prefect runs tasks in worker threads, where
@@ -823,13 +823,13 @@ def _given_parameters(pairs: list[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crucible.graph GRAPH.yaml [-p name=value ...]``: validates, then runs.
+    """``python -m brinell.graph GRAPH.yaml [-p name=value ...]``: validates, then runs.
 
     Exit status: 0 when every step succeeded, 2 when the graph or its parameters are invalid
     (every problem on stderr), 1 when a step failed.
     """
-    parser = argparse.ArgumentParser(prog="python -m crucible.graph",
-                                     description="Runs a Crucible task graph.")
+    parser = argparse.ArgumentParser(prog="python -m brinell.graph",
+                                     description="Runs a Brinell task graph.")
     parser.add_argument("graph", type=Path, help="the graph file (YAML)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help=f"a parameter; overrides {PARAMETERS_ENV}")

@@ -46,7 +46,7 @@ class EntrySpec:
     name: str
     command: str
     parameters: tuple[ParameterSpec, ...] = ()
-    # A Crucible task graph (YAML, relative to the MLproject) this entry runs.
+    # A Brinell task graph (YAML, relative to the MLproject) this entry runs.
     graph: str | None = None
 
     def parameter(self, name: str) -> ParameterSpec | None:
@@ -88,9 +88,9 @@ def parse(text: str | bytes) -> ProjectSpec:
             problems.append(f"entry {entry_name!r}: `graph` must be a file name")
             continue
         if isinstance(raw, dict) and graph and "command" not in raw:
-            # A task-graph entry: Crucible's runner executes the graph with the job's
+            # A task-graph entry: Brinell's runner executes the graph with the job's
             # parameters (it reads them from the job's environment).
-            raw = {**raw, "command": f"python -m crucible.graph {shlex.quote(graph)}"}
+            raw = {**raw, "command": f"python -m brinell.graph {shlex.quote(graph)}"}
         if not isinstance(raw, dict) or not isinstance(raw.get("command"), str):
             problems.append(f"entry {entry_name!r} has no `command` string")
             continue

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import grpc
 
-from crucible.v1 import (
+from brinell.v1 import (
     artifact_service_pb2,
     artifact_service_pb2_grpc,
     model_service_pb2,

@@ -1,11 +1,11 @@
-"""Plugin authoring: ``@task`` marks a plugin function as a Crucible task.
+"""Plugin authoring: ``@task`` marks a plugin function as a Brinell task.
 
-A task is a ``prefect.task`` whose signature Crucible records, so entry points and task
+A task is a ``prefect.task`` whose signature Brinell records, so entry points and task
 graphs can call it by name and the control plane can check their arguments before a job
 runs. The control plane reads the same information from a plugin's source without
-importing it (see ``crucible.plugin_manifest``); this decorator is what a job uses.
+importing it (see ``brinell.plugin_manifest``); this decorator is what a job uses.
 Prefect is imported only when a decorated module is imported (inside jobs), never by
-``import crucible``.
+``import brinell``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def task(*, name: str | None = None, **prefect_options: Any) -> Callable[[F], An
 
 
 def task(fn: Any = None, *, name: str | None = None, **prefect_options: Any) -> Any:
-    """Marks ``fn`` as a Crucible task: a ``prefect.task`` with a recorded signature.
+    """Marks ``fn`` as a Brinell task: a ``prefect.task`` with a recorded signature.
 
     Use bare (``@task``) or with options (``@task(name="fgsm", retries=2)``); options other
     than ``name`` go to ``prefect.task``.
@@ -71,7 +71,7 @@ def task(fn: Any = None, *, name: str | None = None, **prefect_options: Any) -> 
 
         info = describe(f, name)
         wrapped = prefect_task(name=info.name, **prefect_options)(f)
-        wrapped.__crucible_task__ = info  # type: ignore[attr-defined]
+        wrapped.__brinell_task__ = info  # type: ignore[attr-defined]
         _TASKS[info.name] = wrapped
         return wrapped
 

@@ -1,7 +1,7 @@
 """``client.plugins``: the task plugin registry.
 
 A plugin version is an immutable bundle: a tar.gz (or zip) of a folder holding
-``crucible-plugin.yaml`` (name, version, description, requirements, package) and the Python
+``brinell-plugin.yaml`` (name, version, description, requirements, package) and the Python
 package it names. Jobs pin plugin versions when they are submitted (``Job.plugins``), so
 pushing a new version changes nothing that already runs. The control plane reads each
 version's ``@task`` functions from the source, without importing it: ``tasks()`` lists them
@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from crucible.v1 import plugin_service_pb2, plugin_service_pb2_grpc
+from brinell.v1 import plugin_service_pb2, plugin_service_pb2_grpc
 
 from .client import (
     _UPLOAD_MIN_RATE,
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: The manifest a plugin folder must hold at its root.
-MANIFEST = "crucible-plugin.yaml"
+MANIFEST = "brinell-plugin.yaml"
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ class Plugins(_Service):
         Returns the plugin, the version and whether it was created: pushing the same bytes
         again returns the existing version with ``created`` False, while different content
         under an existing version raises ``AlreadyExistsError`` (versions are immutable: bump
-        the version in ``crucible-plugin.yaml``). The name and version come from the manifest.
+        the version in ``brinell-plugin.yaml``). The name and version come from the manifest.
         """
         p = Path(path)
         if p.is_dir() and not (p / MANIFEST).is_file():

@@ -1,10 +1,10 @@
-"""Helpers for code running inside a Crucible job.
+"""Helpers for code running inside a Brinell job.
 
 The agent describes the job to its process through environment variables: ``MLFLOW_RUN_ID``
 (the MLflow run the control plane created for the job, which ``mlflow.start_run()`` resumes),
-``CRUCIBLE_JOB``, ``CRUCIBLE_ATTEMPT``, ``CRUCIBLE_PARAMETERS`` (the job's parameters as a
-JSON object), and the plugin versions the job pinned at submit: ``CRUCIBLE_PLUGINS`` (a JSON
-list of ``{plugin, version, digest, package, path}``), ``CRUCIBLE_PLUGIN_PACKAGES`` (their
+``BRINELL_JOB``, ``BRINELL_ATTEMPT``, ``BRINELL_PARAMETERS`` (the job's parameters as a
+JSON object), and the plugin versions the job pinned at submit: ``BRINELL_PLUGINS`` (a JSON
+list of ``{plugin, version, digest, package, path}``), ``BRINELL_PLUGIN_PACKAGES`` (their
 package names, comma-separated) and ``PYTHONPATH`` (their folders first). Outside a job these
 are unset and the helpers return None or empty values, so the same script also runs by hand.
 Prefect and mlflow are imported only when asked for: importing either costs ~1.5-2 s.
@@ -40,13 +40,13 @@ def run_id() -> str | None:
 
 
 def job() -> str | None:
-    """The job this process runs for, as set by the agent in ``CRUCIBLE_JOB``."""
-    return os.environ.get("CRUCIBLE_JOB") or None
+    """The job this process runs for, as set by the agent in ``BRINELL_JOB``."""
+    return os.environ.get("BRINELL_JOB") or None
 
 
 def attempt() -> int | None:
     """The attempt number (1 for the first run; higher after an agent was lost)."""
-    value = os.environ.get("CRUCIBLE_ATTEMPT")
+    value = os.environ.get("BRINELL_ATTEMPT")
     try:
         return int(value) if value else None
     except ValueError:
@@ -62,7 +62,7 @@ def prefect_flow_settings() -> Iterator[None]:
     """Runs Prefect flows without the flow-run heartbeat thread.
 
     Prefect's heartbeat (``flows.heartbeat_frequency``, default 180 s) detects crashed flow
-    runs; Crucible's attempt leases already do that, and joining the heartbeat thread at flow
+    runs; Brinell's attempt leases already do that, and joining the heartbeat thread at flow
     exit costs ~0.9 s of a ~1.1 s two-task flow. The setting can only be turned off (None)
     through the settings API: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in the environment must be
     an int >= 30. Checked against Prefect 3.9 (``prefect.settings.models.flows``).
@@ -74,40 +74,40 @@ def prefect_flow_settings() -> Iterator[None]:
 
 
 def parameters() -> dict[str, str]:
-    """The job's parameters (``CRUCIBLE_PARAMETERS``) as strings; empty outside a job.
+    """The job's parameters (``BRINELL_PARAMETERS``) as strings; empty outside a job.
 
     Values are the strings the job was submitted with; declared types are checked by the
     control plane, conversions are the script's.
     """
-    raw = os.environ.get("CRUCIBLE_PARAMETERS")
+    raw = os.environ.get("BRINELL_PARAMETERS")
     if not raw:
         return {}
     try:
         value = json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"CRUCIBLE_PARAMETERS is not valid JSON: {exc}") from None
+        raise ValueError(f"BRINELL_PARAMETERS is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError("CRUCIBLE_PARAMETERS must be a JSON object")
+        raise ValueError("BRINELL_PARAMETERS must be a JSON object")
     return {str(k): str(v) for k, v in value.items()}
 
 
 def plugins() -> list[dict[str, str]]:
-    """The pinned plugin versions (``CRUCIBLE_PLUGINS``): dicts with ``plugin`` (its
+    """The pinned plugin versions (``BRINELL_PLUGINS``): dicts with ``plugin`` (its
     resource name ``plugins/{id}``), ``version``, ``digest``, ``package`` and ``path``."""
-    raw = os.environ.get("CRUCIBLE_PLUGINS")
+    raw = os.environ.get("BRINELL_PLUGINS")
     if not raw:
         return []
     try:
         value = json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"CRUCIBLE_PLUGINS is not valid JSON: {exc}") from None
+        raise ValueError(f"BRINELL_PLUGINS is not valid JSON: {exc}") from None
     if not isinstance(value, list):
-        raise ValueError("CRUCIBLE_PLUGINS must be a JSON list")
+        raise ValueError("BRINELL_PLUGINS must be a JSON list")
     return [{str(k): str(v) for k, v in item.items()} for item in value if isinstance(item, dict)]
 
 
 def _plugin_packages() -> list[str]:
-    raw = os.environ.get("CRUCIBLE_PLUGIN_PACKAGES", "")
+    raw = os.environ.get("BRINELL_PLUGIN_PACKAGES", "")
     return list(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
 
 
@@ -133,7 +133,7 @@ def load_plugins(*, strict: bool = False) -> dict[str, Any]:
         raise ImportError(str(exc)) from exc
     for name, error in (errors or {}).items():
         if _IMPORT_ERRORS.get(name) != error:
-            warnings.warn(f"crucible: cannot import plugin module {name}: {error}",
+            warnings.warn(f"brinell: cannot import plugin module {name}: {error}",
                           RuntimeWarning, stacklevel=2)
         _IMPORT_ERRORS[name] = error
     return tasks
@@ -146,7 +146,7 @@ def plugin_import_errors() -> dict[str, str]:
 
 def task(name: str) -> Any:
     """A plugin task by name (``"fgsm"``) or by module-qualified function name
-    (``"crucible_ml.attacks.fgsm"``), after ``load_plugins()``.
+    (``"brinell_ml.attacks.fgsm"``), after ``load_plugins()``.
 
     Raises KeyError listing the tasks that exist when there is no such task.
     """
@@ -154,7 +154,7 @@ def task(name: str) -> Any:
     if name in tasks:
         return tasks[name]
     for candidate in tasks.values():
-        info = getattr(candidate, "__crucible_task__", None)
+        info = getattr(candidate, "__brinell_task__", None)
         fn = getattr(candidate, "fn", None)
         qualified = {f"{info.module}.{info.name}"} if info is not None else set()
         if info is not None and fn is not None:
@@ -165,7 +165,7 @@ def task(name: str) -> Any:
     message = f"no plugin task {name!r}; available: {available}"
     packages = _plugin_packages()
     if not packages:
-        message += " (this process has no plugins: CRUCIBLE_PLUGIN_PACKAGES is empty)"
+        message += " (this process has no plugins: BRINELL_PLUGIN_PACKAGES is empty)"
     if _IMPORT_ERRORS:
         failed = "; ".join(f"{m}: {e}" for m, e in sorted(_IMPORT_ERRORS.items()))
         message += f"; modules that failed to import: {failed}"

@@ -51,7 +51,7 @@ def _after(name: str, prefix: str) -> str:
 
 
 class JobState(StrEnum):
-    """A job's lifecycle state; see ``crucible.v1.JobState``."""
+    """A job's lifecycle state; see ``brinell.v1.JobState``."""
 
     UNSPECIFIED = "UNSPECIFIED"
     PENDING = "PENDING"

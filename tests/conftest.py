@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from crucible.controlplane.server import ControlPlane, ServerConfig
+from brinell.controlplane.server import ControlPlane, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def postgres_url() -> Iterator[str]:
     if initdb is None:
         pytest.skip("PostgreSQL is not installed (initdb not found); .ci/run installs it")
     bindir = Path(initdb).parent
-    base = Path(tempfile.mkdtemp(prefix="crucible-pg-"))
+    base = Path(tempfile.mkdtemp(prefix="brinell-pg-"))
     os.chmod(base, 0o755)
     data = base / "data"
     data.mkdir()
@@ -122,7 +122,7 @@ def fresh_pg_database(url: str) -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'crucible.db'}"
+        return f"sqlite:///{tmp_path / 'brinell.db'}"
     return fresh_pg_database(request.getfixturevalue("postgres_url"))
 
 
@@ -183,12 +183,12 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) ->
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-CLI = [sys.executable, "-m", "crucible.cli"]
+CLI = [sys.executable, "-m", "brinell.cli"]
 
 
 def run_cli(target: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The `crucible` command against a control plane, as a separate process."""
-    env = dict(os.environ, CRUCIBLE_TARGET=target)
+    """The `brinell` command against a control plane, as a separate process."""
+    env = dict(os.environ, BRINELL_TARGET=target)
     proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=60)
     if check:
         assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from crucible.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
+from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 _END = object()
 

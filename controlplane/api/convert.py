@@ -1,4 +1,4 @@
-"""Domain records <-> crucible.v1 messages."""
+"""Domain records <-> brinell.v1 messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from crucible.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
+from brinell.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
 
 from ..domain import models as m
 from ..domain.errors import InvalidArgument

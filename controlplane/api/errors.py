@@ -21,7 +21,7 @@ from ..domain.errors import (
     Unavailable,
 )
 
-log = logging.getLogger("crucible.controlplane.api")
+log = logging.getLogger("brinell.controlplane.api")
 
 CODES: dict[type[DomainError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,

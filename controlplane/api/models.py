@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from crucible.v1 import artifact_service_pb2 as art_pb
-from crucible.v1 import artifact_service_pb2_grpc as art_grpc
-from crucible.v1 import model_pb2
-from crucible.v1 import model_service_pb2 as model_pb
-from crucible.v1 import model_service_pb2_grpc as model_grpc
+from brinell.v1 import artifact_service_pb2 as art_pb
+from brinell.v1 import artifact_service_pb2_grpc as art_grpc
+from brinell.v1 import model_pb2
+from brinell.v1 import model_service_pb2 as model_pb
+from brinell.v1 import model_service_pb2_grpc as model_grpc
 
 from ..domain.registry import ModelRegistry
 from ..domain.registry_types import Artifact, ModelVersion, RegisteredModel

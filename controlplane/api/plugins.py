@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from crucible.v1 import plugin_service_pb2 as pb
-from crucible.v1 import plugin_service_pb2_grpc as pb_grpc
+from brinell.v1 import plugin_service_pb2 as pb
+from brinell.v1 import plugin_service_pb2_grpc as pb_grpc
 
 from ..domain.plugins import PluginManager
 from . import convert

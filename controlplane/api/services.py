@@ -11,28 +11,28 @@ from typing import Any
 
 import grpc
 
-from crucible.v1 import (
+from brinell.v1 import (
     agent_service_pb2 as agent_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     agent_service_pb2_grpc as agent_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     entry_point_service_pb2 as ep_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     entry_point_service_pb2_grpc as ep_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     experiment_service_pb2 as exp_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     experiment_service_pb2_grpc as exp_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     job_service_pb2 as job_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     job_service_pb2_grpc as job_grpc,
 )
 
@@ -57,7 +57,7 @@ from ..store.blobs import BlobStore
 from . import convert
 from .errors import streaming, unary
 
-log = logging.getLogger("crucible.controlplane.api")
+log = logging.getLogger("brinell.controlplane.api")
 
 Ctx = Any  # grpc.aio.ServicerContext; grpc ships no type information
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from crucible import graph as task_graph
-from crucible import mlproject
+from brinell import graph as task_graph
+from brinell import mlproject
 
 from ..store.blobs import BlobStore
 from ..store.db import Database

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from crucible import graph as task_graph
-from crucible import mlproject
+from brinell import graph as task_graph
+from brinell import mlproject
 
 from ..store.db import Database
 from ..store.models import utcnow
@@ -29,7 +29,7 @@ from .plugins import PluginManager
 from .scheduler import Scheduler
 from .states import JobState
 
-log = logging.getLogger("crucible.controlplane.jobs")
+log = logging.getLogger("brinell.controlplane.jobs")
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
@@ -198,12 +198,12 @@ class JobManager:
         run_id = ""
         if checked.mlflow_experiment_id:
             tags = {
-                "crucible.job": f"jobs/{job_id}",
-                "crucible.experiment": f"experiments/{exp_id}",
-                "crucible.entry_point": f"entryPoints/{ep_id}",
-                "crucible.entry_point_digest": checked.digest,
-                "crucible.entry": checked.entry,
-                **{f"crucible.param.{k}": v for k, v in checked.parameters.items()},
+                "brinell.job": f"jobs/{job_id}",
+                "brinell.experiment": f"experiments/{exp_id}",
+                "brinell.entry_point": f"entryPoints/{ep_id}",
+                "brinell.entry_point_digest": checked.digest,
+                "brinell.entry": checked.entry,
+                **{f"brinell.param.{k}": v for k, v in checked.parameters.items()},
             }
             run_id = await self.tracking.create_run(checked.mlflow_experiment_id, job_id, tags)
         job = self._new_job(job_id, checked, spec, queue, max_attempts, run_id)

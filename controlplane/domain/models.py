@@ -133,7 +133,7 @@ class LogLine:
     offset: int
     attempt: int
     sequence: int
-    stream: int  # LogStream enum value of crucible.v1
+    stream: int  # LogStream enum value of brinell.v1
     text: str
     time: datetime
 

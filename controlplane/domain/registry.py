@@ -1,8 +1,8 @@
-"""The model registry and job artifacts: MLflow's registry and run artifacts behind Crucible
+"""The model registry and job artifacts: MLflow's registry and run artifacts behind Brinell
 names.
 
-A model is an MLflow registered model named by the Crucible model id; a version records the job
-that produced it (version tags ``crucible.job`` and ``crucible.artifact_path``) and points at
+A model is an MLflow registered model named by the Brinell model id; a version records the job
+that produced it (version tags ``brinell.job`` and ``brinell.artifact_path``) and points at
 ``runs:/{run}/{path}``. Artifact paths are relative to the run's artifact root and may not leave
 it (absolute paths, ``..`` and links out of a local store are refused). Downloads are copied by
 MLflow into a temporary directory, streamed from disk in 1 MiB chunks, then removed.
@@ -27,7 +27,7 @@ from .models import Job
 from .paging import PageTokens, page_size
 from .registry_types import Artifact, ModelVersion, RegisteredModel
 
-log = logging.getLogger("crucible.controlplane.registry")
+log = logging.getLogger("brinell.controlplane.registry")
 
 CHUNK_SIZE = 1 << 20
 DEFAULT_ARTIFACT_PATH = "model"
@@ -325,7 +325,7 @@ async def _stream(fetch: Callable[[Path], Awaitable[Path]], name: str
     chunk by chunk, named ``name/<path in the folder>`` (or ``name`` for a file; with no
     ``name``, the path in the folder or the file's own name).
     """
-    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="crucible-download-"))
+    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="brinell-download-"))
     try:
         target = await fetch(tmp)
         is_dir = await asyncio.to_thread(target.is_dir)

@@ -21,7 +21,7 @@ class Artifact:
 
 @dataclass(frozen=True)
 class RegisteredModel:
-    """An MLflow registered model whose name is the Crucible model id."""
+    """An MLflow registered model whose name is the Brinell model id."""
 
     id: str
     description: str = ""

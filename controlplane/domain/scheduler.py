@@ -28,7 +28,7 @@ from .models import AgentInfo, AttemptRef, Job, JobHead, QueuedJob
 from .notify import Notifier
 from .states import JobState, predecessors
 
-log = logging.getLogger("crucible.controlplane.scheduler")
+log = logging.getLogger("brinell.controlplane.scheduler")
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -2,7 +2,7 @@
 
 The control plane must never run plugin code (it may need packages the control plane does
 not have, and it is not trusted), so tasks are found in the source with `ast`: top-level
-functions decorated with `task`, `crucible.task`, or either called with options.
+functions decorated with `task`, `brinell.task`, or either called with options.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from . import names
 from .archives import Archive, open_archive
 from .errors import InvalidArgument
 
-MANIFEST = "crucible-plugin.yaml"
+MANIFEST = "brinell-plugin.yaml"
 MAX_SOURCE_BYTES = 20 << 20
 
 
@@ -89,7 +89,7 @@ def _is_task_decorator(node: ast.expr) -> tuple[bool, str | None]:
     target = node.func if isinstance(node, ast.Call) else node
     is_task = (isinstance(target, ast.Name) and target.id == "task") or (
         isinstance(target, ast.Attribute) and target.attr == "task"
-        and isinstance(target.value, ast.Name) and target.value.id == "crucible"
+        and isinstance(target.value, ast.Name) and target.value.id == "brinell"
     )
     name = None
     if is_task and isinstance(node, ast.Call):

@@ -1,7 +1,7 @@
-"""hello-world: the smallest Crucible entry point.
+"""hello-world: the smallest Brinell entry point.
 
 A Prefect flow of three tasks: two independent measurements run concurrently, a third
-combines them. Parameters and the resulting ``score`` are logged to MLflow. Under Crucible the
+combines them. Parameters and the resulting ``score`` are logged to MLflow. Under Brinell the
 agent sets ``MLFLOW_RUN_ID`` (the job's run, created by the control plane), so
 ``mlflow.start_run()`` resumes that run; by hand it creates a run in MLflow's default local
 store (``./mlflow.db`` with MLflow 3; ``./mlruns`` with older versions) or wherever
@@ -18,7 +18,7 @@ import time
 import mlflow
 from prefect import flow, task
 
-from crucible import runtime
+from brinell import runtime
 
 
 @task
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args()
 
-    job = runtime.job() or "(not in a Crucible job)"
+    job = runtime.job() or "(not in a Brinell job)"
     print(
         f"hello-world: start {job} attempt={runtime.attempt()} run={runtime.run_id()}", flush=True
     )

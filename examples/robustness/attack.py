@@ -18,14 +18,14 @@ import time
 from typing import Any
 
 import mlflow
-from crucible_ml.attacks import fgsm, pgd
-from crucible_ml.data import load_dataset, load_digits, subset
-from crucible_ml.defenses import DEFENSES, adversarial_training_pgd, defend_model
-from crucible_ml.metrics import adversarial_grid, evaluate_attack, log_metrics
-from crucible_ml.models import load_model
+from brinell_ml.attacks import fgsm, pgd
+from brinell_ml.data import load_dataset, load_digits, subset
+from brinell_ml.defenses import DEFENSES, adversarial_training_pgd, defend_model
+from brinell_ml.metrics import adversarial_grid, evaluate_attack, log_metrics
+from brinell_ml.models import load_model
 from prefect import flow
 
-from crucible import runtime
+from brinell import runtime
 
 ATTACKS = {"fgsm": fgsm, "pgd": pgd}
 DEFENSE_NAMES = ("none", *DEFENSES, "adversarial_training")

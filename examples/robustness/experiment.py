@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crucible import Client, Job, JobState
+from brinell import Client, Job, JobState
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -3,7 +3,7 @@
 A Prefect flow of ml-security plugin tasks: load the digits (seeded split), train the model,
 measure its clean test accuracy, and save it as an MLflow model in the job's run (artifact
 path ``model``). Prints ``model_uri=runs:/<run id>/model`` for the attack entry point.
-Under Crucible the agent sets ``MLFLOW_RUN_ID`` (``mlflow.start_run()`` resumes the job's
+Under Brinell the agent sets ``MLFLOW_RUN_ID`` (``mlflow.start_run()`` resumes the job's
 run) and puts the plugin on ``PYTHONPATH``; by hand, set ``PYTHONPATH=plugins/ml-security``.
 """
 
@@ -13,12 +13,12 @@ import argparse
 import time
 
 import mlflow
-from crucible_ml.data import load_digits
-from crucible_ml.metrics import accuracy, log_metrics
-from crucible_ml.models import MODEL_KINDS, save_model, train_model
+from brinell_ml.data import load_digits
+from brinell_ml.metrics import accuracy, log_metrics
+from brinell_ml.models import MODEL_KINDS, save_model, train_model
 from prefect import flow
 
-from crucible import runtime
+from brinell import runtime
 
 
 @flow(name="robustness-train", log_prints=False)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from crucible import Client
-from crucible.agent.prefect_server import PrefectServer
+from brinell import Client
+from brinell.agent.prefect_server import PrefectServer
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,7 @@ class Proc:
 
 
 def start_server(data: Path, port: int = 0) -> tuple[Proc, str]:
-    proc = Proc([sys.executable, "-m", "crucible.controlplane", "--port", str(port),
+    proc = Proc([sys.executable, "-m", "brinell.controlplane", "--port", str(port),
                  "--data-dir", str(data), "--heartbeat-interval", "0.5", "--lease-duration",
                  "5", "--grace-period", "2"], data.parent / f"{data.name}.log")
     assert proc.proc.stdout is not None
@@ -72,7 +72,7 @@ def start_server(data: Path, port: int = 0) -> tuple[Proc, str]:
 
 def start_agent(target: str, work: Path, prefect_url: str, agent_id: str = "e2e-agent",
                 slots: int = 2) -> Proc:
-    return Proc([sys.executable, "-m", "crucible.agent", "--control-plane", target,
+    return Proc([sys.executable, "-m", "brinell.agent", "--control-plane", target,
                  "--queue", "default", "--work-dir", str(work), "--agent-id", agent_id,
                  "--slots", str(slots), "--prefect-api-url", prefect_url],
                 work.parent / f"{agent_id}.log")

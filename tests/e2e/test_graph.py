@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from crucible import Client, InvalidArgumentError, JobState
+from brinell import Client, InvalidArgumentError, JobState
 
 TASKS = '''
 """Graph test tasks."""
 import time
 
-from crucible import task
+from brinell import task
 
 
 @task
@@ -65,7 +65,7 @@ def test_graph_entry_point_runs_on_an_agent(cluster: dict[str, Any], tmp_path: P
     c: Client = cluster["client"]
     plugin = tmp_path / "graph-plugin"
     (plugin / "graph_tasks").mkdir(parents=True)
-    (plugin / "crucible-plugin.yaml").write_text(
+    (plugin / "brinell-plugin.yaml").write_text(
         "name: graph-tasks\nversion: 0.1.0\npackage: graph_tasks\ndescription: test\n")
     (plugin / "graph_tasks" / "__init__.py").write_text("")
     (plugin / "graph_tasks" / "tasks.py").write_text(TASKS)

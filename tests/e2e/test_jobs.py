@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from crucible import Client, JobState
+from brinell import Client, JobState
 from tests.e2e.conftest import start_agent, start_server, wait_connected
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,10 +96,10 @@ def test_hello_world_end_to_end(cluster: dict[str, Any]) -> None:
     assert run.data.params == {"name": "Ada", "rounds": "4", "scale": "2.5"}
     score = float(texts[done].split("=")[1])
     assert run.data.metrics["score"] == pytest.approx(score)
-    assert run.data.tags["crucible.job"] == job.name
-    assert run.data.tags["crucible.entry_point_digest"] == rev.digest
+    assert run.data.tags["brinell.job"] == job.name
+    assert run.data.tags["brinell.entry_point_digest"] == rev.digest
     experiment = ml.get_experiment(run.info.experiment_id)
-    assert experiment.name == "crucible/hello"
+    assert experiment.name == "brinell/hello"
 
 
 def test_cancel_kills_the_process_group_within_grace(cluster: dict[str, Any], sleeper: str
@@ -169,12 +169,12 @@ def test_buf_curl_through_reflection(cluster: dict[str, Any]) -> None:
     listed = subprocess.run([buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
                              "--list-services", url], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
-    for svc in ("crucible.v1.ExperimentService", "crucible.v1.JobService",
-                "crucible.v1.AgentService", "crucible.v1.EntryPointService"):
+    for svc in ("brinell.v1.ExperimentService", "brinell.v1.JobService",
+                "brinell.v1.AgentService", "brinell.v1.EntryPointService"):
         assert svc in listed.stdout
     cluster["client"].experiments.create("via-buf")
     called = subprocess.run([buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
-                             "-d", "{}", f"{url}/crucible.v1.ExperimentService/ListExperiments"],
+                             "-d", "{}", f"{url}/brinell.v1.ExperimentService/ListExperiments"],
                             capture_output=True, text=True, timeout=60)
     assert called.returncode == 0, called.stderr
     assert "experiments/via-buf" in called.stdout
@@ -195,16 +195,16 @@ def test_second_agent_process_gets_work(cluster: dict[str, Any], sleeper: str) -
 
 
 def test_cli_submit_watch_shows_states_and_logs(cluster: dict[str, Any], sleeper: str) -> None:
-    env = dict(os.environ, CRUCIBLE_TARGET=cluster["target"])
+    env = dict(os.environ, BRINELL_TARGET=cluster["target"])
     proc = subprocess.run(
-        [sys.executable, "-m", "crucible.cli", "job", "submit", "e2e", sleeper, "-p",
+        [sys.executable, "-m", "brinell.cli", "job", "submit", "e2e", sleeper, "-p",
          "seconds=0.2", "--watch"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "RUNNING" in out and "SUCCEEDED" in out
     assert "slept" in out  # the job's own output, streamed live
     failing = subprocess.run(
-        [sys.executable, "-m", "crucible.cli", "job", "submit", "e2e", sleeper, "-p",
+        [sys.executable, "-m", "brinell.cli", "job", "submit", "e2e", sleeper, "-p",
          "seconds=0", "-p", "code=4", "--watch"], capture_output=True, text=True, env=env,
         timeout=120)
     assert failing.returncode == 1 and "FAILED" in failing.stdout

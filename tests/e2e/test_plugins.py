@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from crucible import AlreadyExistsError, Client, Job, JobState, PluginPin
+from brinell import AlreadyExistsError, Client, Job, JobState, PluginPin
 
 MANIFEST = """\
 name: demo-plugin
@@ -27,7 +27,7 @@ package: demo_plugin
 TASKS = '''\
 """Greeting tasks."""
 
-from crucible import task
+from brinell import task
 
 
 @task
@@ -46,7 +46,7 @@ entry_points:
     command: "python main.py"
 """
 
-# Finds the task through crucible.runtime, runs it in a Prefect flow, prints the result, then
+# Finds the task through brinell.runtime, runs it in a Prefect flow, prints the result, then
 # waits for the file named by the `release` parameter, so the test decides when it ends.
 MAIN = """\
 import os
@@ -54,7 +54,7 @@ import time
 
 from prefect import flow
 
-from crucible import runtime
+from brinell import runtime
 
 params = runtime.parameters()
 greet = runtime.task("greet")
@@ -82,7 +82,7 @@ def write_plugin(root: Path, version: str, tag: str, extra: str = "") -> Path:
     """A plugin folder whose `greet` answers "<tag>: hello NAME"."""
     folder = root / f"demo-plugin-{version}-{tag}-{next(_folders)}"
     (folder / "demo_plugin").mkdir(parents=True)
-    (folder / "crucible-plugin.yaml").write_text(MANIFEST.format(version=version))
+    (folder / "brinell-plugin.yaml").write_text(MANIFEST.format(version=version))
     (folder / "demo_plugin" / "__init__.py").write_text('"""Demo plugin."""\n')
     (folder / "demo_plugin" / "greetings.py").write_text(TASKS.replace("TAG", tag) + extra)
     return folder
@@ -199,9 +199,9 @@ def test_new_plugin_version_reaches_new_jobs_without_any_restart(
     assert agent_log.count("starting (control plane") == 1
 
 
-def crucible_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CRUCIBLE_TARGET=target)
-    return subprocess.run([sys.executable, "-m", "crucible.cli", *args], capture_output=True,
+def brinell_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, BRINELL_TARGET=target)
+    return subprocess.run([sys.executable, "-m", "brinell.cli", *args], capture_output=True,
                           text=True, env=env, timeout=120)
 
 
@@ -209,37 +209,37 @@ def test_plugin_cli(cluster: dict[str, Any]) -> None:
     c: Client = cluster["client"]
     tmp: Path = cluster["tmp"]
     target = cluster["target"]
-    pushed = crucible_cli(target, "plugin", "push", str(write_plugin(tmp, "1.0.0", "v1")))
+    pushed = brinell_cli(target, "plugin", "push", str(write_plugin(tmp, "1.0.0", "v1")))
     assert pushed.returncode == 0, pushed.stderr
     assert "pushed demo-plugin 1.0.0 sha256:" in pushed.stdout and "greet" in pushed.stdout
-    again = crucible_cli(target, "--json", "plugin", "push", str(write_plugin(tmp, "1.0.0", "v1")))
+    again = brinell_cli(target, "--json", "plugin", "push", str(write_plugin(tmp, "1.0.0", "v1")))
     assert again.returncode == 0 and json.loads(again.stdout)["created"] is False
     bundle = tmp / "v2.tar.gz"
-    from crucible.pack import pack_directory
+    from brinell.pack import pack_directory
 
     bundle.write_bytes(pack_directory(write_plugin(tmp, "2.0.0", "v2")))
-    assert crucible_cli(target, "plugin", "push", str(bundle)).returncode == 0  # an archive
-    conflict = crucible_cli(target, "plugin", "push", str(write_plugin(tmp, "2.0.0", "other")))
+    assert brinell_cli(target, "plugin", "push", str(bundle)).returncode == 0  # an archive
+    conflict = brinell_cli(target, "plugin", "push", str(write_plugin(tmp, "2.0.0", "other")))
     assert conflict.returncode == 2 and "error: ALREADY_EXISTS" in conflict.stderr
 
-    listed = crucible_cli(target, "plugin", "list")
+    listed = brinell_cli(target, "plugin", "list")
     assert listed.returncode == 0 and "demo-plugin" in listed.stdout and "2.0.0" in listed.stdout
-    versions = crucible_cli(target, "--json", "plugin", "versions", "demo-plugin")
+    versions = brinell_cli(target, "--json", "plugin", "versions", "demo-plugin")
     assert [v["version"] for v in json.loads(versions.stdout)] == ["2.0.0", "1.0.0"]
-    tasks = crucible_cli(target, "plugin", "tasks", "demo-plugin", "--version", "1.0.0")
+    tasks = brinell_cli(target, "plugin", "tasks", "demo-plugin", "--version", "1.0.0")
     assert tasks.returncode == 0, tasks.stderr
     assert "greet" in tasks.stdout and "name: str" in tasks.stdout
     assert "Greets someone" in tasks.stdout
-    latest = crucible_cli(target, "--json", "plugin", "tasks", "plugins/demo-plugin")
+    latest = brinell_cli(target, "--json", "plugin", "tasks", "plugins/demo-plugin")
     assert [t["name"] for t in json.loads(latest.stdout)] == ["greet"]
-    shown = crucible_cli(target, "plugin", "get", "demo-plugin")
+    shown = brinell_cli(target, "plugin", "get", "demo-plugin")
     assert shown.returncode == 0 and "2.0.0" in shown.stdout and "greet" in shown.stdout
-    missing = crucible_cli(target, "plugin", "tasks", "demo-plugin", "--version", "9.9")
+    missing = brinell_cli(target, "plugin", "tasks", "demo-plugin", "--version", "9.9")
     assert missing.returncode == 2 and "error: NOT_FOUND" in missing.stderr
 
     c.experiments.create("cli-plugins")
     ep, _ = c.entry_points.push(write_entry_point(tmp))
-    submitted = crucible_cli(target, "--json", "job", "submit", "cli-plugins", ep.id, "-p",
+    submitted = brinell_cli(target, "--json", "job", "submit", "cli-plugins", ep.id, "-p",
                              "who=cli", "--plugin", "demo-plugin=1.0.0")
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
@@ -247,7 +247,7 @@ def test_plugin_cli(cluster: dict[str, Any]) -> None:
         ("plugins/demo-plugin", "1.0.0")
     ]
     assert "v1: hello cli" in finished(c, job["name"])
-    unknown = crucible_cli(target, "job", "submit", "cli-plugins", ep.id, "--plugin",
+    unknown = brinell_cli(target, "job", "submit", "cli-plugins", ep.id, "--plugin",
                            "demo-plugin=3.0.0")
     assert unknown.returncode == 2 and "INVALID_ARGUMENT" in unknown.stderr
     assert "3.0.0" in unknown.stderr

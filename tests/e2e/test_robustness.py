@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crucible import Client, JobState
+from brinell import Client, JobState
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples" / "robustness"))

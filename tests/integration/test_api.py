@@ -18,33 +18,33 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from crucible.v1 import (
+from brinell.v1 import (
     agent_service_pb2 as agent_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     agent_service_pb2_grpc as agent_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     entry_point_pb2,
     experiment_pb2,
     job_pb2,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     entry_point_service_pb2 as ep_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     entry_point_service_pb2_grpc as ep_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     experiment_service_pb2 as exp_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     experiment_service_pb2_grpc as exp_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     job_service_pb2 as job_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     job_service_pb2_grpc as job_grpc,
 )
 from tests.conftest import SLEEPY_MLPROJECT, ServerThread, tar_gz, wait_until
@@ -562,7 +562,7 @@ def test_connect_must_start_with_register(stubs: Any) -> None:
 
 def test_health_and_reflection_services(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "crucible.v1.JobService", "crucible.v1.AgentService"):
+    for service in ("", "brinell.v1.JobService", "brinell.v1.AgentService"):
         resp = health.Check(health_pb2.HealthCheckRequest(service=service))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -571,6 +571,6 @@ def test_health_and_reflection_services(channel: grpc.Channel) -> None:
 
     db = ProtoReflectionDescriptorDatabase(channel)
     services = set(db.get_services())
-    assert {"crucible.v1.ExperimentService", "crucible.v1.EntryPointService",
-            "crucible.v1.JobService", "crucible.v1.AgentService",
+    assert {"brinell.v1.ExperimentService", "brinell.v1.EntryPointService",
+            "brinell.v1.JobService", "brinell.v1.AgentService",
             "grpc.health.v1.Health"} <= services

@@ -19,40 +19,40 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from crucible import (
+from brinell import (
     Client,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     artifact_service_pb2 as art_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     artifact_service_pb2_grpc as art_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     entry_point_service_pb2 as ep_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     entry_point_service_pb2_grpc as ep_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     experiment_service_pb2 as exp_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     experiment_service_pb2_grpc as exp_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     job_service_pb2 as job_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     job_service_pb2_grpc as job_grpc,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     model_service_pb2 as model_pb,
 )
-from crucible.v1 import (
+from brinell.v1 import (
     model_service_pb2_grpc as model_grpc,
 )
 from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server, run_cli, tar_gz
@@ -580,11 +580,11 @@ def test_health_and_reflection_list_the_services(world: World) -> None:
 
     with grpc.insecure_channel(world.srv.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("crucible.v1.ModelService", "crucible.v1.ArtifactService"):
+        for service in ("brinell.v1.ModelService", "brinell.v1.ArtifactService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-    assert {"crucible.v1.ModelService", "crucible.v1.ArtifactService"} <= services
+    assert {"brinell.v1.ModelService", "brinell.v1.ArtifactService"} <= services
 
 
 # -- SDK and CLI ---------------------------------------------------------------------------

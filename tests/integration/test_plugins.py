@@ -9,17 +9,17 @@ from typing import Any
 import grpc
 import pytest
 
-from crucible.v1 import job_service_pb2 as job_pb
-from crucible.v1 import job_service_pb2_grpc as job_grpc
-from crucible.v1 import plugin_service_pb2 as pb
-from crucible.v1 import plugin_service_pb2_grpc as pb_grpc
+from brinell.v1 import job_service_pb2 as job_pb
+from brinell.v1 import job_service_pb2_grpc as job_grpc
+from brinell.v1 import plugin_service_pb2 as pb
+from brinell.v1 import plugin_service_pb2_grpc as pb_grpc
 from tests.conftest import tar_gz
 from tests.integration.test_api import code_of, setup_job_world, stubs  # noqa: F401
 
 TASKS = '''
 """Demo tasks."""
-from crucible import task
-import crucible
+from brinell import task
+import brinell
 
 
 @task
@@ -30,7 +30,7 @@ def load(n: int = 3, *, scale: float = 1.0) -> list[float]:
     return [scale * i for i in range(n)]
 
 
-@crucible.task(name="shout", retries=1)
+@brinell.task(name="shout", retries=1)
 def greet(who: str) -> str:
     return who.upper()
 
@@ -48,7 +48,7 @@ async def untyped(a, b=2):
 def bundle(version: str, body: str = TASKS, name: str = "demo", top: str = "",
            manifest: str | None = None) -> bytes:
     files = {
-        "crucible-plugin.yaml": manifest if manifest is not None else (
+        "brinell-plugin.yaml": manifest if manifest is not None else (
             f"name: {name}\nversion: {version}\ndescription: demo tasks\n"
             "package: demo_pkg\nrequirements: [numpy>=1.0]\n"),
         "demo_pkg/__init__.py": '"""Demo."""\n',
@@ -128,10 +128,10 @@ def test_push_versions_and_tasks(plugins: Any) -> None:
 def test_bad_bundles_are_refused_with_every_problem(plugins: Any) -> None:
     cases = {
         "not an archive": (b"plain bytes", "readable"),
-        "no manifest": (tar_gz({"demo_pkg/__init__.py": ""}), "crucible-plugin.yaml"),
+        "no manifest": (tar_gz({"demo_pkg/__init__.py": ""}), "brinell-plugin.yaml"),
         "bad manifest": (bundle("1", manifest="name: Bad Name\nversion: one\npackage: 9x\n"),
                          "plugin name 'Bad Name'"),
-        "no package": (tar_gz({"crucible-plugin.yaml": "name: p\nversion: 1\npackage: gone\n"}),
+        "no package": (tar_gz({"brinell-plugin.yaml": "name: p\nversion: 1\npackage: gone\n"}),
                        "no package gone/"),
         "syntax error": (bundle("1", body="def broken(:\n"), "demo_pkg/tasks.py:1"),
     }
@@ -213,7 +213,7 @@ def test_task_graphs_are_validated_at_submit(plugins: Any, stubs: Any,  # noqa: 
 
     jobs = job_grpc.JobServiceStub(channel)
     push(plugins, bundle("1.0.0"))
-    stubs.exp.CreateExperiment(__import__("crucible.v1.experiment_service_pb2",
+    stubs.exp.CreateExperiment(__import__("brinell.v1.experiment_service_pb2",
                                           fromlist=["x"]).CreateExperimentRequest(
         experiment_id="exp"))
     code, msg = code_of(upload, stubs, "graphs", tar_gz({
@@ -225,7 +225,7 @@ def test_task_graphs_are_validated_at_submit(plugins: Any, stubs: Any,  # noqa: 
     rev = upload(stubs, "graphs", tar_gz({"MLproject": GRAPH_MLPROJECT, "graph.yaml": GOOD_GRAPH,
                                           "broken.yaml": BROKEN_GRAPH})).revision
     main = next(e for e in rev.entries if e.name == "main")
-    assert main.command == "python -m crucible.graph graph.yaml"
+    assert main.command == "python -m brinell.graph graph.yaml"
 
     ok = jobs.SubmitJob(job_pb.SubmitJobRequest(experiment="experiments/exp",
                                                 entry_point="entryPoints/graphs")).job

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from crucible import (
+from brinell import (
     AlreadyExistsError,
     Client,
     FailedPreconditionError,
@@ -17,7 +17,7 @@ from crucible import (
     JobState,
     NotFoundError,
 )
-from crucible.v1 import job_pb2
+from brinell.v1 import job_pb2
 from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server, run_cli
 from tests.simagent import SimAgent
 

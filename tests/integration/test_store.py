@@ -5,11 +5,11 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from crucible.controlplane.domain.models import Job
-from crucible.controlplane.domain.states import JobState
-from crucible.controlplane.store.db import Database
-from crucible.controlplane.store.models import Base, EntryPointRow, ExperimentRow, utcnow
-from crucible.controlplane.store.repositories import Jobs, Logs
+from brinell.controlplane.domain.models import Job
+from brinell.controlplane.domain.states import JobState
+from brinell.controlplane.store.db import Database
+from brinell.controlplane.store.models import Base, EntryPointRow, ExperimentRow, utcnow
+from brinell.controlplane.store.repositories import Jobs, Logs
 
 
 def test_migrations_match_models(database_url: str) -> None:

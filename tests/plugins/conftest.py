@@ -8,5 +8,5 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 for folder in (ROOT / "plugins").iterdir():
-    if (folder / "crucible-plugin.yaml").exists() and str(folder) not in sys.path:
+    if (folder / "brinell-plugin.yaml").exists() and str(folder) not in sys.path:
         sys.path.insert(0, str(folder))

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("art", reason="adversarial-robustness-toolbox is not installed")
 pytest.importorskip("sklearn", reason="scikit-learn is not installed")
 
-from crucible_ml import attacks, data, defenses, metrics, models  # noqa: E402
+from brinell_ml import attacks, data, defenses, metrics, models  # noqa: E402
 
 N_TEST = 200
 

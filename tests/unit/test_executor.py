@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.agent.executor import (
+from brinell.agent.executor import (
     CancelSignal,
     ExecutionResult,
     Outcome,
@@ -77,7 +77,7 @@ def test_success_lines_in_order_and_quoted_parameters(tmp_path: Path) -> None:
         "    print('out', i)\n"
         "    print('err', i, file=sys.stderr)\n"
         "print('arg', repr(sys.argv[1]))\n"
-        "print('job', os.environ['CRUCIBLE_JOB'], os.environ['CRUCIBLE_ATTEMPT'])\n"
+        "print('job', os.environ['BRINELL_JOB'], os.environ['BRINELL_ATTEMPT'])\n"
         "print('extra', os.environ['EXTRA'])\n"
         "print('noeol', end='')\n"
     )
@@ -129,7 +129,7 @@ def test_env_order(tmp_path: Path) -> None:
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:1/api"
     assert env["PATH"] == "/venv/bin" + os.pathsep + "/usr/bin"
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert (env["CRUCIBLE_JOB"], env["CRUCIBLE_ATTEMPT"]) == ("jobs/j", "1")
+    assert (env["BRINELL_JOB"], env["BRINELL_ATTEMPT"]) == ("jobs/j", "1")
 
 
 def test_nonzero_exit_fails_with_code(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from crucible import task
-from crucible.graph import (
+from brinell import task
+from brinell.graph import (
     Graph,
     GraphError,
     Ref,
@@ -31,24 +31,24 @@ from crucible.graph import (
     topological_order,
     validate,
 )
-from crucible.plugin import describe
+from brinell.plugin import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # --- hand-made signatures, as the control plane builds them from plugin manifests -------
 
 SIGNATURES = [
-    TaskSignature("load_digits", "crucible_ml.data",
+    TaskSignature("load_digits", "brinell_ml.data",
                   (("test_size", "float", True), ("seed", "int", True)), "Dataset"),
-    TaskSignature("train", "crucible_ml.models",
+    TaskSignature("train", "brinell_ml.models",
                   (("data", "Dataset", False), ("C", "float", True)), "Model"),
-    TaskSignature("fgsm", "crucible_ml.attacks",
+    TaskSignature("fgsm", "brinell_ml.attacks",
                   (("model", "Model", False), ("data", "Dataset", False), ("eps", "float", False)),
                   "AttackResult"),
-    TaskSignature("pgd", "crucible_ml.attacks",
+    TaskSignature("pgd", "brinell_ml.attacks",
                   (("model", "Model", False), ("data", "Dataset", False), ("eps", "float", False)),
                   "AttackResult"),
-    TaskSignature("evaluate_attack", "crucible_ml.metrics",
+    TaskSignature("evaluate_attack", "brinell_ml.metrics",
                   (("model", "Model", False), ("result", "AttackResult", False)), "dict"),
     TaskSignature("count", "m", (("n", "int", False),), "int"),
     TaskSignature("scale", "m", (("x", "float", False),), "float"),
@@ -74,7 +74,7 @@ steps:
     task: train
     args: {data: $data, C: 1.0}
   fgsm:
-    task: crucible_ml.attacks.fgsm
+    task: brinell_ml.attacks.fgsm
     args: {model: $model, data: $data, eps: $eps}
   pgd:
     task: pgd
@@ -176,7 +176,7 @@ def test_valid_graph_has_no_problems() -> None:
 
 
 def test_qualified_and_short_names() -> None:
-    text = "steps: {d: {task: crucible_ml.data.load_digits}, e: {task: load_digits}}"
+    text = "steps: {d: {task: brinell_ml.data.load_digits}, e: {task: load_digits}}"
     assert problems_of(text) == []
 
 
@@ -194,7 +194,7 @@ def test_ambiguous_short_name_needs_the_qualified_name() -> None:
     tasks = {**TASKS, other.qualified_name: other}
     problems = problems_of("steps: {a: {task: fgsm, args: {model: 1}}}", tasks=tasks)
     message = only(problems, "step 'a'", "ambiguous")
-    assert "crucible_ml.attacks.fgsm" in message and "other_plugin.attacks.fgsm" in message
+    assert "brinell_ml.attacks.fgsm" in message and "other_plugin.attacks.fgsm" in message
     assert problems_of("steps: {a: {task: other_plugin.attacks.fgsm, args: {model: 1}}}",
                        tasks=tasks) == []
 
@@ -510,12 +510,12 @@ def test_run_converts_declared_parameter_types() -> None:
         run(graph, {"n": "four"}, RUN_TASKS, types={"n": "int"})
 
 
-# --- main (python -m crucible.graph) ----------------------------------------------------
+# --- main (python -m brinell.graph) ----------------------------------------------------
 
 PLUGIN_OPS = '''\
 from __future__ import annotations
 
-from crucible import task
+from brinell import task
 
 
 @task
@@ -528,7 +528,7 @@ from __future__ import annotations
 
 import time
 
-from crucible import task
+from brinell import task
 
 
 @task
@@ -589,13 +589,13 @@ def project(tmp_path: Path) -> Path:
 
 def run_main(project: Path, *args: str, parameters: dict[str, Any] | None = None,
              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRUCIBLE_", "MLFLOW_"))}
-    env.update(PYTHONPATH=str(project / "site"), CRUCIBLE_PLUGIN_PACKAGES="plug",
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRINELL_", "MLFLOW_"))}
+    env.update(PYTHONPATH=str(project / "site"), BRINELL_PLUGIN_PACKAGES="plug",
                PREFECT_HOME=str(project / "prefect-home"))
     if parameters is not None:
-        env["CRUCIBLE_PARAMETERS"] = json.dumps(parameters)
+        env["BRINELL_PARAMETERS"] = json.dumps(parameters)
     env.update(extra_env or {})
-    return subprocess.run([sys.executable, "-m", "crucible.graph", *args], cwd=project / "ep",
+    return subprocess.run([sys.executable, "-m", "brinell.graph", *args], cwd=project / "ep",
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -657,11 +657,11 @@ def test_main_fails_when_a_step_fails(project: Path, prefect_server: str) -> Non
 
 
 def test_load_plugins_imports_submodules(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import crucible.plugin
+    import brinell.plugin
 
-    monkeypatch.setattr(crucible.plugin, "_TASKS", {})  # keep this test's tasks to itself
+    monkeypatch.setattr(brinell.plugin, "_TASKS", {})  # keep this test's tasks to itself
     monkeypatch.syspath_prepend(str(project / "site"))
-    monkeypatch.setenv("CRUCIBLE_PLUGIN_PACKAGES", " plug ,")
+    monkeypatch.setenv("BRINELL_PLUGIN_PACKAGES", " plug ,")
     with pytest.raises(ImportError, match="plug.broken"):
         load_plugins()
     errors: dict[str, str] = {}

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from crucible import mlproject
+from brinell import mlproject
 
 DOC = """
 name: demo

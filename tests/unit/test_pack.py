@@ -1,4 +1,4 @@
-"""Deterministic packing of entry-point directories (``crucible.pack``)."""
+"""Deterministic packing of entry-point directories (``brinell.pack``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.pack import default_id, is_archive, pack_directory, sha256_hex
+from brinell.pack import default_id, is_archive, pack_directory, sha256_hex
 
 
 def _project(root: Path) -> Path:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crucible.controlplane.domain.errors import InvalidArgument
-from crucible.controlplane.domain.paging import MAX_PAGE_SIZE, PageTokens, page_size
+from brinell.controlplane.domain.errors import InvalidArgument
+from brinell.controlplane.domain.paging import MAX_PAGE_SIZE, PageTokens, page_size
 
 
 def test_round_trip_and_binding() -> None:

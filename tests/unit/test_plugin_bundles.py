@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.agent.executor import (
+from brinell.agent.executor import (
     Outcome,
     PluginBundle,
     ProcessExecutor,
@@ -21,7 +21,7 @@ from crucible.agent.executor import (
     Stream,
     build_env,
 )
-from crucible.agent.workspace import (
+from brinell.agent.workspace import (
     BlobCache,
     BlobError,
     PluginBundles,
@@ -30,7 +30,7 @@ from crucible.agent.workspace import (
     extract_plugin_bundle,
     plugin_bundle_root,
 )
-from crucible.pack import pack_directory
+from brinell.pack import pack_directory
 
 MB = 1024 * 1024
 
@@ -39,7 +39,7 @@ def _plugin_dir(tmp_path: Path, package: str, value: str, wrap: str | None = Non
     root = tmp_path / f"src-{package}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
     folder = root / wrap if wrap else root
     (folder / package).mkdir(parents=True)
-    (folder / "crucible-plugin.yaml").write_text(
+    (folder / "brinell-plugin.yaml").write_text(
         f"name: {package.replace('_', '-')}\nversion: 1.0.0\npackage: {package}\n"
     )
     (folder / package / "__init__.py").write_text(f"VALUE = {value!r}\n")
@@ -108,7 +108,7 @@ def test_bundle_through_the_blob_cache_and_a_wrapping_folder(tmp_path: Path) -> 
 def _evil_tar(path: Path, name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> Path:
     with tarfile.open(path, "w:gz") as tf:
         manifest = b"name: evil\nversion: 1.0.0\npackage: evil\n"
-        info = tarfile.TarInfo("crucible-plugin.yaml")
+        info = tarfile.TarInfo("brinell-plugin.yaml")
         info.size = len(manifest)
         tf.addfile(info, io.BytesIO(manifest))
         info = tarfile.TarInfo(name)
@@ -191,8 +191,8 @@ def test_env_for_two_pinned_plugins(tmp_path: Path) -> None:
     assert env["PYTHONPATH"] == os.pathsep.join(
         [str(alpha.path), str(beta.path), "/opt/site:/opt/more"]
     )
-    assert env["CRUCIBLE_PLUGIN_PACKAGES"] == "alpha_pkg,beta_pkg"
-    assert json.loads(env["CRUCIBLE_PLUGINS"]) == [
+    assert env["BRINELL_PLUGIN_PACKAGES"] == "alpha_pkg,beta_pkg"
+    assert json.loads(env["BRINELL_PLUGINS"]) == [
         {
             "plugin": "plugins/alpha",
             "version": "1.0.0",
@@ -208,17 +208,17 @@ def test_env_for_two_pinned_plugins(tmp_path: Path) -> None:
             "path": str(beta.path),
         },
     ]
-    assert json.loads(env["CRUCIBLE_PARAMETERS"]) == {"name": "Ada", "rounds": "3"}
+    assert json.loads(env["BRINELL_PARAMETERS"]) == {"name": "Ada", "rounds": "3"}
 
     # No PYTHONPATH before: only the bundles. No plugins: nothing stale from the agent's env.
     assert build_env(spec, base={})["PYTHONPATH"] == f"{alpha.path}{os.pathsep}{beta.path}"
     bare = RunSpec(project_root=tmp_path, entry="main", parameters={}, job_id="j", attempt=1)
-    stale = {"PYTHONPATH": "/opt/site", "CRUCIBLE_PLUGIN_PACKAGES": "old", "CRUCIBLE_PLUGINS": "x"}
+    stale = {"PYTHONPATH": "/opt/site", "BRINELL_PLUGIN_PACKAGES": "old", "BRINELL_PLUGINS": "x"}
     env = build_env(bare, base=stale)
     assert env["PYTHONPATH"] == "/opt/site"
-    assert env["CRUCIBLE_PLUGIN_PACKAGES"] == ""
-    assert json.loads(env["CRUCIBLE_PLUGINS"]) == []
-    assert json.loads(env["CRUCIBLE_PARAMETERS"]) == {}
+    assert env["BRINELL_PLUGIN_PACKAGES"] == ""
+    assert json.loads(env["BRINELL_PLUGINS"]) == []
+    assert json.loads(env["BRINELL_PARAMETERS"]) == {}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="process groups via /proc")
@@ -228,8 +228,8 @@ def test_a_real_job_imports_its_pinned_plugins(tmp_path: Path) -> None:
     root.mkdir()
     script = (
         "import json, os, alpha_pkg, beta_pkg; "
-        "print(alpha_pkg.VALUE + beta_pkg.VALUE, os.environ['CRUCIBLE_PLUGIN_PACKAGES'], "
-        "json.loads(os.environ['CRUCIBLE_PARAMETERS'])['who'])"
+        "print(alpha_pkg.VALUE + beta_pkg.VALUE, os.environ['BRINELL_PLUGIN_PACKAGES'], "
+        "json.loads(os.environ['BRINELL_PARAMETERS'])['who'])"
     )
     (root / "MLproject").write_text(
         "name: t\nentry_points:\n  main:\n    parameters:\n      who: {type: string}\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crucible.controlplane.domain.errors import InvalidArgument
-from crucible.controlplane.domain.registry import (
+from brinell.controlplane.domain.errors import InvalidArgument
+from brinell.controlplane.domain.registry import (
     artifact_path,
     check_alias,
     parse_uri,

@@ -1,4 +1,4 @@
-"""Job-side helpers (``crucible.runtime``): parameters, pinned plugins, tasks by name; and
+"""Job-side helpers (``brinell.runtime``): parameters, pinned plugins, tasks by name; and
 the SDK's plugin types built from protobuf messages."""
 
 from __future__ import annotations
@@ -11,22 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from crucible import Client, InvalidArgumentError, Job, PluginPin, Task, runtime
-from crucible.plugins import Plugin, PluginVersion
-from crucible.v1 import job_pb2, plugin_pb2
+from brinell import Client, InvalidArgumentError, Job, PluginPin, Task, runtime
+from brinell.plugins import Plugin, PluginVersion
+from brinell.v1 import job_pb2, plugin_pb2
 
 
 def test_parameters_and_plugins_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CRUCIBLE_PARAMETERS", raising=False)
-    monkeypatch.delenv("CRUCIBLE_PLUGINS", raising=False)
+    monkeypatch.delenv("BRINELL_PARAMETERS", raising=False)
+    monkeypatch.delenv("BRINELL_PLUGINS", raising=False)
     assert runtime.parameters() == {} and runtime.plugins() == []  # by hand, outside a job
-    monkeypatch.setenv("CRUCIBLE_PARAMETERS", json.dumps({"name": "Ada", "rounds": "3"}))
+    monkeypatch.setenv("BRINELL_PARAMETERS", json.dumps({"name": "Ada", "rounds": "3"}))
     assert runtime.parameters() == {"name": "Ada", "rounds": "3"}
     pins = [{"plugin": "plugins/a", "version": "1.0.0", "digest": "sha256:x",
              "package": "a", "path": "/p"}]
-    monkeypatch.setenv("CRUCIBLE_PLUGINS", json.dumps(pins))
+    monkeypatch.setenv("BRINELL_PLUGINS", json.dumps(pins))
     assert runtime.plugins() == pins
-    monkeypatch.setenv("CRUCIBLE_PARAMETERS", "[1]")
+    monkeypatch.setenv("BRINELL_PARAMETERS", "[1]")
     with pytest.raises(ValueError, match="JSON object"):
         runtime.parameters()
 
@@ -39,17 +39,17 @@ def plugin_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text('"""A test plugin."""\n')
     (pkg / "tasks.py").write_text(
-        "from crucible import task\n\n\n@task\ndef greet(name: str) -> str:\n"
+        "from brinell import task\n\n\n@task\ndef greet(name: str) -> str:\n"
         "    \"\"\"Says hello.\"\"\"\n    return f'hello {name}'\n"
     )
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "loud.py").write_text(
-        "import crucible\n\n\n@crucible.task(name='shout')\ndef yell(name: str) -> str:\n"
+        "import brinell\n\n\n@brinell.task(name='shout')\ndef yell(name: str) -> str:\n"
         "    return name.upper()\n"
     )
     (pkg / "needs_gpu.py").write_text("import not_installed_anywhere_xyz  # noqa\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("CRUCIBLE_PLUGIN_PACKAGES", f"{name},{name}")
+    monkeypatch.setenv("BRINELL_PLUGIN_PACKAGES", f"{name},{name}")
     yield name
     for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         del sys.modules[module]
@@ -110,7 +110,7 @@ def test_sdk_plugin_types_from_proto() -> None:
 
 def test_push_checks_the_path_before_calling(tmp_path: Path) -> None:
     with Client("127.0.0.1:1", timeout=1) as client:  # nothing listens: no call may be made
-        with pytest.raises(InvalidArgumentError, match="crucible-plugin.yaml"):
+        with pytest.raises(InvalidArgumentError, match="brinell-plugin.yaml"):
             client.plugins.push(tmp_path)
         (tmp_path / "notes.txt").write_text("x")
         with pytest.raises(InvalidArgumentError, match="tar.gz"):

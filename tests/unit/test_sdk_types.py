@@ -1,4 +1,4 @@
-"""SDK types built from protobuf messages (``crucible.types``) and error translation."""
+"""SDK types built from protobuf messages (``brinell.types``) and error translation."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crucible import Agent, AgentState, Job, JobState, LogLine, LogStream
-from crucible.errors import CrucibleError, NotFoundError, UnavailableError, error_for_code
-from crucible.v1 import agent_pb2, job_pb2
+from brinell import Agent, AgentState, Job, JobState, LogLine, LogStream
+from brinell.errors import BrinellError, NotFoundError, UnavailableError, error_for_code
+from brinell.v1 import agent_pb2, job_pb2
 
 
 def test_enums_cover_the_api() -> None:
@@ -62,4 +62,4 @@ def test_error_classes() -> None:
     assert isinstance(err, NotFoundError) and str(err) == "NOT_FOUND: no such job"
     assert isinstance(error_for_code("UNAVAILABLE", "x"), UnavailableError)
     other = error_for_code("RESOURCE_EXHAUSTED", "too big")
-    assert type(other) is CrucibleError and other.code == "RESOURCE_EXHAUSTED"
+    assert type(other) is BrinellError and other.code == "RESOURCE_EXHAUSTED"

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from crucible.controlplane.domain.states import (
+from brinell.controlplane.domain.states import (
     FINAL_STATES,
     IllegalTransition,
     JobState,

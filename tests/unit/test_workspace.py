@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.agent.workspace import (
+from brinell.agent.workspace import (
     ArchiveError,
     BlobCache,
     BlobError,

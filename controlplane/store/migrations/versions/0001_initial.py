@@ -7,7 +7,7 @@ Create Date: 2026-11-26
 import sqlalchemy as sa
 from alembic import op
 
-from crucible.controlplane.store.models import UTCDateTime
+from brinell.controlplane.store.models import UTCDateTime
 
 revision = '0001'
 down_revision = None

@@ -1,1 +1,0 @@
-"""Generated gRPC code for the crucible.v1 API (do not edit; run `make proto`)."""
