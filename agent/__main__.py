@@ -26,17 +26,26 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     )
     parser.add_argument("--control-plane", required=True, metavar="HOST:PORT")
     parser.add_argument(
-        "--queue", action="append", dest="queues", metavar="Q",
+        "--queue",
+        action="append",
+        dest="queues",
+        metavar="Q",
         help="queue to take jobs from (repeat; default: default)",
     )
     parser.add_argument(
-        "--label", action="append", type=_label, default=[], metavar="K=V",
+        "--label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="K=V",
         help="label jobs may select on (repeat)",
     )
     parser.add_argument("--slots", type=int, default=1, help="jobs run at once (default: 1)")
     parser.add_argument("--work-dir", type=Path, help="workspaces and archive cache")
     parser.add_argument(
-        "--prefect-api-url", default="auto", metavar="URL|auto|none",
+        "--prefect-api-url",
+        default="auto",
+        metavar="URL|auto|none",
         help="auto: run a local Prefect server (default); none: set no PREFECT_API_URL",
     )
     parser.add_argument("--agent-id", help="agent id (default: the host name)")

@@ -83,7 +83,7 @@ class AgentConfig:
 
     @property
     def prefect_mode(self) -> str:
-        """"auto", "none" or "url"."""
+        """ "auto", "none" or "url"."""
         value = self.prefect_api_url.strip().lower()
         if value in ("auto", "none"):
             return value

@@ -297,7 +297,11 @@ class Agent:
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
         log.info(
             "%s: starting (control plane %s, queues %s, slots %d, work dir %s, executor %s)",
-            self._ctx, cfg.control_plane, ",".join(cfg.queues), cfg.slots, cfg.work_dir,
+            self._ctx,
+            cfg.control_plane,
+            ",".join(cfg.queues),
+            cfg.slots,
+            cfg.work_dir,
             self.executor.name,
         )
         background: list[asyncio.Task[None]] = []
@@ -317,7 +321,8 @@ class Agent:
             for task in [*background, connection]:
                 task.cancel()
             leftovers = [
-                st.task for st in self._attempts.values()
+                st.task
+                for st in self._attempts.values()
                 if st.task is not None and not st.task.done()
             ]
             for task in leftovers:
@@ -366,7 +371,8 @@ class Agent:
         if self._undelivered():
             log.warning(
                 "%s: stopping with undelivered updates or log lines (control plane %s)",
-                self._ctx, "connected" if self.connected else "unreachable",
+                self._ctx,
+                "connected" if self.connected else "unreachable",
             )
 
     async def _close_stream(self, connection: asyncio.Task[None]) -> None:
@@ -427,13 +433,19 @@ class Agent:
             log.warning(
                 "%s: control plane says another stream holds this agent id (%s); "
                 "an old stream not yet noticed dead, or a second agent with the same id",
-                self._ctx, details,
+                self._ctx,
+                details,
             )
         elif code == grpc.StatusCode.INVALID_ARGUMENT:
             log.error("%s: control plane refused registration: %s", self._ctx, details)
         else:
-            log.warning("%s: stream to %s lost: %s: %s", self._ctx,
-                        self.config.control_plane, code.name, details)
+            log.warning(
+                "%s: stream to %s lost: %s: %s",
+                self._ctx,
+                self.config.control_plane,
+                code.name,
+                details,
+            )
 
     async def _run_stream(self) -> None:
         outbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -501,7 +513,10 @@ class Agent:
         self._outbox = outbox
         log.info(
             "%s: registered as %s (heartbeat %.1fs, lease %.1fs, %d attempt(s) to report)",
-            self._ctx, registered.agent, interval, _seconds(registered.lease_duration),
+            self._ctx,
+            registered.agent,
+            interval,
+            _seconds(registered.lease_duration),
             len(self._attempts),
         )
         # Replay in the original order: each pending update after the lines written before it.
@@ -546,7 +561,8 @@ class Agent:
         now = time.monotonic()
         for st in list(self._attempts.values()):
             st.updates = [
-                pu for pu in st.updates
+                pu
+                for pu in st.updates
                 if not (pu.sent_gen == self._gen and pu.sent_heartbeat <= self._heartbeats - 2)
             ]
             if st.finished and not st.updates and st.lines:
@@ -555,7 +571,10 @@ class Agent:
                 elif now - st.delivered_at > UNACKED_LINES_TTL:
                     log.warning(
                         "%s job=%s attempt=%d: %d log line(s) never acknowledged; dropping them",
-                        self._ctx, st.job, st.attempt, len(st.lines),
+                        self._ctx,
+                        st.job,
+                        st.attempt,
+                        len(st.lines),
                     )
                     st.lines.clear()
             self._maybe_forget(st)
@@ -668,8 +687,12 @@ class Agent:
         if self._stopping:
             # Not started and not reported: the attempt is lost with this agent's stream and
             # the control plane requeues it elsewhere.
-            log.warning("%s job=%s attempt=%d: assignment ignored, agent is stopping",
-                        self._ctx, job, attempt)
+            log.warning(
+                "%s job=%s attempt=%d: assignment ignored, agent is stopping",
+                self._ctx,
+                job,
+                attempt,
+            )
             return
         if key in self._attempts or key in self._recently_finished:
             log.info("%s job=%s attempt=%d: duplicate assignment ignored", self._ctx, job, attempt)
@@ -678,13 +701,23 @@ class Agent:
         if running >= self.config.slots:
             log.warning(
                 "%s job=%s attempt=%d: assigned beyond capacity (%d of %d slots busy); running it",
-                self._ctx, job, attempt, running, self.config.slots,
+                self._ctx,
+                job,
+                attempt,
+                running,
+                self.config.slots,
             )
         grace = _seconds(assignment.grace_period) or self.config.grace_period
         st = _Attempt(job=job, attempt=attempt, grace_period=grace)
         self._attempts[key] = st
-        log.info("%s job=%s attempt=%d: assigned (entry %r, digest %s)", self._ctx, job, attempt,
-                 assignment.job.entry or "main", assignment.job.entry_point_digest)
+        log.info(
+            "%s job=%s attempt=%d: assigned (entry %r, digest %s)",
+            self._ctx,
+            job,
+            attempt,
+            assignment.job.entry or "main",
+            assignment.job.entry_point_digest,
+        )
         st.task = asyncio.create_task(self._run_attempt(st, assignment))
 
     def _on_cancel(self, cancel: Any) -> None:
@@ -693,15 +726,24 @@ class Agent:
         # Zero or unset: the attempt's own grace period.
         grace = _seconds(cancel.grace_period) or None
         if st is not None and not st.finished:
-            log.info("%s job=%s attempt=%d: cancel requested (%s)", self._ctx, cancel.job,
-                     cancel.attempt, cancel.reason or "no reason given")
+            log.info(
+                "%s job=%s attempt=%d: cancel requested (%s)",
+                self._ctx,
+                cancel.job,
+                cancel.attempt,
+                cancel.reason or "no reason given",
+            )
             st.cancel.cancel(cancel.reason or "cancelled by the control plane", grace)
             return
         if st is not None or key in self._recently_finished:
             return  # already over; its final update is or was on its way
         # Never heard of it (its assignment may have been lost): say it is not running here.
-        log.info("%s job=%s attempt=%d: cancel for an unknown attempt; reporting it cancelled",
-                 self._ctx, cancel.job, cancel.attempt)
+        log.info(
+            "%s job=%s attempt=%d: cancel for an unknown attempt; reporting it cancelled",
+            self._ctx,
+            cancel.job,
+            cancel.attempt,
+        )
         st = _Attempt(
             job=cancel.job, attempt=cancel.attempt, grace_period=0.0, finished=True, assigned=False
         )
@@ -775,9 +817,7 @@ class Agent:
             result = ExecutionResult(Outcome.FAILED, None, message)
         self._finish(st, result)
 
-    async def _prepare(
-        self, st: _Attempt, assignment: Any, system: Any
-    ) -> RunSpec:
+    async def _prepare(self, st: _Attempt, assignment: Any, system: Any) -> RunSpec:
         """Fetches and extracts the archive and works out the environment."""
         cfg = self.config
         job = assignment.job
@@ -842,7 +882,9 @@ class Agent:
                 )
             )
             log.info(
-                "%s job=%s: plugins %s", self._ctx, job.name,
+                "%s job=%s: plugins %s",
+                self._ctx,
+                job.name,
                 ", ".join(f"{b.plugin}=={b.version}" for b in bundles),
             )
         return tuple(bundles)
@@ -872,14 +914,13 @@ class Agent:
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             chunks = self._download(digest)
             try:
-                return await self.cache.fetch(
-                    digest, chunks, expected_size=size, max_bytes=limit
-                )
+                return await self.cache.fetch(digest, chunks, expected_size=size, max_bytes=limit)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RETRYABLE or attempt == DOWNLOAD_ATTEMPTS:
                     raise
-                log.warning("%s: download of %s failed (%s); retrying", self._ctx, digest,
-                            exc.code().name)
+                log.warning(
+                    "%s: download of %s failed (%s); retrying", self._ctx, digest, exc.code().name
+                )
             except BlobError:
                 if attempt >= 2:
                     raise
@@ -926,7 +967,10 @@ class Agent:
         st.finished = True
         self._remember_finished(st.key)
         log.info(
-            "%s job=%s attempt=%d: %s%s%s", self._ctx, st.job, st.attempt,
+            "%s job=%s attempt=%d: %s%s%s",
+            self._ctx,
+            st.job,
+            st.attempt,
             result.outcome.value,
             f" (exit code {result.exit_code})" if result.exit_code is not None else "",
             f": {result.message}" if result.message else "",

@@ -60,14 +60,24 @@ class Agents:
     expected: int = 0
 
 
-async def sim_agent(target: str, agent_id: str, state: Agents, ready: asyncio.Event,
-                    stop: asyncio.Event) -> None:
+async def sim_agent(
+    target: str, agent_id: str, state: Agents, ready: asyncio.Event, stop: asyncio.Event
+) -> None:
     channel = grpc.aio.insecure_channel(target)
     stub = agent_service_pb2_grpc.AgentServiceStub(channel)
     outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] = asyncio.Queue()
-    outbox.put_nowait(agent_service_pb2.ConnectRequest(register=agent_service_pb2.Register(
-        agent_id=agent_id, hostname="bench", queues=["default"],
-        capacity=agent_pb2.Capacity(cpus=1, slots=SLOTS), version="bench", executor="sim")))
+    outbox.put_nowait(
+        agent_service_pb2.ConnectRequest(
+            register=agent_service_pb2.Register(
+                agent_id=agent_id,
+                hostname="bench",
+                queues=["default"],
+                capacity=agent_pb2.Capacity(cpus=1, slots=SLOTS),
+                version="bench",
+                executor="sim",
+            )
+        )
+    )
 
     async def requests():  # type: ignore[no-untyped-def]
         while (msg := await outbox.get()) is not None:
@@ -89,10 +99,16 @@ async def sim_agent(target: str, agent_id: str, state: Agents, ready: asyncio.Ev
                 if fut is not None and not fut.done():
                     fut.set_result(now)
                 for st in (job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_SUCCEEDED):
-                    outbox.put_nowait(agent_service_pb2.ConnectRequest(
-                        attempt_update=agent_service_pb2.AttemptUpdate(
-                            job=name, attempt=a.attempt, state=st,
-                            has_exit_code=st == job_pb2.JOB_STATE_SUCCEEDED)))
+                    outbox.put_nowait(
+                        agent_service_pb2.ConnectRequest(
+                            attempt_update=agent_service_pb2.AttemptUpdate(
+                                job=name,
+                                attempt=a.attempt,
+                                state=st,
+                                has_exit_code=st == job_pb2.JOB_STATE_SUCCEEDED,
+                            )
+                        )
+                    )
                 state.completed += 1
                 if state.expected and state.completed >= state.expected:
                     state.all_done.set()
@@ -107,16 +123,18 @@ async def sim_agent(target: str, agent_id: str, state: Agents, ready: asyncio.Ev
         await channel.close()
 
 
-def start_server(data: Path, database_url: str | None, mlflow: bool
-                 ) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    data: Path, database_url: str | None, mlflow: bool
+) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "brinell.controlplane", "--port", "0", "--data-dir", str(data)]
     if database_url:
         cmd += ["--database-url", database_url]
     if not mlflow:
         cmd += ["--mlflow-tracking-uri", "none"]
     env = dict(os.environ, BRINELL_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = re.search(r"listening on ([\d.]+):(\d+)", line)
@@ -128,8 +146,9 @@ def start_server(data: Path, database_url: str | None, mlflow: bool
 
 async def unfinished(jobs: job_service_pb2_grpc.JobServiceStub) -> bool:
     """Whether any job is not yet final (one cheap query, not a listing of them all)."""
-    resp = await jobs.ListJobs(job_service_pb2.ListJobsRequest(
-        page_size=1, filter="state=QUEUED,ASSIGNED,RUNNING"))
+    resp = await jobs.ListJobs(
+        job_service_pb2.ListJobsRequest(page_size=1, filter="state=QUEUED,ASSIGNED,RUNNING")
+    )
     return bool(resp.jobs)
 
 
@@ -139,21 +158,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_config(target: str, n_agents: int, latency_jobs: int, throughput_jobs: int,
-                     prefix: str, server_pid: int) -> dict[str, float]:
+async def run_config(
+    target: str,
+    n_agents: int,
+    latency_jobs: int,
+    throughput_jobs: int,
+    prefix: str,
+    server_pid: int,
+) -> dict[str, float]:
     channel = grpc.aio.insecure_channel(target)
     jobs = job_service_pb2_grpc.JobServiceStub(channel)
     state = Agents()
     stop = asyncio.Event()
     readies = [asyncio.Event() for _ in range(n_agents)]
-    tasks = [asyncio.create_task(sim_agent(target, f"{prefix}-{i}", state, readies[i], stop))
-             for i in range(n_agents)]
+    tasks = [
+        asyncio.create_task(sim_agent(target, f"{prefix}-{i}", state, readies[i], stop))
+        for i in range(n_agents)
+    ]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
 
     def request(i: int) -> job_service_pb2.SubmitJobRequest:
         return job_service_pb2.SubmitJobRequest(
-            experiment="experiments/bench", entry_point="entryPoints/noop",
-            parameters={"label": str(i)}, request_id=f"{prefix}-{i}")
+            experiment="experiments/bench",
+            entry_point="entryPoints/noop",
+            parameters={"label": str(i)},
+            request_id=f"{prefix}-{i}",
+        )
 
     loop = asyncio.get_running_loop()
     for i in range(20):  # warm-up
@@ -221,12 +251,14 @@ async def prepare(target: str) -> None:
 
     channel = grpc.aio.insecure_channel(target)
     await experiment_service_pb2_grpc.ExperimentServiceStub(channel).CreateExperiment(
-        experiment_service_pb2.CreateExperimentRequest(experiment_id="bench"), timeout=120)
+        experiment_service_pb2.CreateExperimentRequest(experiment_id="bench"), timeout=120
+    )
     data = tar_gz({"MLproject": NOOP_MLPROJECT})
 
     async def msgs():  # type: ignore[no-untyped-def]
         yield ep_pb.UploadEntryPointRequest(
-            metadata=ep_pb.UploadEntryPointMetadata(entry_point_id="noop"))
+            metadata=ep_pb.UploadEntryPointMetadata(entry_point_id="noop")
+        )
         yield ep_pb.UploadEntryPointRequest(chunk=data)
 
     await ep_grpc.EntryPointServiceStub(channel).UploadEntryPoint(msgs())
@@ -275,13 +307,23 @@ def main() -> None:
             asyncio.run(prepare(target))
             for n in agent_counts:
                 tp = args.throughput_jobs if not mlflow else max(args.throughput_jobs // 10, 100)
-                r = asyncio.run(run_config(target, n, args.latency_jobs, tp,
-                                           f"{label[:2]}{n}".replace(" ", ""), proc.pid))
+                r = asyncio.run(
+                    run_config(
+                        target,
+                        n,
+                        args.latency_jobs,
+                        tp,
+                        f"{label[:2]}{n}".replace(" ", ""),
+                        proc.pid,
+                    )
+                )
                 rows.append((label, n, r))
-                print(f"{label:30s} agents={n:<4d} p50={r['p50']:.2f} ms p99={r['p99']:.2f} ms "
-                      f"{r['jobs_per_s']:.0f} jobs/s, server CPU {r['cpu_ms_per_job']:.2f} ms/job, "
-                      f"bench client+agents CPU {r['client_cpu_ms_per_job']:.2f} ms/job",
-                      flush=True)
+                print(
+                    f"{label:30s} agents={n:<4d} p50={r['p50']:.2f} ms p99={r['p99']:.2f} ms "
+                    f"{r['jobs_per_s']:.0f} jobs/s, server CPU {r['cpu_ms_per_job']:.2f} ms/job, "
+                    f"bench client+agents CPU {r['client_cpu_ms_per_job']:.2f} ms/job",
+                    flush=True,
+                )
         finally:
             proc.terminate()
             proc.wait(30)
@@ -290,12 +332,16 @@ def main() -> None:
         with contextlib.suppress(StopIteration):
             next(pg[1])  # type: ignore[call-overload]
     print()
-    print("| configuration | agents | p50 submit->assignment | p99 | submits/s "
-          "| jobs completed/s | server CPU/job |")
+    print(
+        "| configuration | agents | p50 submit->assignment | p99 | submits/s "
+        "| jobs completed/s | server CPU/job |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, n, r in rows:
-        print(f"| {label} | {n} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | "
-              f"{r['submit_rate']:.0f} | {r['jobs_per_s']:.0f} | {r['cpu_ms_per_job']:.2f} ms |")
+        print(
+            f"| {label} | {n} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | "
+            f"{r['submit_rate']:.0f} | {r['jobs_per_s']:.0f} | {r['cpu_ms_per_job']:.2f} ms |"
+        )
     print("\ntargets: p50 <= 3 ms, p99 <= 15 ms, >= 1000 jobs/s on SQLite (2 cores)")
 
 

@@ -105,7 +105,9 @@ class ControlPlane:
             self.notifier,
             self.tracking,
             SchedulerConfig(
-                config.heartbeat_interval, config.lease_duration, config.reaper_interval,
+                config.heartbeat_interval,
+                config.lease_duration,
+                config.reaper_interval,
                 config.grace_period,
             ),
             self._job_env,
@@ -182,8 +184,12 @@ class ControlPlane:
         self.server = server
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("control plane listening on %s:%d (data: %s)", self.config.host, self.port,
-                 self.data_dir)
+        log.info(
+            "control plane listening on %s:%d (data: %s)",
+            self.config.host,
+            self.port,
+            self.data_dir,
+        )
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:

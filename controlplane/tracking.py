@@ -55,15 +55,17 @@ class Tracking(Protocol):
 
     async def create_experiment(self, experiment_id: str) -> str: ...
 
-    async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]
-                         ) -> str: ...
+    async def create_run(
+        self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]
+    ) -> str: ...
 
     async def end_run(self, run_id: str, state: str) -> None: ...
 
     # -- model registry (registered model name = Brinell model id)
 
-    async def register_model_version(self, model_id: str, run_id: str, artifact_path: str,
-                                     description: str, tags: dict[str, str]) -> ModelVersion: ...
+    async def register_model_version(
+        self, model_id: str, run_id: str, artifact_path: str, description: str, tags: dict[str, str]
+    ) -> ModelVersion: ...
 
     async def get_model(self, model_id: str) -> RegisteredModel: ...
 
@@ -75,8 +77,7 @@ class Tracking(Protocol):
 
     async def get_model_version_by_alias(self, model_id: str, alias: str) -> ModelVersion: ...
 
-    async def set_model_alias(self, model_id: str, alias: str, version: str
-                              ) -> RegisteredModel: ...
+    async def set_model_alias(self, model_id: str, alias: str, version: str) -> RegisteredModel: ...
 
     async def delete_model_alias(self, model_id: str, alias: str) -> RegisteredModel: ...
 
@@ -102,15 +103,15 @@ class NullTracking:
     async def create_experiment(self, experiment_id: str) -> str:
         return ""
 
-    async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]
-                         ) -> str:
+    async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]) -> str:
         return ""
 
     async def end_run(self, run_id: str, state: str) -> None:
         return None
 
-    async def register_model_version(self, model_id: str, run_id: str, artifact_path: str,
-                                     description: str, tags: dict[str, str]) -> ModelVersion:
+    async def register_model_version(
+        self, model_id: str, run_id: str, artifact_path: str, description: str, tags: dict[str, str]
+    ) -> ModelVersion:
         raise FailedPrecondition(MLFLOW_OFF)
 
     async def get_model(self, model_id: str) -> RegisteredModel:
@@ -128,8 +129,7 @@ class NullTracking:
     async def get_model_version_by_alias(self, model_id: str, alias: str) -> ModelVersion:
         raise FailedPrecondition(MLFLOW_OFF)
 
-    async def set_model_alias(self, model_id: str, alias: str, version: str
-                              ) -> RegisteredModel:
+    async def set_model_alias(self, model_id: str, alias: str, version: str) -> RegisteredModel:
         raise FailedPrecondition(MLFLOW_OFF)
 
     async def delete_model_alias(self, model_id: str, alias: str) -> RegisteredModel:
@@ -180,7 +180,7 @@ def _version(mv: Any, aliases: dict[str, str]) -> ModelVersion:
     path = tags.get(PATH_TAG, "")
     prefix = f"runs:/{run_id}/"
     if not path and run_id and source.startswith(prefix):
-        path = source[len(prefix):]
+        path = source[len(prefix) :]
     version = str(mv.version)
     return ModelVersion(
         model_id=str(mv.name),
@@ -281,8 +281,7 @@ class MlflowTracking:
         log.info("MLflow tracking ready at %s", self.tracking_uri)
         return client
 
-    async def _call(self, what: str, fn: Callable[..., _T], *args: Any, mapped: bool = False
-                    ) -> _T:
+    async def _call(self, what: str, fn: Callable[..., _T], *args: Any, mapped: bool = False) -> _T:
         """Runs ``fn(client, *args)`` on the MLflow thread.
 
         Domain errors raised by ``fn`` pass through. With ``mapped``, MLflow's own "not found"
@@ -301,8 +300,9 @@ class MlflowTracking:
             if mapped and (err := _domain_error(exc)) is not None:
                 raise err from exc
             log.exception("MLflow %s failed", what)
-            raise Unavailable(f"MLflow tracking at {self.tracking_uri} failed to {what}: {exc}"
-                              ) from exc
+            raise Unavailable(
+                f"MLflow tracking at {self.tracking_uri} failed to {what}: {exc}"
+            ) from exc
 
     async def create_experiment(self, experiment_id: str) -> str:
         def create(client: Any) -> str:
@@ -315,13 +315,15 @@ class MlflowTracking:
             location = None
             if self._artifact_root is not None:
                 location = (self._artifact_root / experiment_id).as_uri()
-            return str(client.create_experiment(name, artifact_location=location,
-                                                tags={"brinell.experiment": experiment_id}))
+            return str(
+                client.create_experiment(
+                    name, artifact_location=location, tags={"brinell.experiment": experiment_id}
+                )
+            )
 
         return str(await self._call("create an experiment", create))
 
-    async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]
-                         ) -> str:
+    async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]) -> str:
         def create(client: Any) -> str:
             run = client.create_run(mlflow_experiment_id, run_name=f"job-{job_id}", tags=tags)
             return str(run.info.run_id)
@@ -356,8 +358,9 @@ class MlflowTracking:
                 raise NotFound(f"model {model_id!r} has no version {version}") from None
             raise
 
-    async def register_model_version(self, model_id: str, run_id: str, artifact_path: str,
-                                     description: str, tags: dict[str, str]) -> ModelVersion:
+    async def register_model_version(
+        self, model_id: str, run_id: str, artifact_path: str, description: str, tags: dict[str, str]
+    ) -> ModelVersion:
         def register(client: Any) -> ModelVersion:
             try:
                 rm = client.get_registered_model(model_id)
@@ -440,8 +443,7 @@ class MlflowTracking:
 
         return await self._call("get a model version", get, mapped=True)
 
-    async def set_model_alias(self, model_id: str, alias: str, version: str
-                              ) -> RegisteredModel:
+    async def set_model_alias(self, model_id: str, alias: str, version: str) -> RegisteredModel:
         def set_alias(client: Any) -> RegisteredModel:
             self._registered(client, model_id)
             self._model_version(client, model_id, version)
@@ -466,10 +468,14 @@ class MlflowTracking:
             from mlflow.artifacts import download_artifacts
 
             self._model_version(client, model_id, version)
-            return Path(download_artifacts(
-                artifact_uri=f"models:/{model_id}/{version}", dst_path=str(dst),
-                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri,
-            ))
+            return Path(
+                download_artifacts(
+                    artifact_uri=f"models:/{model_id}/{version}",
+                    dst_path=str(dst),
+                    tracking_uri=self.tracking_uri,
+                    registry_uri=self.tracking_uri,
+                )
+            )
 
         return await self._call("download a model version", download, mapped=True)
 
@@ -485,10 +491,14 @@ class MlflowTracking:
         found: list[Any] = []
         token = None
         while True:
-            page = search(experiment_ids=[run.info.experiment_id],
-                          filter_string=f"source_run_id = '{run_id}'", page_token=token)
-            found.extend(m for m in page if m.source_run_id == run_id
-                         and (name is None or m.name == name))
+            page = search(
+                experiment_ids=[run.info.experiment_id],
+                filter_string=f"source_run_id = '{run_id}'",
+                page_token=token,
+            )
+            found.extend(
+                m for m in page if m.source_run_id == run_id and (name is None or m.name == name)
+            )
             token = page.token
             if not token:
                 return found
@@ -496,11 +506,11 @@ class MlflowTracking:
     def _children(self, client: Any, run: Any, path: str) -> list[Artifact]:
         from mlflow.artifacts import list_artifacts
 
-        infos = list_artifacts(run_id=run.info.run_id, artifact_path=path or None,
-                               tracking_uri=self.tracking_uri)
+        infos = list_artifacts(
+            run_id=run.info.run_id, artifact_path=path or None, tracking_uri=self.tracking_uri
+        )
         found = {
-            str(i.path): Artifact(str(i.path), bool(i.is_dir), int(i.file_size or 0))
-            for i in infos
+            str(i.path): Artifact(str(i.path), bool(i.is_dir), int(i.file_size or 0)) for i in infos
         }
         if not path:
             for m in self._logged_models(client, run):
@@ -570,12 +580,22 @@ class MlflowTracking:
             run = self._run(client, run_id)
             self._check_local(client, run, path)
             if path:
-                return Path(download_artifacts(run_id=run_id, artifact_path=path,
-                                               dst_path=str(dst), tracking_uri=self.tracking_uri))
+                return Path(
+                    download_artifacts(
+                        run_id=run_id,
+                        artifact_path=path,
+                        dst_path=str(dst),
+                        tracking_uri=self.tracking_uri,
+                    )
+                )
             download_artifacts(run_id=run_id, dst_path=str(dst), tracking_uri=self.tracking_uri)
             for m in self._logged_models(client, run):
-                download_artifacts(run_id=run_id, artifact_path=str(m.name), dst_path=str(dst),
-                                   tracking_uri=self.tracking_uri)
+                download_artifacts(
+                    run_id=run_id,
+                    artifact_path=str(m.name),
+                    dst_path=str(dst),
+                    tracking_uri=self.tracking_uri,
+                )
             return dst
 
         return await self._call("download artifacts", download, mapped=True)

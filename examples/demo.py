@@ -30,7 +30,11 @@ DEMO = ROOT / ".demo"
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, start_new_session=True,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        start_new_session=True,
         env=dict(os.environ, HOME=os.environ.get("HOME") or str(DEMO)),
     )
 
@@ -59,9 +63,22 @@ def main() -> int:
     DEMO.mkdir()
     py = sys.executable
     print("== starting the control plane (SQLite, blobs and MLflow store under .demo/server)")
-    server = start([py, "-m", "brinell.controlplane", "--port", "0", "--data-dir",
-                    str(DEMO / "server"), "--heartbeat-interval", "2", "--lease-duration", "10"],
-                   DEMO / "server.log")
+    server = start(
+        [
+            py,
+            "-m",
+            "brinell.controlplane",
+            "--port",
+            "0",
+            "--data-dir",
+            str(DEMO / "server"),
+            "--heartbeat-interval",
+            "2",
+            "--lease-duration",
+            "10",
+        ],
+        DEMO / "server.log",
+    )
     agent: subprocess.Popen[str] | None = None
     try:
         assert server.stdout is not None
@@ -73,10 +90,24 @@ def main() -> int:
         target = match.group(1)
         print(f"   listening on {target}")
         print("== starting an agent (it starts a local Prefect server: ~20 s)")
-        agent = start([py, "-m", "brinell.agent", "--control-plane", target, "--queue",
-                       "default", "--work-dir", str(DEMO / "agent"), "--agent-id", "demo-agent",
-                       "--slots", "2"],
-                      DEMO / "agent.log")
+        agent = start(
+            [
+                py,
+                "-m",
+                "brinell.agent",
+                "--control-plane",
+                target,
+                "--queue",
+                "default",
+                "--work-dir",
+                str(DEMO / "agent"),
+                "--agent-id",
+                "demo-agent",
+                "--slots",
+                "2",
+            ],
+            DEMO / "agent.log",
+        )
         with Client(target) as client:
             deadline = time.monotonic() + 180
             while not list(client.agents.list(filter="state=CONNECTED")):
@@ -85,11 +116,14 @@ def main() -> int:
                     return 1
                 time.sleep(0.5)
             (a,) = client.agents.list(filter="state=CONNECTED")
-            print(f"   agent {a.id} connected: queues={list(a.queues)} "
-                  f"slots={a.capacity.slots if a.capacity else '?'}")
+            print(
+                f"   agent {a.id} connected: queues={list(a.queues)} "
+                f"slots={a.capacity.slots if a.capacity else '?'}"
+            )
 
-            results = experiment.run(client, say=lambda t: print(f"== {t}", flush=True),
-                                     live_logs=True)
+            results = experiment.run(
+                client, say=lambda t: print(f"== {t}", flush=True), live_logs=True
+            )
             print()
             print("== robust accuracy per attack, defense and ε (clean accuracy at ε=0):")
             print(results.table())
@@ -97,10 +131,14 @@ def main() -> int:
             print(f"\n== plot of accuracy vs ε per defense: {plot}")
             uri = f"sqlite:///{DEMO / 'server' / 'mlflow.db'}"
             train_run = results.train_job.mlflow_run_id if results.train_job else ""
-            print(f"== MLflow: experiment brinell/robustness in {uri}; one run per job "
-                  f"(the training run is {train_run})")
-            print(f"   open the MLflow UI: {py} -m mlflow ui --backend-store-uri {uri} "
-                  f"--default-artifact-root {DEMO / 'server' / 'mlartifacts'}")
+            print(
+                f"== MLflow: experiment brinell/robustness in {uri}; one run per job "
+                f"(the training run is {train_run})"
+            )
+            print(
+                f"   open the MLflow UI: {py} -m mlflow ui --backend-store-uri {uri} "
+                f"--default-artifact-root {DEMO / 'server' / 'mlartifacts'}"
+            )
             return 0
     finally:
         print("== shutting down")

@@ -32,10 +32,10 @@ model_app = typer.Typer(
     help="Register models that jobs logged, version and alias them, download them.",
     no_args_is_help=True,
 )
-alias_app = typer.Typer(help="Point aliases (champion, staging) at versions.",
-                        no_args_is_help=True)
+alias_app = typer.Typer(help="Point aliases (champion, staging) at versions.", no_args_is_help=True)
 model_app.add_typer(alias_app, name="alias")
 artifact_app = typer.Typer(help="List and download what a job logged.", no_args_is_help=True)
+
 
 def _details_text(rows: list[tuple[str, str]]) -> None:
     """Rows of plain text (escaped: names may hold rich markup characters)."""
@@ -47,28 +47,32 @@ def _aliases(aliases: dict[str, str]) -> str:
 
 
 def _show_model(m: Model) -> None:
-    _details_text([
-        ("name", m.name),
-        ("description", m.description or "-"),
-        ("latest version", m.latest_version or "-"),
-        ("aliases", _aliases(m.aliases)),
-        ("created", _time(m.create_time)),
-        ("updated", _time(m.update_time)),
-    ])
+    _details_text(
+        [
+            ("name", m.name),
+            ("description", m.description or "-"),
+            ("latest version", m.latest_version or "-"),
+            ("aliases", _aliases(m.aliases)),
+            ("created", _time(m.create_time)),
+            ("updated", _time(m.update_time)),
+        ]
+    )
 
 
 def _show_version(v: ModelVersion) -> None:
-    _details_text([
-        ("name", v.name),
-        ("uri", v.uri),
-        ("aliases", ", ".join(v.aliases) or "-"),
-        ("job", v.job or "-"),
-        ("mlflow run", v.mlflow_run_id or "-"),
-        ("artifact path", v.artifact_path or "-"),
-        ("source", v.source or "-"),
-        ("description", v.description or "-"),
-        ("created", _time(v.create_time)),
-    ])
+    _details_text(
+        [
+            ("name", v.name),
+            ("uri", v.uri),
+            ("aliases", ", ".join(v.aliases) or "-"),
+            ("job", v.job or "-"),
+            ("mlflow run", v.mlflow_run_id or "-"),
+            ("artifact path", v.artifact_path or "-"),
+            ("source", v.source or "-"),
+            ("description", v.description or "-"),
+            ("created", _time(v.create_time)),
+        ]
+    )
 
 
 def _is_version(name: str) -> bool:
@@ -94,16 +98,22 @@ def model_register(
     if _want_json(ctx, json_output):
         _print_json(v)
     else:
-        out.print(f"registered {escape(v.name)} ({escape(v.uri)}) from "
-                  f"{escape(v.job)}:{escape(v.artifact_path)}")
+        out.print(
+            f"registered {escape(v.name)} ({escape(v.uri)}) from "
+            f"{escape(v.job)}:{escape(v.artifact_path)}"
+        )
 
 
 @model_app.command("get")
 def model_get(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(
-        help="A model (m, models/m) or a version (models/m/versions/3, m@champion, "
-             "models:/m/latest).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A model (m, models/m) or a version (models/m/versions/3, m@champion, "
+            "models:/m/latest)."
+        ),
+    ],
     json_output: JsonOpt = False,
 ) -> None:
     """Show a model, or one of its versions."""
@@ -131,8 +141,13 @@ def model_list(ctx: typer.Context, json_output: JsonOpt = False) -> None:
         return
     table = _table("ID", "LATEST", "ALIASES", "DESCRIPTION", "UPDATED")
     for m in models:
-        table.add_row(escape(m.id), m.latest_version or "-", escape(_aliases(m.aliases)),
-                      escape(m.description or "-"), _time(m.update_time))
+        table.add_row(
+            escape(m.id),
+            m.latest_version or "-",
+            escape(_aliases(m.aliases)),
+            escape(m.description or "-"),
+            _time(m.update_time),
+        )
     out.print(table)
 
 
@@ -145,9 +160,13 @@ def model_versions(ctx: typer.Context, model: str, json_output: JsonOpt = False)
         return
     table = _table("VERSION", "ALIASES", "JOB", "PATH", "CREATED")
     for v in versions:
-        table.add_row(v.version, escape(", ".join(v.aliases) or "-"),
-                      escape(v.job.removeprefix("jobs/") or "-"),
-                      escape(v.artifact_path or "-"), _time(v.create_time))
+        table.add_row(
+            v.version,
+            escape(", ".join(v.aliases) or "-"),
+            escape(v.job.removeprefix("jobs/") or "-"),
+            escape(v.artifact_path or "-"),
+            _time(v.create_time),
+        )
     out.print(table)
 
 
@@ -168,8 +187,10 @@ def model_resolve(
 @model_app.command("download")
 def model_download(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(
-        help="A version: models/m/versions/3, m@champion, models:/m/latest, ...")],
+    name: Annotated[
+        str,
+        typer.Argument(help="A version: models/m/versions/3, m@champion, models:/m/latest, ..."),
+    ],
     dest: Annotated[Path, typer.Option("--dest", help="Folder to write the files into.")],
     json_output: JsonOpt = False,
 ) -> None:
@@ -196,9 +217,7 @@ def alias_set(
 
 
 @alias_app.command("delete")
-def alias_delete(
-    ctx: typer.Context, model: str, alias: str, json_output: JsonOpt = False
-) -> None:
+def alias_delete(ctx: typer.Context, model: str, alias: str, json_output: JsonOpt = False) -> None:
     """Remove ALIAS from MODEL."""
     m = _client(ctx).models.delete_alias(model, alias)
     if _want_json(ctx, json_output):
@@ -227,8 +246,9 @@ def artifact_list(
         return
     table = _table("PATH", "SIZE")
     for a in found:
-        table.add_row(escape(a.path + ("/" if a.is_dir else "")),
-                      "-" if a.is_dir else _size(a.size_bytes))
+        table.add_row(
+            escape(a.path + ("/" if a.is_dir else "")), "-" if a.is_dir else _size(a.size_bytes)
+        )
     out.print(table)
 
 

@@ -34,6 +34,7 @@ plugin_app = typer.Typer(
     help="Push task plugins and inspect their versions and tasks.", no_args_is_help=True
 )
 
+
 def _inputs(t: Task) -> str:
     return ", ".join(str(i) for i in t.inputs) or "-"
 

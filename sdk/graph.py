@@ -121,9 +121,12 @@ class TaskSignature:
 
     @classmethod
     def from_task_info(cls, info: TaskInfo) -> TaskSignature:
-        return cls(info.name, info.module,
-                   tuple((name, ann, has_default) for name, ann, has_default, _ in info.inputs),
-                   info.output)
+        return cls(
+            info.name,
+            info.module,
+            tuple((name, ann, has_default) for name, ann, has_default, _ in info.inputs),
+            info.output,
+        )
 
     @property
     def qualified_name(self) -> str:
@@ -144,8 +147,9 @@ def parse(text: str | bytes) -> Graph:
     problems: list[str] = []
     for key in doc:
         if key not in _GRAPH_KEYS:
-            problems.append(f"unknown key {key!r} at the top of the graph "
-                            f"(allowed: {', '.join(_GRAPH_KEYS)})")
+            problems.append(
+                f"unknown key {key!r} at the top of the graph (allowed: {', '.join(_GRAPH_KEYS)})"
+            )
     name = doc.get("name") or ""
     if not isinstance(name, str):
         problems.append("`name` must be a string")
@@ -164,8 +168,10 @@ def parse(text: str | bytes) -> Graph:
         step_name = str(raw_name)
         where = f"step {step_name!r}"
         if not isinstance(raw_name, str) or not _NAME_RE.match(raw_name):
-            problems.append(f"{where}: a step name must start with a letter or `_` and hold "
-                            "only letters, digits, `_`, `.` and `-` (it is referenced as $name)")
+            problems.append(
+                f"{where}: a step name must start with a letter or `_` and hold "
+                "only letters, digits, `_`, `.` and `-` (it is referenced as $name)"
+            )
         if not isinstance(raw, dict):
             problems.append(f"{where}: must be a mapping with a `task` key")
             continue
@@ -199,8 +205,10 @@ def parse(text: str | bytes) -> Graph:
                 if other in after:
                     problems.append(f"{where}: `after` lists {other!r} twice")
                 elif other not in names:
-                    problems.append(f"{where}: `after` names {other!r}, which is not a step"
-                                    f"{_suggest(other, names)}")
+                    problems.append(
+                        f"{where}: `after` names {other!r}, which is not a step"
+                        f"{_suggest(other, names)}"
+                    )
                 else:
                     after.append(other)
         steps[step_name] = Step(step_name, task.strip(), args, after)
@@ -218,8 +226,9 @@ def _literal(value: Any, where: str, problems: list[str]) -> Any:
             match = _REF_RE.match(value)
             if match:
                 return Ref(match.group(1))
-            problems.append(f"{where}: {value!r} is not a reference ($name); "
-                            "write `$$` for a literal `$`")
+            problems.append(
+                f"{where}: {value!r} is not a reference ($name); write `$$` for a literal `$`"
+            )
         return value
     if isinstance(value, list):
         return [_literal(v, where, problems) for v in value]
@@ -247,8 +256,9 @@ def _suggest(name: str, candidates: Sequence[str] | set[str]) -> str:
 # --- validation -------------------------------------------------------------------------
 
 
-def validate(graph: Graph, parameters: Mapping[str, str],
-             tasks: Mapping[str, TaskSignature]) -> list[str]:
+def validate(
+    graph: Graph, parameters: Mapping[str, str], tasks: Mapping[str, TaskSignature]
+) -> list[str]:
     """Every problem that would make the graph fail or misbehave; empty when it is valid.
 
     ``parameters`` maps an entry-point parameter to its MLproject type (string, float, int,
@@ -264,8 +274,10 @@ def validate(graph: Graph, parameters: Mapping[str, str],
             if other == step.name:
                 problems.append(f"{where}: `after` lists the step itself")
             elif other not in graph.steps:
-                problems.append(f"{where}: `after` names {other!r}, which is not a step"
-                                f"{_suggest(other, graph.steps.keys() - {step.name})}")
+                problems.append(
+                    f"{where}: `after` names {other!r}, which is not a step"
+                    f"{_suggest(other, graph.steps.keys() - {step.name})}"
+                )
         for arg, value in step.args.items():
             for ref in _refs(value):
                 problem = _check_ref(graph, parameters, step, arg, ref)
@@ -280,18 +292,20 @@ def validate(graph: Graph, parameters: Mapping[str, str],
     return problems
 
 
-def _check_ref(graph: Graph, parameters: Mapping[str, str], step: Step, arg: str,
-               ref: Ref) -> str | None:
+def _check_ref(
+    graph: Graph, parameters: Mapping[str, str], step: Step, arg: str, ref: Ref
+) -> str | None:
     where = f"step {step.name!r}: argument {arg!r}"
     if ref.name == step.name:
         return f"{where} refers to the step itself (${ref.name})"
     if ref.name in graph.steps and ref.name in parameters:
-        return (f"{where}: ${ref.name} is both a parameter and a step; rename the step so "
-                "the reference means one thing")
+        return (
+            f"{where}: ${ref.name} is both a parameter and a step; rename the step so "
+            "the reference means one thing"
+        )
     if ref.name not in graph.steps and ref.name not in parameters:
         known = sorted(set(parameters) | (graph.steps.keys() - {step.name}))
-        return (f"{where}: ${ref.name} is neither a parameter nor a step"
-                f"{_suggest(ref.name, known)}")
+        return f"{where}: ${ref.name} is neither a parameter nor a step{_suggest(ref.name, known)}"
     return None
 
 
@@ -311,8 +325,10 @@ def _lookup(task: str, signatures: list[TaskSignature]) -> tuple[TaskSignature |
         return matches[0], ""
     if matches:
         qualified = ", ".join(sorted(s.qualified_name for s in matches))
-        return None, (f"task {task!r} is ambiguous: tasks in several modules have that name; "
-                      f"use a qualified name ({qualified})")
+        return None, (
+            f"task {task!r} is ambiguous: tasks in several modules have that name; "
+            f"use a qualified name ({qualified})"
+        )
     if not signatures:
         return None, f"unknown task {task!r} (no tasks are available)"
     names = sorted({s.name for s in signatures} | {s.qualified_name for s in signatures})
@@ -324,33 +340,48 @@ def _lookup(task: str, signatures: list[TaskSignature]) -> tuple[TaskSignature |
     return None, f"unknown task {task!r} (tasks: {', '.join(shown[:20])}{more})"
 
 
-def _check_call(graph: Graph, parameters: Mapping[str, str], step: Step,
-                sig: TaskSignature, signatures: list[TaskSignature]) -> list[str]:
+def _check_call(
+    graph: Graph,
+    parameters: Mapping[str, str],
+    step: Step,
+    sig: TaskSignature,
+    signatures: list[TaskSignature],
+) -> list[str]:
     problems: list[str] = []
     where = f"step {step.name!r}"
     inputs = {name: (ann, has_default) for name, ann, has_default in sig.inputs}
     for arg in step.args:
         if arg not in inputs and not sig.any_keyword:
             takes = ", ".join(inputs) or "no arguments"
-            problems.append(f"{where}: argument {arg!r} is not an input of task {sig.name!r} "
-                            f"(it takes: {takes}){_suggest(arg, list(inputs))}")
+            problems.append(
+                f"{where}: argument {arg!r} is not an input of task {sig.name!r} "
+                f"(it takes: {takes}){_suggest(arg, list(inputs))}"
+            )
     for name, (_, has_default) in inputs.items():
         if not has_default and name not in step.args:
-            problems.append(f"{where}: argument {name!r} is missing: task {sig.name!r} "
-                            "requires it (it has no default)")
+            problems.append(
+                f"{where}: argument {name!r} is missing: task {sig.name!r} "
+                "requires it (it has no default)"
+            )
     for arg, value in step.args.items():
         if arg not in inputs:
             continue
         annotation = inputs[arg][0]
         problem = _check_type(graph, parameters, value, annotation, signatures)
         if problem:
-            problems.append(f"{where}: argument {arg!r}: {problem}, but task {sig.name!r} "
-                            f"takes {annotation}")
+            problems.append(
+                f"{where}: argument {arg!r}: {problem}, but task {sig.name!r} takes {annotation}"
+            )
     return problems
 
 
-def _check_type(graph: Graph, parameters: Mapping[str, str], value: Any, annotation: str,
-                signatures: list[TaskSignature]) -> str | None:
+def _check_type(
+    graph: Graph,
+    parameters: Mapping[str, str],
+    value: Any,
+    annotation: str,
+    signatures: list[TaskSignature],
+) -> str | None:
     if isinstance(value, Ref):
         if value.name in parameters and value.name in graph.steps:
             return None  # reported as an ambiguous reference
@@ -391,8 +422,15 @@ _ACCEPTS: dict[str, frozenset[str]] = {
     "dict": frozenset({"dict"}),
     "None": frozenset({"None"}),
 }
-_ALIASES = {"List": "list", "Dict": "dict", "Tuple": "tuple", "Set": "set",
-            "FrozenSet": "frozenset", "NoneType": "None", "Text": "str"}
+_ALIASES = {
+    "List": "list",
+    "Dict": "dict",
+    "Tuple": "tuple",
+    "Set": "set",
+    "FrozenSet": "frozenset",
+    "NoneType": "None",
+    "Text": "str",
+}
 _PREFIXES = ("typing.", "typing_extensions.", "builtins.", "t.")
 
 
@@ -430,7 +468,7 @@ def _members(annotation: str) -> list[str] | None:
         base = base.strip()
         for prefix in _PREFIXES:
             if base.startswith(prefix):
-                base = base[len(prefix):]
+                base = base[len(prefix) :]
         inner = rest[:-1] if rest.endswith("]") else ""
         if base in ("Any", "object", ""):
             return None
@@ -537,8 +575,11 @@ def _cycles(graph: Graph) -> list[str]:
         members = set(group)
         first = min(group, key=order.index)
         path = _cycle_path(first, members, downstream)
-        problems.append("steps form a cycle: " + " → ".join([*path, first])
-                        + " (each step needs the one before it)")
+        problems.append(
+            "steps form a cycle: "
+            + " → ".join([*path, first])
+            + " (each step needs the one before it)"
+        )
     problems.sort()
     return problems
 
@@ -572,8 +613,11 @@ def topological_order(graph: Graph) -> list[list[str]]:
     """
     upstream = _edges(graph)
     problems = _cycles(graph)
-    problems.extend(f"step {s.name!r}: `after` lists the step itself"
-                    for s in graph.steps.values() if s.name in s.after)
+    problems.extend(
+        f"step {s.name!r}: `after` lists the step itself"
+        for s in graph.steps.values()
+        if s.name in s.after
+    )
     if problems:
         raise GraphError(problems)
     done: set[str] = set()
@@ -588,8 +632,9 @@ def topological_order(graph: Graph) -> list[list[str]]:
 # --- running ----------------------------------------------------------------------------
 
 
-def load_plugins(packages: str | Sequence[str] | None = None, *,
-                 errors: dict[str, str] | None = None) -> dict[str, Any]:
+def load_plugins(
+    packages: str | Sequence[str] | None = None, *, errors: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Imports plugin packages and every submodule, so their ``@task`` functions register.
 
     ``packages`` defaults to ``BRINELL_PLUGIN_PACKAGES`` (comma-separated). Returns every
@@ -651,8 +696,11 @@ def _signature_of(key: str, obj: Any) -> TaskSignature:
     except (TypeError, ValueError):
         return sig
     variadic = {p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    return replace(sig, inputs=tuple(i for i in sig.inputs if i[0] not in variadic),
-                   any_keyword=any(p.kind is p.VAR_KEYWORD for p in params))
+    return replace(
+        sig,
+        inputs=tuple(i for i in sig.inputs if i[0] not in variadic),
+        any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+    )
 
 
 def _kind_of(value: Any) -> str:
@@ -678,8 +726,10 @@ def _convert(name: str, value: Any, ptype: str) -> Any:
 
 
 def _import_problems(errors: Mapping[str, str]) -> list[str]:
-    return [f"plugin module {name} could not be imported ({error}); its tasks are missing"
-            for name, error in sorted(errors.items())]
+    return [
+        f"plugin module {name} could not be imported ({error}); its tasks are missing"
+        for name, error in sorted(errors.items())
+    ]
 
 
 def _mlflow_run_activator(run_id: str) -> Callable[..., None]:
@@ -692,10 +742,15 @@ def _mlflow_run_activator(run_id: str) -> Callable[..., None]:
     return activate_mlflow_run
 
 
-def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | None = None,
-        *, types: Mapping[str, str] | None = None,
-        on_step_done: Callable[[str, Any], None] | None = None,
-        mlflow_run_id: str | None = None) -> dict[str, Any]:
+def run(
+    graph: Graph,
+    parameters: Mapping[str, Any],
+    tasks: Mapping[str, Any] | None = None,
+    *,
+    types: Mapping[str, str] | None = None,
+    on_step_done: Callable[[str, Any], None] | None = None,
+    mlflow_run_id: str | None = None,
+) -> dict[str, Any]:
     """Runs the graph as one Prefect flow and returns each step's result, by step name.
 
     ``types`` gives parameters' MLproject types (int and float values are converted before
@@ -753,7 +808,8 @@ def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | 
             step = graph.steps[name]
             args = {arg: resolve(value, futures) for arg, value in step.args.items()}
             futures[name] = chosen[name].submit(
-                **args, wait_for=[futures[other] for other in step.after])
+                **args, wait_for=[futures[other] for other in step.after]
+            )
         step_of = {future.task_run_id: name for name, future in futures.items()}
         results: dict[str, Any] = {}
         for future in as_completed(list(futures.values())):
@@ -766,8 +822,7 @@ def run(graph: Graph, parameters: Mapping[str, Any], tasks: Mapping[str, Any] | 
                 on_step_done(name, results[name])
         return {name: results[name] for name in graph.steps}
 
-    prefect_flow = flow(name=graph.name or DEFAULT_FLOW_NAME,
-                        validate_parameters=False)(graph_flow)
+    prefect_flow = flow(name=graph.name or DEFAULT_FLOW_NAME, validate_parameters=False)(graph_flow)
     with prefect_flow_settings():
         result: dict[str, Any] = prefect_flow()
     return result
@@ -828,11 +883,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit status: 0 when every step succeeded, 2 when the graph or its parameters are invalid
     (every problem on stderr), 1 when a step failed.
     """
-    parser = argparse.ArgumentParser(prog="python -m brinell.graph",
-                                     description="Runs a Brinell task graph.")
+    parser = argparse.ArgumentParser(
+        prog="python -m brinell.graph", description="Runs a Brinell task graph."
+    )
     parser.add_argument("graph", type=Path, help="the graph file (YAML)")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help=f"a parameter; overrides {PARAMETERS_ENV}")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a parameter; overrides {PARAMETERS_ENV}",
+    )
     args = parser.parse_args(argv)
     path: Path = args.graph
 
@@ -873,8 +935,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             import mlflow
 
             with mlflow.start_run() as active:
-                run(graph, values, tasks, types=types, on_step_done=done,
-                    mlflow_run_id=active.info.run_id)
+                run(
+                    graph,
+                    values,
+                    tasks,
+                    types=types,
+                    on_step_done=done,
+                    mlflow_run_id=active.info.run_id,
+                )
         else:
             run(graph, values, tasks, types=types, on_step_done=done)
     except GraphError as exc:

@@ -109,9 +109,7 @@ def parse(text: str | bytes) -> ProjectSpec:
                 if pdecl.get("default") is not None:
                     default = _scalar(pdecl["default"])
             elif pdecl is not None:
-                problems.append(
-                    f"entry {entry_name!r}: parameter {pname!r} has a bad declaration"
-                )
+                problems.append(f"entry {entry_name!r}: parameter {pname!r} has a bad declaration")
                 continue
             if ptype not in TYPES:
                 problems.append(

@@ -249,9 +249,7 @@ class Models(_Streaming):
             if version is None:
                 raise InvalidArgumentError("which version? pass version=N")
             name_or_uri = name_or_uri.name
-        request = model_service_pb2.GetModelVersionRequest(
-            name=_version_name(name_or_uri, version)
-        )
+        request = model_service_pb2.GetModelVersionRequest(name=_version_name(name_or_uri, version))
         return ModelVersion.from_proto(self._unary(self._stub.GetModelVersion, request).version)
 
     def set_alias(

@@ -43,12 +43,21 @@ def _annotation(value: Any) -> str:
 def describe(fn: Callable[..., Any], name: str | None = None) -> TaskInfo:
     sig = inspect.signature(fn)
     inputs = tuple(
-        (p.name, _annotation(p.annotation), p.default is not inspect.Parameter.empty,
-         "" if p.default is inspect.Parameter.empty else repr(p.default))
+        (
+            p.name,
+            _annotation(p.annotation),
+            p.default is not inspect.Parameter.empty,
+            "" if p.default is inspect.Parameter.empty else repr(p.default),
+        )
         for p in sig.parameters.values()
     )
-    return TaskInfo(name or fn.__name__, fn.__module__, inputs,
-                    _annotation(sig.return_annotation), inspect.getdoc(fn) or "")
+    return TaskInfo(
+        name or fn.__name__,
+        fn.__module__,
+        inputs,
+        _annotation(sig.return_annotation),
+        inspect.getdoc(fn) or "",
+    )
 
 
 @overload

@@ -133,8 +133,11 @@ def load_plugins(*, strict: bool = False) -> dict[str, Any]:
         raise ImportError(str(exc)) from exc
     for name, error in (errors or {}).items():
         if _IMPORT_ERRORS.get(name) != error:
-            warnings.warn(f"brinell: cannot import plugin module {name}: {error}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"brinell: cannot import plugin module {name}: {error}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         _IMPORT_ERRORS[name] = error
     return tasks
 

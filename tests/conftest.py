@@ -91,16 +91,35 @@ def postgres_url() -> Iterator[str]:
         shutil.chown(data, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
-                    "postgres"], check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-                    str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(base / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -111,8 +130,9 @@ def fresh_pg_database(url: str) -> str:
     from sqlalchemy import create_engine, text
 
     name = "t_" + uuid.uuid4().hex[:12]
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
-                           isolation_level="AUTOCOMMIT")
+    engine = create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
     with engine.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
     engine.dispose()
@@ -127,9 +147,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def make_server(tmp_path: Path, **overrides: Any) -> ServerThread:
-    config = ServerConfig(port=0, data_dir=tmp_path / "server", mlflow_tracking_uri="none",
-                          heartbeat_interval=0.5, lease_duration=3.0, reaper_interval=0.2,
-                          grace_period=2.0)
+    config = ServerConfig(
+        port=0,
+        data_dir=tmp_path / "server",
+        mlflow_tracking_uri="none",
+        heartbeat_interval=0.5,
+        lease_duration=3.0,
+        reaper_interval=0.2,
+        grace_period=2.0,
+    )
     for key, value in overrides.items():
         setattr(config, key, value)
     return ServerThread(config).start()

@@ -16,20 +16,37 @@ _END = object()
 
 
 class SimAgent:
-    def __init__(self, target: str, agent_id: str, queues: list[str] | None = None,
-                 slots: int = 1, labels: dict[str, str] | None = None,
-                 running: list[tuple[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        agent_id: str,
+        queues: list[str] | None = None,
+        slots: int = 1,
+        labels: dict[str, str] | None = None,
+        running: list[tuple[str, int]] | None = None,
+    ) -> None:
         self.channel = grpc.insecure_channel(target)
         self.stub = agent_service_pb2_grpc.AgentServiceStub(self.channel)
         self.outbox: queue.Queue[Any] = queue.Queue()
         self.inbox: queue.Queue[agent_service_pb2.ConnectResponse] = queue.Queue()
         self.error: grpc.RpcError | None = None
-        self.outbox.put(agent_service_pb2.ConnectRequest(register=agent_service_pb2.Register(
-            agent_id=agent_id, hostname="sim", queues=queues or ["default"],
-            labels=labels or {}, capacity=agent_pb2.Capacity(cpus=1, slots=slots),
-            running=[agent_service_pb2.RunningAttempt(job=j, attempt=a)
-                     for j, a in (running or [])],
-            version="sim", executor="sim")))
+        self.outbox.put(
+            agent_service_pb2.ConnectRequest(
+                register=agent_service_pb2.Register(
+                    agent_id=agent_id,
+                    hostname="sim",
+                    queues=queues or ["default"],
+                    labels=labels or {},
+                    capacity=agent_pb2.Capacity(cpus=1, slots=slots),
+                    running=[
+                        agent_service_pb2.RunningAttempt(job=j, attempt=a)
+                        for j, a in (running or [])
+                    ],
+                    version="sim",
+                    executor="sim",
+                )
+            )
+        )
         self.call = self.stub.Connect(self._requests())
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -59,20 +76,38 @@ class SimAgent:
     def send(self, **kwargs: Any) -> None:
         self.outbox.put(agent_service_pb2.ConnectRequest(**kwargs))
 
-    def update(self, job: str, attempt: int, state: int, exit_code: int | None = None,
-               message: str = "") -> None:
-        self.send(attempt_update=agent_service_pb2.AttemptUpdate(
-            job=job, attempt=attempt, state=state, has_exit_code=exit_code is not None,
-            exit_code=exit_code or 0, message=message))
+    def update(
+        self, job: str, attempt: int, state: int, exit_code: int | None = None, message: str = ""
+    ) -> None:
+        self.send(
+            attempt_update=agent_service_pb2.AttemptUpdate(
+                job=job,
+                attempt=attempt,
+                state=state,
+                has_exit_code=exit_code is not None,
+                exit_code=exit_code or 0,
+                message=message,
+            )
+        )
 
     def logs(self, job: str, attempt: int, lines: list[tuple[int, str]]) -> None:
-        self.send(log_batch=agent_service_pb2.LogBatch(job=job, attempt=attempt, lines=[
-            job_pb2.LogLine(sequence=seq, text=text, stream=job_pb2.LOG_STREAM_STDOUT)
-            for seq, text in lines]))
+        self.send(
+            log_batch=agent_service_pb2.LogBatch(
+                job=job,
+                attempt=attempt,
+                lines=[
+                    job_pb2.LogLine(sequence=seq, text=text, stream=job_pb2.LOG_STREAM_STDOUT)
+                    for seq, text in lines
+                ],
+            )
+        )
 
     def heartbeat(self, running: list[tuple[str, int]]) -> None:
-        self.send(heartbeat=agent_service_pb2.Heartbeat(running=[
-            agent_service_pb2.RunningAttempt(job=j, attempt=a) for j, a in running]))
+        self.send(
+            heartbeat=agent_service_pb2.Heartbeat(
+                running=[agent_service_pb2.RunningAttempt(job=j, attempt=a) for j, a in running]
+            )
+        )
 
     def close(self) -> None:
         self.outbox.put(_END)

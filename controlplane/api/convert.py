@@ -123,8 +123,15 @@ def job(j: m.Job) -> job_pb2.Job:
         start_time=ts(j.start_time),
         end_time=ts(j.end_time),
         update_time=ts(j.update_time),
-        plugins=[plugin_pb2.PluginPin(plugin=f"plugins/{p.plugin_id}", version=p.version,
-                                      digest=p.digest, package=p.package) for p in j.plugins],
+        plugins=[
+            plugin_pb2.PluginPin(
+                plugin=f"plugins/{p.plugin_id}",
+                version=p.version,
+                digest=p.digest,
+                package=p.package,
+            )
+            for p in j.plugins
+        ],
     )
 
 
@@ -147,8 +154,15 @@ def task(t: dict[str, Any]) -> plugin_pb2.Task:
         name=t["name"],
         module=t["module"],
         description=t["doc"],
-        inputs=[plugin_pb2.TaskInput(name=i["name"], type=i["type"], has_default=i["has_default"],
-                                     default_value=i["default"]) for i in t["inputs"]],
+        inputs=[
+            plugin_pb2.TaskInput(
+                name=i["name"],
+                type=i["type"],
+                has_default=i["has_default"],
+                default_value=i["default"],
+            )
+            for i in t["inputs"]
+        ],
         output_type=t["output"],
     )
 
@@ -180,8 +194,9 @@ def capacity(c: m.Capacity) -> agent_pb2.Capacity:
         cpus=c.cpus,
         memory_bytes=c.memory_bytes,
         slots=c.slots,
-        gpus=[agent_pb2.Gpu(uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes)
-              for g in c.gpus],
+        gpus=[
+            agent_pb2.Gpu(uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes) for g in c.gpus
+        ],
     )
 
 

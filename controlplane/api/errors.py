@@ -64,8 +64,7 @@ def unary(
     fn: Callable[[Any, Req, Any], Awaitable[Resp]],
 ) -> Callable[[Any, Req, Any], Awaitable[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Any
-                      ) -> Resp:
+    async def wrapper(self: Any, request: Req, context: Any) -> Resp:
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
@@ -81,8 +80,7 @@ def streaming(
     fn: Callable[[Any, Req, Any], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, Any], AsyncIterator[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Any
-                      ) -> AsyncIterator[Resp]:
+    async def wrapper(self: Any, request: Req, context: Any) -> AsyncIterator[Resp]:
         try:
             async for item in fn(self, request, context):
                 yield item

@@ -56,35 +56,38 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         self.registry = registry
 
     @unary
-    async def RegisterModel(self, request: model_pb.RegisterModelRequest, context: Ctx
-                            ) -> model_pb.RegisterModelResponse:
+    async def RegisterModel(
+        self, request: model_pb.RegisterModelRequest, context: Ctx
+    ) -> model_pb.RegisterModelResponse:
         v = await self.registry.register(
             request.model_id, request.job, request.artifact_path, request.description
         )
         return model_pb.RegisterModelResponse(version=model_version(v))
 
     @unary
-    async def GetModel(self, request: model_pb.GetModelRequest, context: Ctx
-                       ) -> model_pb.GetModelResponse:
+    async def GetModel(
+        self, request: model_pb.GetModelRequest, context: Ctx
+    ) -> model_pb.GetModelResponse:
         return model_pb.GetModelResponse(model=model(await self.registry.get(request.name)))
 
     @unary
-    async def ListModels(self, request: model_pb.ListModelsRequest, context: Ctx
-                         ) -> model_pb.ListModelsResponse:
+    async def ListModels(
+        self, request: model_pb.ListModelsRequest, context: Ctx
+    ) -> model_pb.ListModelsResponse:
         models, token = await self.registry.page(request.page_size, request.page_token)
-        return model_pb.ListModelsResponse(
-            models=[model(m) for m in models], next_page_token=token
-        )
+        return model_pb.ListModelsResponse(models=[model(m) for m in models], next_page_token=token)
 
     @unary
-    async def GetModelVersion(self, request: model_pb.GetModelVersionRequest, context: Ctx
-                              ) -> model_pb.GetModelVersionResponse:
+    async def GetModelVersion(
+        self, request: model_pb.GetModelVersionRequest, context: Ctx
+    ) -> model_pb.GetModelVersionResponse:
         v = await self.registry.get_version(request.name)
         return model_pb.GetModelVersionResponse(version=model_version(v))
 
     @unary
-    async def ListModelVersions(self, request: model_pb.ListModelVersionsRequest, context: Ctx
-                                ) -> model_pb.ListModelVersionsResponse:
+    async def ListModelVersions(
+        self, request: model_pb.ListModelVersionsRequest, context: Ctx
+    ) -> model_pb.ListModelVersionsResponse:
         versions, token = await self.registry.versions(
             request.parent, request.page_size, request.page_token
         )
@@ -93,27 +96,30 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         )
 
     @unary
-    async def SetModelAlias(self, request: model_pb.SetModelAliasRequest, context: Ctx
-                            ) -> model_pb.SetModelAliasResponse:
+    async def SetModelAlias(
+        self, request: model_pb.SetModelAliasRequest, context: Ctx
+    ) -> model_pb.SetModelAliasResponse:
         m = await self.registry.set_alias(request.name, request.alias, request.version)
         return model_pb.SetModelAliasResponse(model=model(m))
 
     @unary
-    async def DeleteModelAlias(self, request: model_pb.DeleteModelAliasRequest, context: Ctx
-                               ) -> model_pb.DeleteModelAliasResponse:
+    async def DeleteModelAlias(
+        self, request: model_pb.DeleteModelAliasRequest, context: Ctx
+    ) -> model_pb.DeleteModelAliasResponse:
         m = await self.registry.delete_alias(request.name, request.alias)
         return model_pb.DeleteModelAliasResponse(model=model(m))
 
     @unary
-    async def ResolveModel(self, request: model_pb.ResolveModelRequest, context: Ctx
-                           ) -> model_pb.ResolveModelResponse:
+    async def ResolveModel(
+        self, request: model_pb.ResolveModelRequest, context: Ctx
+    ) -> model_pb.ResolveModelResponse:
         v = await self.registry.resolve(request.uri)
         return model_pb.ResolveModelResponse(version=model_version(v))
 
     @streaming
-    async def DownloadModelVersion(self, request: model_pb.DownloadModelVersionRequest,
-                                   context: Ctx
-                                   ) -> AsyncIterator[model_pb.DownloadModelVersionResponse]:
+    async def DownloadModelVersion(
+        self, request: model_pb.DownloadModelVersionRequest, context: Ctx
+    ) -> AsyncIterator[model_pb.DownloadModelVersionResponse]:
         async for file, chunk in self.registry.download(request.name):
             yield model_pb.DownloadModelVersionResponse(file=artifact(file), chunk=chunk)
 
@@ -123,14 +129,15 @@ class ArtifactServicer(art_grpc.ArtifactServiceServicer):
         self.registry = registry
 
     @unary
-    async def ListJobArtifacts(self, request: art_pb.ListJobArtifactsRequest, context: Ctx
-                               ) -> art_pb.ListJobArtifactsResponse:
+    async def ListJobArtifacts(
+        self, request: art_pb.ListJobArtifactsRequest, context: Ctx
+    ) -> art_pb.ListJobArtifactsResponse:
         found = await self.registry.list_artifacts(request.job, request.path, request.recursive)
         return art_pb.ListJobArtifactsResponse(artifacts=[artifact(a) for a in found])
 
     @streaming
-    async def DownloadJobArtifact(self, request: art_pb.DownloadJobArtifactRequest,
-                                  context: Ctx
-                                  ) -> AsyncIterator[art_pb.DownloadJobArtifactResponse]:
+    async def DownloadJobArtifact(
+        self, request: art_pb.DownloadJobArtifactRequest, context: Ctx
+    ) -> AsyncIterator[art_pb.DownloadJobArtifactResponse]:
         async for file, chunk in self.registry.download_artifact(request.job, request.path):
             yield art_pb.DownloadJobArtifactResponse(file=artifact(file), chunk=chunk)

@@ -20,41 +20,49 @@ class PluginServicer(pb_grpc.PluginServiceServicer):
         self.plugins = plugins
 
     @unary
-    async def UploadPlugin(self, request_iterator: AsyncIterator[pb.UploadPluginRequest],
-                           context: Ctx) -> pb.UploadPluginResponse:
+    async def UploadPlugin(
+        self, request_iterator: AsyncIterator[pb.UploadPluginRequest], context: Ctx
+    ) -> pb.UploadPluginResponse:
         meta, chunks = await convert.split_upload(request_iterator)
         plugin, version, created = await self.plugins.upload(meta.sha256, chunks)
-        return pb.UploadPluginResponse(plugin=convert.plugin(plugin),
-                                       version=convert.plugin_version(version), created=created)
+        return pb.UploadPluginResponse(
+            plugin=convert.plugin(plugin), version=convert.plugin_version(version), created=created
+        )
 
     @unary
-    async def GetPlugin(self, request: pb.GetPluginRequest, context: Ctx
-                        ) -> pb.GetPluginResponse:
+    async def GetPlugin(self, request: pb.GetPluginRequest, context: Ctx) -> pb.GetPluginResponse:
         return pb.GetPluginResponse(plugin=convert.plugin(await self.plugins.get(request.name)))
 
     @unary
-    async def ListPlugins(self, request: pb.ListPluginsRequest, context: Ctx
-                          ) -> pb.ListPluginsResponse:
+    async def ListPlugins(
+        self, request: pb.ListPluginsRequest, context: Ctx
+    ) -> pb.ListPluginsResponse:
         plugins, token = await self.plugins.page(request.page_size, request.page_token)
-        return pb.ListPluginsResponse(plugins=[convert.plugin(p) for p in plugins],
-                                      next_page_token=token)
+        return pb.ListPluginsResponse(
+            plugins=[convert.plugin(p) for p in plugins], next_page_token=token
+        )
 
     @unary
-    async def GetPluginVersion(self, request: pb.GetPluginVersionRequest, context: Ctx
-                               ) -> pb.GetPluginVersionResponse:
+    async def GetPluginVersion(
+        self, request: pb.GetPluginVersionRequest, context: Ctx
+    ) -> pb.GetPluginVersionResponse:
         version = await self.plugins.version(request.name)
         return pb.GetPluginVersionResponse(version=convert.plugin_version(version))
 
     @unary
-    async def ListPluginVersions(self, request: pb.ListPluginVersionsRequest, context: Ctx
-                                 ) -> pb.ListPluginVersionsResponse:
-        versions, token = await self.plugins.versions(request.parent, request.page_size,
-                                                      request.page_token)
+    async def ListPluginVersions(
+        self, request: pb.ListPluginVersionsRequest, context: Ctx
+    ) -> pb.ListPluginVersionsResponse:
+        versions, token = await self.plugins.versions(
+            request.parent, request.page_size, request.page_token
+        )
         return pb.ListPluginVersionsResponse(
-            versions=[convert.plugin_version(v) for v in versions], next_page_token=token)
+            versions=[convert.plugin_version(v) for v in versions], next_page_token=token
+        )
 
     @unary
-    async def ListPluginTasks(self, request: pb.ListPluginTasksRequest, context: Ctx
-                              ) -> pb.ListPluginTasksResponse:
+    async def ListPluginTasks(
+        self, request: pb.ListPluginTasksRequest, context: Ctx
+    ) -> pb.ListPluginTasksResponse:
         version = await self.plugins.version(request.parent)
         return pb.ListPluginTasksResponse(tasks=[convert.task(t) for t in version.tasks])

@@ -67,21 +67,24 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
         self.experiments = experiments
 
     @unary
-    async def CreateExperiment(self, request: exp_pb.CreateExperimentRequest, context: Ctx
-                               ) -> exp_pb.CreateExperimentResponse:
+    async def CreateExperiment(
+        self, request: exp_pb.CreateExperimentRequest, context: Ctx
+    ) -> exp_pb.CreateExperimentResponse:
         e = request.experiment
         exp = await self.experiments.create(request.experiment_id, e.description, dict(e.labels))
         return exp_pb.CreateExperimentResponse(experiment=convert.experiment(exp))
 
     @unary
-    async def GetExperiment(self, request: exp_pb.GetExperimentRequest, context: Ctx
-                            ) -> exp_pb.GetExperimentResponse:
+    async def GetExperiment(
+        self, request: exp_pb.GetExperimentRequest, context: Ctx
+    ) -> exp_pb.GetExperimentResponse:
         exp = await self.experiments.get(request.name)
         return exp_pb.GetExperimentResponse(experiment=convert.experiment(exp))
 
     @unary
-    async def ListExperiments(self, request: exp_pb.ListExperimentsRequest, context: Ctx
-                              ) -> exp_pb.ListExperimentsResponse:
+    async def ListExperiments(
+        self, request: exp_pb.ListExperimentsRequest, context: Ctx
+    ) -> exp_pb.ListExperimentsResponse:
         exps, token = await self.experiments.page(
             request.page_size, request.page_token, request.filter
         )
@@ -90,14 +93,17 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
         )
 
     @unary
-    async def UpdateExperiment(self, request: exp_pb.UpdateExperimentRequest, context: Ctx
-                               ) -> exp_pb.UpdateExperimentResponse:
+    async def UpdateExperiment(
+        self, request: exp_pb.UpdateExperimentRequest, context: Ctx
+    ) -> exp_pb.UpdateExperimentResponse:
         paths = set(request.update_mask.paths) or {"description", "labels"}
         unknown = paths - {"description", "labels"}
         if unknown:
             raise InvalidArgument(
-                [f"update_mask path {p!r} cannot be updated (description, labels)"
-                 for p in sorted(unknown)],
+                [
+                    f"update_mask path {p!r} cannot be updated (description, labels)"
+                    for p in sorted(unknown)
+                ],
                 field="update_mask",
             )
         e = request.experiment
@@ -109,8 +115,9 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
         return exp_pb.UpdateExperimentResponse(experiment=convert.experiment(exp))
 
     @unary
-    async def DeleteExperiment(self, request: exp_pb.DeleteExperimentRequest, context: Ctx
-                               ) -> exp_pb.DeleteExperimentResponse:
+    async def DeleteExperiment(
+        self, request: exp_pb.DeleteExperimentRequest, context: Ctx
+    ) -> exp_pb.DeleteExperimentResponse:
         await self.experiments.delete(request.name)
         return exp_pb.DeleteExperimentResponse()
 
@@ -120,8 +127,9 @@ class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
         self.entry_points = entry_points
 
     @unary
-    async def UploadEntryPoint(self, request_iterator: AsyncIterator[ep_pb.UploadEntryPointRequest],
-                               context: Ctx) -> ep_pb.UploadEntryPointResponse:
+    async def UploadEntryPoint(
+        self, request_iterator: AsyncIterator[ep_pb.UploadEntryPointRequest], context: Ctx
+    ) -> ep_pb.UploadEntryPointResponse:
         meta, chunks = await convert.split_upload(request_iterator)
         ep, rev, created = await self.entry_points.upload(
             meta.entry_point_id, meta.description, meta.sha256, chunks
@@ -131,28 +139,32 @@ class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
         )
 
     @unary
-    async def GetEntryPoint(self, request: ep_pb.GetEntryPointRequest, context: Ctx
-                            ) -> ep_pb.GetEntryPointResponse:
+    async def GetEntryPoint(
+        self, request: ep_pb.GetEntryPointRequest, context: Ctx
+    ) -> ep_pb.GetEntryPointResponse:
         ep = await self.entry_points.get(request.name)
         return ep_pb.GetEntryPointResponse(entry_point=convert.entry_point(ep))
 
     @unary
-    async def ListEntryPoints(self, request: ep_pb.ListEntryPointsRequest, context: Ctx
-                              ) -> ep_pb.ListEntryPointsResponse:
+    async def ListEntryPoints(
+        self, request: ep_pb.ListEntryPointsRequest, context: Ctx
+    ) -> ep_pb.ListEntryPointsResponse:
         eps, token = await self.entry_points.page(request.page_size, request.page_token)
         return ep_pb.ListEntryPointsResponse(
             entry_points=[convert.entry_point(e) for e in eps], next_page_token=token
         )
 
     @unary
-    async def GetEntryPointRevision(self, request: ep_pb.GetEntryPointRevisionRequest,
-                                    context: Ctx) -> ep_pb.GetEntryPointRevisionResponse:
+    async def GetEntryPointRevision(
+        self, request: ep_pb.GetEntryPointRevisionRequest, context: Ctx
+    ) -> ep_pb.GetEntryPointRevisionResponse:
         rev = await self.entry_points.revision(request.name)
         return ep_pb.GetEntryPointRevisionResponse(revision=convert.revision(rev))
 
     @unary
-    async def ListEntryPointRevisions(self, request: ep_pb.ListEntryPointRevisionsRequest,
-                                      context: Ctx) -> ep_pb.ListEntryPointRevisionsResponse:
+    async def ListEntryPointRevisions(
+        self, request: ep_pb.ListEntryPointRevisionsRequest, context: Ctx
+    ) -> ep_pb.ListEntryPointRevisionsResponse:
         revs, token = await self.entry_points.revisions(
             request.parent, request.page_size, request.page_token
         )
@@ -166,8 +178,9 @@ class JobServicer(job_grpc.JobServiceServicer):
         self.jobs = jobs
 
     @unary
-    async def SubmitJob(self, request: job_pb.SubmitJobRequest, context: Ctx
-                        ) -> job_pb.SubmitJobResponse:
+    async def SubmitJob(
+        self, request: job_pb.SubmitJobRequest, context: Ctx
+    ) -> job_pb.SubmitJobResponse:
         job = await self.jobs.submit(
             SubmitSpec(
                 experiment=request.experiment,
@@ -190,26 +203,30 @@ class JobServicer(job_grpc.JobServiceServicer):
         return job_pb.GetJobResponse(job=convert.job(await self.jobs.get(request.name)))
 
     @unary
-    async def ListJobs(self, request: job_pb.ListJobsRequest, context: Ctx
-                       ) -> job_pb.ListJobsResponse:
+    async def ListJobs(
+        self, request: job_pb.ListJobsRequest, context: Ctx
+    ) -> job_pb.ListJobsResponse:
         jobs, token = await self.jobs.page(request.page_size, request.page_token, request.filter)
         return job_pb.ListJobsResponse(jobs=[convert.job(j) for j in jobs], next_page_token=token)
 
     @streaming
-    async def WatchJob(self, request: job_pb.WatchJobRequest, context: Ctx
-                       ) -> AsyncIterator[job_pb.WatchJobResponse]:
+    async def WatchJob(
+        self, request: job_pb.WatchJobRequest, context: Ctx
+    ) -> AsyncIterator[job_pb.WatchJobResponse]:
         async for job in self.jobs.watch(request.name):
             yield job_pb.WatchJobResponse(job=convert.job(job))
 
     @streaming
-    async def StreamJobLogs(self, request: job_pb.StreamJobLogsRequest, context: Ctx
-                            ) -> AsyncIterator[job_pb.StreamJobLogsResponse]:
+    async def StreamJobLogs(
+        self, request: job_pb.StreamJobLogsRequest, context: Ctx
+    ) -> AsyncIterator[job_pb.StreamJobLogsResponse]:
         async for lines in self.jobs.logs(request.name, request.start_offset, request.follow):
             yield job_pb.StreamJobLogsResponse(lines=[convert.log_line(ln) for ln in lines])
 
     @unary
-    async def CancelJob(self, request: job_pb.CancelJobRequest, context: Ctx
-                        ) -> job_pb.CancelJobResponse:
+    async def CancelJob(
+        self, request: job_pb.CancelJobRequest, context: Ctx
+    ) -> job_pb.CancelJobResponse:
         job = await self.jobs.cancel(request.name, request.reason)
         return job_pb.CancelJobResponse(job=convert.job(job))
 
@@ -235,8 +252,9 @@ def _outbound(msg: Outbound) -> agent_pb.ConnectResponse:
         )
     assert isinstance(msg, LogAck)
     return agent_pb.ConnectResponse(
-        log_ack=agent_pb.LogAck(job=f"jobs/{msg.job_id}", attempt=msg.attempt,
-                                sequence=msg.sequence)
+        log_ack=agent_pb.LogAck(
+            job=f"jobs/{msg.job_id}", attempt=msg.attempt, sequence=msg.sequence
+        )
     )
 
 
@@ -251,8 +269,9 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
         self.blobs = blobs
 
     @streaming
-    async def Connect(self, request_iterator: AsyncIterator[agent_pb.ConnectRequest],
-                      context: Ctx) -> AsyncIterator[agent_pb.ConnectResponse]:
+    async def Connect(
+        self, request_iterator: AsyncIterator[agent_pb.ConnectRequest], context: Ctx
+    ) -> AsyncIterator[agent_pb.ConnectResponse]:
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or not first.HasField("register"):
@@ -292,8 +311,9 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                 await reader
             await self.scheduler.disconnect(session)
 
-    async def _read(self, session: AgentSession,
-                    requests: AsyncIterator[agent_pb.ConnectRequest]) -> None:
+    async def _read(
+        self, session: AgentSession, requests: AsyncIterator[agent_pb.ConnectRequest]
+    ) -> None:
         # Updates and log batches are pipelined: each is enqueued in arrival order (so the
         # store applies them in that order) and the reader moves on without waiting for the
         # commit. The semaphore bounds how much one agent may have in flight.
@@ -309,8 +329,9 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                 if f.cancelled():
                     return
                 if f.exception() is not None:
-                    log.error("agent %s: applying a message failed", session.id,
-                              exc_info=f.exception())
+                    log.error(
+                        "agent %s: applying a message failed", session.id, exc_info=f.exception()
+                    )
                 elif on_done is not None:
                     on_done(f.result())
 
@@ -328,25 +349,37 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                         log.warning("agent %s sent an update without state", session.id)
                         continue
                     await in_flight.acquire()
-                    track(self.scheduler.report_nowait(
-                        session,
-                        AttemptReport(
-                            names.job_id(u.job), u.attempt, state,
-                            u.exit_code if u.has_exit_code else None, u.message,
-                        ),
-                    ))
+                    track(
+                        self.scheduler.report_nowait(
+                            session,
+                            AttemptReport(
+                                names.job_id(u.job),
+                                u.attempt,
+                                state,
+                                u.exit_code if u.has_exit_code else None,
+                                u.message,
+                            ),
+                        )
+                    )
                 elif kind == "log_batch":
                     b = req.log_batch
                     job_id = names.job_id(b.job)
                     lines = [
-                        (ln.sequence, int(ln.stream), ln.text,
-                         ln.time.ToDatetime(UTC) if ln.HasField("time") else datetime.now(UTC))
+                        (
+                            ln.sequence,
+                            int(ln.stream),
+                            ln.text,
+                            ln.time.ToDatetime(UTC) if ln.HasField("time") else datetime.now(UTC),
+                        )
                         for ln in b.lines
                     ]
                     await in_flight.acquire()
-                    track(self.scheduler.logs_nowait(job_id, b.attempt, lines),
-                          lambda seq, j=job_id, a=b.attempt: session.outbox.put_nowait(
-                              LogAck(j, a, seq)))
+                    track(
+                        self.scheduler.logs_nowait(job_id, b.attempt, lines),
+                        lambda seq, j=job_id, a=b.attempt: session.outbox.put_nowait(
+                            LogAck(j, a, seq)
+                        ),
+                    )
                 else:
                     log.warning("agent %s sent an unexpected %s", session.id, kind)
             if pending:  # the agent closed its side: let what it sent land first
@@ -358,8 +391,9 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
             raise
 
     @streaming
-    async def DownloadBlob(self, request: agent_pb.DownloadBlobRequest, context: Ctx
-                           ) -> AsyncIterator[agent_pb.DownloadBlobResponse]:
+    async def DownloadBlob(
+        self, request: agent_pb.DownloadBlobRequest, context: Ctx
+    ) -> AsyncIterator[agent_pb.DownloadBlobResponse]:
         digest = names.check_digest(request.digest)
         if not self.blobs.exists(digest):
             raise NotFound(f"blob {digest} not found")
@@ -376,14 +410,16 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
             yield agent_pb.DownloadBlobResponse(size_bytes=0)
 
     @unary
-    async def GetAgent(self, request: agent_pb.GetAgentRequest, context: Ctx
-                       ) -> agent_pb.GetAgentResponse:
+    async def GetAgent(
+        self, request: agent_pb.GetAgentRequest, context: Ctx
+    ) -> agent_pb.GetAgentResponse:
         agent = await self.directory.get(request.name)
         return agent_pb.GetAgentResponse(agent=convert.agent(agent))
 
     @unary
-    async def ListAgents(self, request: agent_pb.ListAgentsRequest, context: Ctx
-                         ) -> agent_pb.ListAgentsResponse:
+    async def ListAgents(
+        self, request: agent_pb.ListAgentsRequest, context: Ctx
+    ) -> agent_pb.ListAgentsResponse:
         agents, token = await self.directory.page(
             request.page_size, request.page_token, request.filter
         )

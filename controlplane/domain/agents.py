@@ -25,8 +25,9 @@ class AgentDirectory:
         session = self.scheduler.sessions.get(a.id)
         if session is None:
             return replace(a, state="DISCONNECTED", running=0)
-        return replace(a, state="DRAINING" if session.draining else "CONNECTED",
-                       running=len(session.running))
+        return replace(
+            a, state="DRAINING" if session.draining else "CONNECTED", running=len(session.running)
+        )
 
     async def get(self, name: str) -> AgentInfo:
         agent_id = names.agent_id(name)

@@ -44,8 +44,13 @@ def open_archive(path: Path) -> Iterator[Archive]:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
-                yield Archive({i.filename.lstrip("./"): (i.file_size, functools.partial(zf.read, i))
-                               for i in zf.infolist() if not i.is_dir()})
+                yield Archive(
+                    {
+                        i.filename.lstrip("./"): (i.file_size, functools.partial(zf.read, i))
+                        for i in zf.infolist()
+                        if not i.is_dir()
+                    }
+                )
             return
         with tarfile.open(path, "r:*") as tf:
 
@@ -54,22 +59,30 @@ def open_archive(path: Path) -> Iterator[Archive]:
                 assert f is not None
                 return f.read()
 
-            yield Archive({m.name.lstrip("./"): (m.size, functools.partial(reader, m))
-                           for m in tf.getmembers() if m.isfile()})
+            yield Archive(
+                {
+                    m.name.lstrip("./"): (m.size, functools.partial(reader, m))
+                    for m in tf.getmembers()
+                    if m.isfile()
+                }
+            )
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise InvalidArgument(
             f"the upload is not a readable tar.gz, tar or zip archive ({exc})"
         ) from None
 
 
-def read_project(path: Path, extra: Callable[[bytes], list[str]] | None = None
-                 ) -> tuple[bytes, dict[str, bytes]]:
+def read_project(
+    path: Path, extra: Callable[[bytes], list[str]] | None = None
+) -> tuple[bytes, dict[str, bytes]]:
     """The MLproject's bytes, and the files it names (``extra`` lists them, relative to it)."""
     with open_archive(path) as archive:
         root = archive.root("MLproject")
         if root is None:
-            raise InvalidArgument("the archive has no MLproject file at its root (or under its "
-                                  "single top-level folder)")
+            raise InvalidArgument(
+                "the archive has no MLproject file at its root (or under its "
+                "single top-level folder)"
+            )
         text = archive.read(root + "MLproject")
         named = extra(text) if extra else []
         problems, files = [], {}

@@ -22,8 +22,9 @@ from .paging import PageTokens, page_size
 from .uploads import receive
 
 
-def spec_to_dict(project: mlproject.ProjectSpec, graphs: dict[str, str] | None = None
-                 ) -> dict[str, Any]:
+def spec_to_dict(
+    project: mlproject.ProjectSpec, graphs: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "graphs": graphs or {},
         "entries": [
@@ -36,7 +37,7 @@ def spec_to_dict(project: mlproject.ProjectSpec, graphs: dict[str, str] | None =
                 ],
             }
             for e in project.entries
-        ]
+        ],
     }
 
 
@@ -47,8 +48,10 @@ def spec_from_dict(name: str, spec: dict[str, Any]) -> mlproject.ProjectSpec:
             mlproject.EntrySpec(
                 e["name"],
                 e["command"],
-                tuple(mlproject.ParameterSpec(p["name"], p["type"], p["default"])
-                      for p in e["parameters"]),
+                tuple(
+                    mlproject.ParameterSpec(p["name"], p["type"], p["default"])
+                    for p in e["parameters"]
+                ),
                 e.get("graph"),
             )
             for e in spec["entries"]
@@ -85,8 +88,9 @@ def inspect_project(path: Path) -> tuple[mlproject.ProjectSpec, dict[str, str]]:
 
 
 class EntryPointManager:
-    def __init__(self, db: Database, blobs: BlobStore, tokens: PageTokens,
-                 max_archive_bytes: int) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, tokens: PageTokens, max_archive_bytes: int
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.tokens = tokens
@@ -96,11 +100,13 @@ class EntryPointManager:
         self, ep_id: str, description: str, expected_sha256: str, chunks: AsyncIterator[bytes]
     ) -> tuple[EntryPoint, Revision, bool]:
         names.check_id(ep_id, "entry point")
-        async with receive(self.blobs, chunks, self.max_archive_bytes, expected_sha256,
-                           "archive") as upload:
+        async with receive(
+            self.blobs, chunks, self.max_archive_bytes, expected_sha256, "archive"
+        ) as upload:
             project, graphs = await asyncio.to_thread(inspect_project, upload.path)
-        rev = Revision(ep_id, upload.digest, upload.size, project.name,
-                       spec_to_dict(project, graphs), utcnow())
+        rev = Revision(
+            ep_id, upload.digest, upload.size, project.name, spec_to_dict(project, graphs), utcnow()
+        )
         return await self.db.run(lambda s: EntryPoints.add_revision(s, ep_id, description, rev))
 
     async def get(self, name: str) -> EntryPoint:

@@ -48,8 +48,7 @@ class ExperimentManager:
             raise NotFound(f"experiment {exp_id!r} not found")
         return exp
 
-    async def page(self, size: int, token: str, filter_text: str
-                   ) -> tuple[list[Experiment], str]:
+    async def page(self, size: int, token: str, filter_text: str) -> tuple[list[Experiment], str]:
         from .filters import labels_filter
 
         labels = labels_filter(filter_text)
@@ -62,8 +61,9 @@ class ExperimentManager:
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [e for _, e in rows[:n]], nxt
 
-    async def update(self, name: str, description: str | None, labels: dict[str, str] | None
-                     ) -> Experiment:
+    async def update(
+        self, name: str, description: str | None, labels: dict[str, str] | None
+    ) -> Experiment:
         exp_id = names.experiment_id(name)
         if labels is not None:
             check_labels(labels)

@@ -8,8 +8,9 @@ from .models import JobFilter
 from .states import JobState
 
 
-def terms(text: str, allowed: set[str], label_prefix: bool = False,
-          problems: list[str] | None = None) -> list[tuple[str, str]]:
+def terms(
+    text: str, allowed: set[str], label_prefix: bool = False, problems: list[str] | None = None
+) -> list[tuple[str, str]]:
     """Splits a filter into (key, value) terms, naming every bad one.
 
     With ``problems`` given, they are appended there for the caller to raise with its own.

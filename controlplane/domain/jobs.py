@@ -69,8 +69,14 @@ class _Checked:
 
 
 class JobManager:
-    def __init__(self, db: Database, tracking: Tracking, notifier: Notifier,
-                 scheduler: Scheduler, tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tracking: Tracking,
+        notifier: Notifier,
+        scheduler: Scheduler,
+        tokens: PageTokens,
+    ) -> None:
         self.db = db
         self.tracking = tracking
         self.notifier = notifier
@@ -78,8 +84,9 @@ class JobManager:
         self.tokens = tokens
         # Parsed MLprojects and task graphs of revisions, and the task signatures of plugin
         # versions: all immutable, so cached without invalidation.
-        self._projects: dict[tuple[str, str], tuple[mlproject.ProjectSpec,
-                                                     dict[str, task_graph.Graph]]] = {}
+        self._projects: dict[
+            tuple[str, str], tuple[mlproject.ProjectSpec, dict[str, task_graph.Graph]]
+        ] = {}
         self._tasks: dict[str, list[task_graph.TaskSignature]] = {}
 
     def _check_shape(self, spec: SubmitSpec) -> tuple[str, str, str, int]:
@@ -125,8 +132,9 @@ class JobManager:
             rev = EntryPoints.revision(s, ep_id, digest)
             if rev is None:
                 raise NotFound(f"entry point {ep_id!r} has no revision {spec.digest}")
-            graphs = {rel: task_graph.parse(text)
-                      for rel, text in rev.spec.get("graphs", {}).items()}
+            graphs = {
+                rel: task_graph.parse(text) for rel, text in rev.spec.get("graphs", {}).items()
+            }
             cached = spec_from_dict(rev.project_name, rev.spec), graphs
             if len(self._projects) >= PROJECT_CACHE_SIZE:
                 self._projects.pop(next(iter(self._projects)))
@@ -143,8 +151,13 @@ class JobManager:
             self._check_graph(s, graphs[entry_spec.graph], entry_spec, pins)
         return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins)
 
-    def _check_graph(self, s: Session, graph: task_graph.Graph, entry: mlproject.EntrySpec,
-                     pins: tuple[PluginPin, ...]) -> None:
+    def _check_graph(
+        self,
+        s: Session,
+        graph: task_graph.Graph,
+        entry: mlproject.EntrySpec,
+        pins: tuple[PluginPin, ...],
+    ) -> None:
         """The task graph against the pinned plugins' tasks: every problem at once (where
         Dioptra answers several of these with an HTTP 500)."""
         tasks: dict[str, task_graph.TaskSignature] = {}
@@ -153,9 +166,12 @@ class JobManager:
                 pv = Plugins.version(s, pin.plugin_id, pin.version)
                 self._tasks[pin.digest] = [
                     task_graph.TaskSignature(
-                        t["name"], t["module"],
+                        t["name"],
+                        t["module"],
                         tuple((i["name"], i["type"], i["has_default"]) for i in t["inputs"]),
-                        t["output"], t.get("any_keyword", False))
+                        t["output"],
+                        t.get("any_keyword", False),
+                    )
                     for t in (pv.tasks if pv else [])
                 ]
             for sig in self._tasks[pin.digest]:
@@ -224,8 +240,9 @@ class JobManager:
         return self._same_request(found, fingerprint)
 
     @staticmethod
-    def _new_job(job_id: str, checked: _Checked, spec: SubmitSpec, queue: str,
-                 max_attempts: int, run_id: str) -> Job:
+    def _new_job(
+        job_id: str, checked: _Checked, spec: SubmitSpec, queue: str, max_attempts: int, run_id: str
+    ) -> Job:
         now = utcnow()
         return Job(
             id=job_id,

@@ -28,7 +28,7 @@ def check_id(value: str, what: str, pattern: re.Pattern[str] = ID_RE) -> str:
 def parse(name: str, collection: str, what: str, pattern: re.Pattern[str] = ID_RE) -> str:
     """``collection/{id}`` -> id; a bare id is accepted too, for humans typing names."""
     prefix = collection + "/"
-    raw = name[len(prefix):] if name.startswith(prefix) else name
+    raw = name[len(prefix) :] if name.startswith(prefix) else name
     if not raw:
         raise InvalidArgument(f"{what} name is required (`{collection}/{{id}}`)")
     if not pattern.match(raw):

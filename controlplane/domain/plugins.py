@@ -40,23 +40,31 @@ def plugin_id(name: str) -> str:
 
 
 class PluginManager:
-    def __init__(self, db: Database, blobs: BlobStore, tokens: PageTokens,
-                 max_bundle_bytes: int) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, tokens: PageTokens, max_bundle_bytes: int
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.tokens = tokens
         self.max_bundle_bytes = max_bundle_bytes
 
-    async def upload(self, expected_sha256: str, chunks: AsyncIterator[bytes]
-                     ) -> tuple[Plugin, PluginVersion, bool]:
-        async with receive(self.blobs, chunks, self.max_bundle_bytes, expected_sha256,
-                           "bundle") as upload:
+    async def upload(
+        self, expected_sha256: str, chunks: AsyncIterator[bytes]
+    ) -> tuple[Plugin, PluginVersion, bool]:
+        async with receive(
+            self.blobs, chunks, self.max_bundle_bytes, expected_sha256, "bundle"
+        ) as upload:
             manifest = await asyncio.to_thread(read_bundle, upload.path)
             pv = PluginVersion(
-                plugin_id=manifest["name"], version=manifest["version"], digest=upload.digest,
-                size_bytes=upload.size, description=manifest["description"],
-                requirements=manifest["requirements"], package=manifest["package"],
-                tasks=manifest["tasks"], create_time=utcnow(),
+                plugin_id=manifest["name"],
+                version=manifest["version"],
+                digest=upload.digest,
+                size_bytes=upload.size,
+                description=manifest["description"],
+                requirements=manifest["requirements"],
+                package=manifest["package"],
+                tasks=manifest["tasks"],
+                create_time=utcnow(),
             )
 
             def add(s: Session) -> tuple[Plugin, PluginVersion, bool]:
@@ -72,8 +80,7 @@ class PluginManager:
                     assert plugin is not None
                     return plugin, existing, False
                 current = Plugins.get(s, pv.plugin_id, with_latest=False)
-                is_latest = current is None or Version(pv.version) > Version(
-                    current.latest_version)
+                is_latest = current is None or Version(pv.version) > Version(current.latest_version)
                 plugin = Plugins.add_version(s, pv, is_latest)
                 stored = Plugins.version(s, pv.plugin_id, pv.version)
                 assert stored is not None
@@ -107,8 +114,7 @@ class PluginManager:
         nxt = self.tokens.encode("plugins", rows[n - 1][0]) if len(rows) > n else ""
         return [p for _, p in rows[:n]], nxt
 
-    async def versions(self, parent: str, size: int, token: str
-                       ) -> tuple[list[PluginVersion], str]:
+    async def versions(self, parent: str, size: int, token: str) -> tuple[list[PluginVersion], str]:
         pid = plugin_id(parent)
         query = f"plugin_versions:{pid}"
         start = self.tokens.decode(query, token) or 0
@@ -126,7 +132,7 @@ class PluginManager:
             raise NotFound(f"plugin {pid!r} not found")
         ordered = sorted(found, key=lambda v: Version(v.version), reverse=True)
         nxt = self.tokens.encode(query, start + n) if len(ordered) > start + n else ""
-        return ordered[start:start + n], nxt
+        return ordered[start : start + n], nxt
 
     @staticmethod
     def pins(s: Session, requested: dict[str, str]) -> tuple[PluginPin, ...]:
@@ -139,10 +145,20 @@ class PluginManager:
         for pid, version in sorted(requested.items()):
             pv = Plugins.version(s, pid, version) if names.ID_RE.match(pid) else None
             if pv is None:
-                known = "no such plugin" if pid not in pins else (
-                    "its versions: " + ", ".join(
-                        sorted((v.version for v in Plugins.versions(s, pid)), key=Version,
-                               reverse=True)))
+                known = (
+                    "no such plugin"
+                    if pid not in pins
+                    else (
+                        "its versions: "
+                        + ", ".join(
+                            sorted(
+                                (v.version for v in Plugins.versions(s, pid)),
+                                key=Version,
+                                reverse=True,
+                            )
+                        )
+                    )
+                )
                 problems.append(f"plugin {pid!r} has no version {version!r} ({known})")
             else:
                 pins[pid] = pv.pin

@@ -61,8 +61,9 @@ def check_alias(alias: str) -> str:
 
 def check_version(version: str) -> str:
     if not VERSION_RE.match(version):
-        raise InvalidArgument(f"version {version!r} is invalid (want a number from 1)",
-                              field="version")
+        raise InvalidArgument(
+            f"version {version!r} is invalid (want a number from 1)", field="version"
+        )
     return version
 
 
@@ -71,15 +72,19 @@ def version_name(name: str) -> tuple[str, str, str]:
     want = "want `models/{id}/versions/{n}` or `models/{id}@{alias}`"
     if not name.startswith("models/"):
         raise InvalidArgument(f"model version name {name!r} is malformed ({want})")
-    rest = name[len("models/"):]
+    rest = name[len("models/") :]
     if "@" in rest:
         mid, _, alias = rest.partition("@")
         if not names.ID_RE.match(mid) or not ALIAS_RE.match(alias):
             raise InvalidArgument(f"model version name {name!r} is malformed ({want})")
         return mid, "", alias
     parts = rest.split("/")
-    if (len(parts) != 3 or parts[1] != "versions" or not names.ID_RE.match(parts[0])
-            or not VERSION_RE.match(parts[2])):
+    if (
+        len(parts) != 3
+        or parts[1] != "versions"
+        or not names.ID_RE.match(parts[0])
+        or not VERSION_RE.match(parts[2])
+    ):
         raise InvalidArgument(f"model version name {name!r} is malformed ({want})")
     return parts[0], parts[2], ""
 
@@ -89,7 +94,7 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
     bad = InvalidArgument(f"{uri!r} is not a model URI ({_URI_FORMS})", field="uri")
     if not uri.startswith("models:/"):
         raise bad
-    rest = uri[len("models:/"):]
+    rest = uri[len("models:/") :]
     if "@" in rest:
         mid, _, alias = rest.partition("@")
         if not names.ID_RE.match(mid) or not ALIAS_RE.match(alias):
@@ -108,8 +113,9 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
 def artifact_path(path: str, field: str = "path") -> str:
     """A normalized path relative to the artifact root ("" is the root itself)."""
     if "\\" in path or "\x00" in path:
-        raise InvalidArgument(f"artifact path {path!r} is invalid: use '/' between folders",
-                              field=field)
+        raise InvalidArgument(
+            f"artifact path {path!r} is invalid: use '/' between folders", field=field
+        )
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         raise InvalidArgument(
             f"artifact path {path!r} must be relative to the artifact root", field=field
@@ -159,8 +165,7 @@ class ModelRegistry:
 
     # -- models
 
-    async def register(self, model: str, job: str, path: str, description: str
-                       ) -> ModelVersion:
+    async def register(self, model: str, job: str, path: str, description: str) -> ModelVersion:
         """A new version of ``model`` (created when new, with ``description``) from the files
         the job logged at ``path``."""
         problems: list[str] = []
@@ -191,8 +196,14 @@ class ModelRegistry:
         version = await self.tracking.register_model_version(
             mid, run_id, rel, description, {JOB_TAG: found.id, PATH_TAG: rel}
         )
-        log.info("registered model %s version %s from job %s (run %s, path %s)",
-                 mid, version.version, found.id, run_id, rel)
+        log.info(
+            "registered model %s version %s from job %s (run %s, path %s)",
+            mid,
+            version.version,
+            found.id,
+            run_id,
+            rel,
+        )
         return version
 
     async def get(self, name: str) -> RegisteredModel:
@@ -212,8 +223,7 @@ class ModelRegistry:
         nxt = self.tokens.encode(query, models[n - 1].id) if len(models) > n else ""
         return models[:n], nxt
 
-    async def versions(self, parent: str, size: int, token: str
-                       ) -> tuple[list[ModelVersion], str]:
+    async def versions(self, parent: str, size: int, token: str) -> tuple[list[ModelVersion], str]:
         """A model's versions, newest first."""
         mid = model_id(parent)
         n = page_size(size)
@@ -222,8 +232,11 @@ class ModelRegistry:
         if before is not None and not isinstance(before, int):
             raise InvalidArgument("page_token is invalid")
         self._require_mlflow()
-        versions = [v for v in await self.tracking.list_model_versions(mid)
-                    if before is None or int(v.version) < before]
+        versions = [
+            v
+            for v in await self.tracking.list_model_versions(mid)
+            if before is None or int(v.version) < before
+        ]
         nxt = self.tokens.encode(query, int(versions[n - 1].version)) if len(versions) > n else ""
         return versions[:n], nxt
 
@@ -319,8 +332,7 @@ class ModelRegistry:
             yield item
 
 
-async def _stream(fetch: Callable[[Path], Awaitable[Path]], name: str
-                  ) -> AsyncIterator[Chunk]:
+async def _stream(fetch: Callable[[Path], Awaitable[Path]], name: str) -> AsyncIterator[Chunk]:
     """Has ``fetch`` copy a file or folder into a temporary directory, then yields its files
     chunk by chunk, named ``name/<path in the folder>`` (or ``name`` for a file; with no
     ``name``, the path in the folder or the file's own name).

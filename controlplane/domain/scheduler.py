@@ -235,8 +235,13 @@ class Scheduler:
                 Cancel(ref.job_id, ref.attempt, reason, self.config.grace_period)
             )
         self.sessions[info.id] = session
-        log.info("agent %s connected (queues=%s, slots=%d, running=%d)", info.id,
-                 info.queues, info.capacity.slots, len(keep))
+        log.info(
+            "agent %s connected (queues=%s, slots=%d, running=%d)",
+            info.id,
+            info.queues,
+            info.capacity.slots,
+            len(keep),
+        )
         self.wake()
         return session
 
@@ -244,8 +249,11 @@ class Scheduler:
         if self.sessions.get(session.id) is not session:
             return
         del self.sessions[session.id]
-        log.info("agent %s disconnected; its %d attempts keep their leases", session.id,
-                 len(session.running))
+        log.info(
+            "agent %s disconnected; its %d attempts keep their leases",
+            session.id,
+            len(session.running),
+        )
         await self.db.run(lambda s: Agents.set(s, session.id, state="DISCONNECTED"))
 
     async def heartbeat(self, session: AgentSession, running: Sequence[AttemptRef]) -> None:
@@ -254,8 +262,12 @@ class Scheduler:
         for r in running:
             if (r.job_id, r.attempt) not in session.running:
                 session.outbox.put_nowait(
-                    Cancel(r.job_id, r.attempt, "this attempt is no longer assigned to the agent",
-                           self.config.grace_period)
+                    Cancel(
+                        r.job_id,
+                        r.attempt,
+                        "this attempt is no longer assigned to the agent",
+                        self.config.grace_period,
+                    )
                 )
 
         def beat(s: Session) -> None:
@@ -303,8 +315,10 @@ class Scheduler:
             claimed: list[tuple[AgentSession, Job]] = []
             until = utcnow() + lease
             for job in candidates:
-                target = next((x for x in by_queue.get(job.queue, ())
-                               if slots[x.id] > 0 and x.accepts(job)), None)
+                target = next(
+                    (x for x in by_queue.get(job.queue, ()) if slots[x.id] > 0 and x.accepts(job)),
+                    None,
+                )
                 if target is None:
                     continue
                 number = job.attempt + 1
@@ -312,8 +326,12 @@ class Scheduler:
                     s,
                     job.id,
                     predecessors(JobState.ASSIGNED),
-                    {"state": JobState.ASSIGNED.value, "attempt": number,
-                     "agent_id": target.id, "state_reason": ""},
+                    {
+                        "state": JobState.ASSIGNED.value,
+                        "attempt": number,
+                        "agent_id": target.id,
+                        "state_reason": "",
+                    },
                     attempt=job.attempt,
                 )
                 if updated is None:
@@ -339,8 +357,9 @@ class Scheduler:
         """Applies an agent's attempt update; stale attempts are ignored (fenced)."""
         return await self.report_nowait(session, rep)
 
-    def report_nowait(self, session: AgentSession | None, rep: AttemptReport
-                      ) -> asyncio.Future[JobHead | None]:
+    def report_nowait(
+        self, session: AgentSession | None, rep: AttemptReport
+    ) -> asyncio.Future[JobHead | None]:
         """Enqueues the update now (keeping the stream's order) and applies it in the next
         group commit; the returned future settles after the follow-up work is done."""
         now = utcnow()
@@ -351,8 +370,12 @@ class Scheduler:
         if session is not None:
             fence["agent_id"] = session.id
         if not (rep.state == JobState.RUNNING or rep.state.is_final):
-            log.warning("agent %s reported state %s for %s: ignored",
-                        session.id if session else "?", rep.state, rep.job_id)
+            log.warning(
+                "agent %s reported state %s for %s: ignored",
+                session.id if session else "?",
+                rep.state,
+                rep.job_id,
+            )
             ignored: asyncio.Future[JobHead | None] = asyncio.get_running_loop().create_future()
             ignored.set_result(None)
             return ignored
@@ -360,39 +383,58 @@ class Scheduler:
         def apply(s: Session) -> JobHead | None:
             if rep.state == JobState.RUNNING:
                 job = Jobs.transition(
-                    s, rep.job_id, [JobState.ASSIGNED],
-                    {"state": JobState.RUNNING.value, "start_time": now}, **fence,
+                    s,
+                    rep.job_id,
+                    [JobState.ASSIGNED],
+                    {"state": JobState.RUNNING.value, "start_time": now},
+                    **fence,
                 )
                 if job is not None:
                     Attempts.set(s, job.id, rep.attempt, state="RUNNING", start_time=now)
                 return job
-            values: dict[str, Any] = {"state": rep.state.value, "end_time": now,
-                                      "exit_code": rep.exit_code}
+            values: dict[str, Any] = {
+                "state": rep.state.value,
+                "end_time": now,
+                "exit_code": rep.exit_code,
+            }
             if rep.state == JobState.CANCELLED:
                 # The user's cancel reason stays the job's reason.
-                job = Jobs.transition(s, rep.job_id, ACTIVE, values,
-                                           cancel_requested=True, **fence)
+                job = Jobs.transition(s, rep.job_id, ACTIVE, values, cancel_requested=True, **fence)
                 if job is None:
                     current = Jobs.get(s, rep.job_id)
-                    if (current is None or current.attempt != rep.attempt
-                            or not current.state.is_active or current.cancel_requested
-                            or (session is not None and current.agent_id != session.id)):
+                    if (
+                        current is None
+                        or current.attempt != rep.attempt
+                        or not current.state.is_active
+                        or current.cancel_requested
+                        or (session is not None and current.agent_id != session.id)
+                    ):
                         return None
                     # The agent stopped it on its own (shutting down): not the user's cancel.
                     why = f"agent {current.agent_id} stopped the attempt: {rep.message}"
                     return _head(self._requeue_or_fail(s, current, why.rstrip(": ")))
             else:
-                job = Jobs.transition(s, rep.job_id, ACTIVE,
-                                           {**values, "state_reason": rep.message}, **fence)
+                job = Jobs.transition(
+                    s, rep.job_id, ACTIVE, {**values, "state_reason": rep.message}, **fence
+                )
             if job is not None:
-                Attempts.set(s, job.id, rep.attempt, state=rep.state.value, active=False,
-                             end_time=now, exit_code=rep.exit_code, message=rep.message)
+                Attempts.set(
+                    s,
+                    job.id,
+                    rep.attempt,
+                    state=rep.state.value,
+                    active=False,
+                    end_time=now,
+                    exit_code=rep.exit_code,
+                    message=rep.message,
+                )
             return job
 
         def follow_up(job: JobHead | None) -> JobHead | None:
             if job is None:
-                log.info("ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt,
-                         rep.state)
+                log.info(
+                    "ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt, rep.state
+                )
                 return None
             if job.state != JobState.RUNNING:
                 if session is not None and (rep.job_id, rep.attempt) in session.running:
@@ -406,18 +448,27 @@ class Scheduler:
         return _then(self.db.enqueue(apply), follow_up)
 
     def _requeue_or_fail(self, s: Session, job: Job, why: str) -> Job | None:
-        Attempts.set(s, job.id, job.attempt, state="LOST", active=False, end_time=utcnow(),
-                     message=why)
+        Attempts.set(
+            s, job.id, job.attempt, state="LOST", active=False, end_time=utcnow(), message=why
+        )
         if job.cancel_requested:
-            values: dict[str, Any] = {"state": JobState.CANCELLED.value, "end_time": utcnow(),
-                                      "state_reason": job.state_reason or "cancelled"}
+            values: dict[str, Any] = {
+                "state": JobState.CANCELLED.value,
+                "end_time": utcnow(),
+                "state_reason": job.state_reason or "cancelled",
+            }
         elif job.attempt < job.max_attempts:
-            values = {"state": JobState.QUEUED.value,
-                      "state_reason": f"{why}; requeued (attempt {job.attempt} of "
-                                      f"{job.max_attempts} used)"}
+            values = {
+                "state": JobState.QUEUED.value,
+                "state_reason": f"{why}; requeued (attempt {job.attempt} of "
+                f"{job.max_attempts} used)",
+            }
         else:
-            values = {"state": JobState.FAILED.value, "end_time": utcnow(),
-                      "state_reason": f"{why}; no attempts left ({job.max_attempts} used)"}
+            values = {
+                "state": JobState.FAILED.value,
+                "end_time": utcnow(),
+                "state_reason": f"{why}; no attempts left ({job.max_attempts} used)",
+            }
         return Jobs.compare_and_set(s, job.id, ACTIVE, values, attempt=job.attempt)
 
     def _release(self, job_id: str, attempt: int) -> None:
@@ -431,21 +482,23 @@ class Scheduler:
         if job.state.is_final and job.mlflow_run_id:
             self.spawn(self.tracking.end_run(job.mlflow_run_id, job.state.value))
 
-    async def logs(self, job_id: str, attempt: int,
-                   lines: Sequence[tuple[int, int, str, datetime]]) -> int:
+    async def logs(
+        self, job_id: str, attempt: int, lines: Sequence[tuple[int, int, str, datetime]]
+    ) -> int:
         """Persists a batch; returns the highest sequence now safely stored (for the ack)."""
         return await self.logs_nowait(job_id, attempt, lines)
 
-    def logs_nowait(self, job_id: str, attempt: int,
-                    lines: Sequence[tuple[int, int, str, datetime]]) -> asyncio.Future[int]:
+    def logs_nowait(
+        self, job_id: str, attempt: int, lines: Sequence[tuple[int, int, str, datetime]]
+    ) -> asyncio.Future[int]:
         """``logs``, enqueued now so it keeps its place among the stream's other messages."""
+
         def follow_up(added: int) -> int:
             if added:
                 self.notifier.notify(job_id)
             return max((ln[0] for ln in lines), default=0)
 
-        return _then(self.db.enqueue(lambda s: Logs.append(s, job_id, attempt, lines)),
-                     follow_up)
+        return _then(self.db.enqueue(lambda s: Logs.append(s, job_id, attempt, lines)), follow_up)
 
     # -- cancel ----------------------------------------------------------------------
 
@@ -458,15 +511,24 @@ class Scheduler:
                 return job
             if job.state in (JobState.QUEUED, JobState.PENDING):
                 done = Jobs.compare_and_set(
-                    s, job_id, [job.state],
-                    {"state": JobState.CANCELLED.value, "cancel_requested": True,
-                     "end_time": utcnow(), "state_reason": reason},
+                    s,
+                    job_id,
+                    [job.state],
+                    {
+                        "state": JobState.CANCELLED.value,
+                        "cancel_requested": True,
+                        "end_time": utcnow(),
+                        "state_reason": reason,
+                    },
                 )
                 return done or Jobs.get(s, job_id)
             if job.cancel_requested:
                 return job
             done = Jobs.compare_and_set(
-                s, job_id, ACTIVE, {"cancel_requested": True, "state_reason": reason},
+                s,
+                job_id,
+                ACTIVE,
+                {"cancel_requested": True, "state_reason": reason},
                 attempt=job.attempt,
             )
             return done or Jobs.get(s, job_id)

@@ -34,9 +34,7 @@ FINAL_STATES = frozenset(
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
     JobState.QUEUED: frozenset({JobState.ASSIGNED, JobState.CANCELLED, JobState.FAILED}),
-    JobState.ASSIGNED: frozenset(
-        {JobState.RUNNING, JobState.QUEUED, *FINAL_STATES}
-    ),
+    JobState.ASSIGNED: frozenset({JobState.RUNNING, JobState.QUEUED, *FINAL_STATES}),
     JobState.RUNNING: frozenset({JobState.QUEUED, *FINAL_STATES}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),

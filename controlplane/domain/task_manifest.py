@@ -45,8 +45,9 @@ def _read(archive: Archive) -> dict[str, Any]:
     problems: list[str] = []
     name = str(doc.get("name") or "")
     if not names.ID_RE.match(name):
-        problems.append(f"plugin name {name!r} is invalid: use 1-63 of [a-z0-9-], starting with "
-                        "a letter")
+        problems.append(
+            f"plugin name {name!r} is invalid: use 1-63 of [a-z0-9-], starting with a letter"
+        )
     version = str(doc.get("version") or "")
     try:
         Version(version)
@@ -59,8 +60,9 @@ def _read(archive: Archive) -> dict[str, Any]:
     if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
         problems.append("requirements must be a list of strings")
         requirements = []
-    sources = {n: v for n, v in files.items()
-               if n.startswith(f"{root}{package}/") and n.endswith(".py")}
+    sources = {
+        n: v for n, v in files.items() if n.startswith(f"{root}{package}/") and n.endswith(".py")
+    }
     if package.isidentifier() and f"{root}{package}/__init__.py" not in files:
         problems.append(f"the bundle has no package {package}/ (with an __init__.py)")
     tasks: list[dict[str, Any]] = []
@@ -71,25 +73,32 @@ def _read(archive: Archive) -> dict[str, Any]:
         if total > MAX_SOURCE_BYTES:
             problems.append("the package's Python source is larger than 20 MiB")
             break
-        module = path_name[len(root):-3].replace("/", ".").removesuffix(".__init__")
+        module = path_name[len(root) : -3].replace("/", ".").removesuffix(".__init__")
         try:
             tree = ast.parse(read(), filename=path_name)
         except SyntaxError as exc:
-            problems.append(f"{path_name[len(root):]}:{exc.lineno}: {exc.msg}")
+            problems.append(f"{path_name[len(root) :]}:{exc.lineno}: {exc.msg}")
             continue
         tasks.extend(tasks_in(tree, module))
     if problems:
         raise InvalidArgument(problems)
-    return {"name": name, "version": version, "package": package,
-            "description": str(doc.get("description") or ""), "requirements": requirements,
-            "tasks": tasks}
+    return {
+        "name": name,
+        "version": version,
+        "package": package,
+        "description": str(doc.get("description") or ""),
+        "requirements": requirements,
+        "tasks": tasks,
+    }
 
 
 def _is_task_decorator(node: ast.expr) -> tuple[bool, str | None]:
     target = node.func if isinstance(node, ast.Call) else node
     is_task = (isinstance(target, ast.Name) and target.id == "task") or (
-        isinstance(target, ast.Attribute) and target.attr == "task"
-        and isinstance(target.value, ast.Name) and target.value.id == "brinell"
+        isinstance(target, ast.Attribute)
+        and target.attr == "task"
+        and isinstance(target.value, ast.Name)
+        and target.value.id == "brinell"
     )
     name = None
     if is_task and isinstance(node, ast.Call):
@@ -112,8 +121,9 @@ def tasks_in(tree: ast.Module, module: str) -> list[dict[str, Any]]:
     return out
 
 
-def _signature(fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str, name: str
-               ) -> dict[str, Any]:
+def _signature(
+    fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str, name: str
+) -> dict[str, Any]:
     args = fn.args
     positional = [*args.posonlyargs, *args.args]
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
@@ -121,12 +131,20 @@ def _signature(fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str, name: st
     pairs = list(zip(positional, defaults, strict=True))
     pairs += list(zip(args.kwonlyargs, args.kw_defaults, strict=True))
     inputs = [
-        {"name": a.arg, "type": ast.unparse(a.annotation) if a.annotation else "",
-         "has_default": d is not None, "default": ast.unparse(d) if d is not None else ""}
+        {
+            "name": a.arg,
+            "type": ast.unparse(a.annotation) if a.annotation else "",
+            "has_default": d is not None,
+            "default": ast.unparse(d) if d is not None else "",
+        }
         for a, d in pairs
     ]
-    return {"name": name, "module": module, "inputs": inputs,
-            "output": ast.unparse(fn.returns) if fn.returns else "",
-            # `**kwargs`: any argument name is accepted.
-            "any_keyword": args.kwarg is not None,
-            "doc": ast.get_docstring(fn) or ""}
+    return {
+        "name": name,
+        "module": module,
+        "inputs": inputs,
+        "output": ast.unparse(fn.returns) if fn.returns else "",
+        # `**kwargs`: any argument name is accepted.
+        "any_keyword": args.kwarg is not None,
+        "doc": ast.get_docstring(fn) or "",
+    }

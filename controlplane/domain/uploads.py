@@ -22,8 +22,9 @@ class Upload:
 
 
 @contextlib.asynccontextmanager
-async def receive(blobs: BlobStore, chunks: AsyncIterator[bytes], max_bytes: int,
-                  expected_sha256: str, what: str) -> AsyncIterator[Upload]:
+async def receive(
+    blobs: BlobStore, chunks: AsyncIterator[bytes], max_bytes: int, expected_sha256: str, what: str
+) -> AsyncIterator[Upload]:
     """Streams ``chunks`` to a temporary file, hashing and bounding them.
 
     The body inspects the upload; when it returns normally the bytes are kept in the blob
@@ -38,8 +39,9 @@ async def receive(blobs: BlobStore, chunks: AsyncIterator[bytes], max_bytes: int
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise InvalidArgument(f"the {what} is larger than the limit of {max_bytes} "
-                                          "bytes")
+                    raise InvalidArgument(
+                        f"the {what} is larger than the limit of {max_bytes} bytes"
+                    )
                 hasher.update(chunk)
                 f.write(chunk)
         if size == 0:

@@ -57,12 +57,18 @@ def _job_cas(guards: tuple[str, ...], head: bool = False) -> Any:
     ``head`` returns only the columns that follow-up work needs (no JSON, no datetimes)."""
     stmt = _JOB_CAS
     if head:
-        stmt = (update(J).where(J.c.id == bindparam("w_id"),
-                                J.c.state.in_(bindparam("w_states", expanding=True)))
-                .values(version=J.c.version + 1).returning(*_HEAD))
+        stmt = (
+            update(J)
+            .where(
+                J.c.id == bindparam("w_id"), J.c.state.in_(bindparam("w_states", expanding=True))
+            )
+            .values(version=J.c.version + 1)
+            .returning(*_HEAD)
+        )
     for column in guards:
         stmt = stmt.where(J.c[column] == bindparam(f"w_{column}"))
     return stmt
+
 
 _QUEUED = (
     select(J.c.id, J.c.queue, J.c.selector, J.c.attempt)
@@ -127,8 +133,9 @@ def _job(r: Any) -> m.Job:
         end_time=r.end_time,
         update_time=r.update_time,
         request_id=r.request_id or "",
-        plugins=tuple(m.PluginPin(p["plugin"], p["version"], p["digest"], p["package"])
-                      for p in r.plugins),
+        plugins=tuple(
+            m.PluginPin(p["plugin"], p["version"], p["digest"], p["package"]) for p in r.plugins
+        ),
     )
 
 
@@ -279,8 +286,10 @@ class EntryPoints:
             .order_by(EntryPointRow.seq)
             .limit(limit)
         ).all()
-        return [(r.seq, EntryPoints._ep(r, EntryPoints.revision(s, r.id, r.latest_digest)))
-                for r in rows]
+        return [
+            (r.seq, EntryPoints._ep(r, EntryPoints.revision(s, r.id, r.latest_digest)))
+            for r in rows
+        ]
 
     @staticmethod
     def revisions(
@@ -320,8 +329,15 @@ class Jobs:
                 request_hash=request_hash,
                 log_count=0,
                 version=1,
-                plugins=[{"plugin": p.plugin_id, "version": p.version, "digest": p.digest,
-                          "package": p.package} for p in job.plugins],
+                plugins=[
+                    {
+                        "plugin": p.plugin_id,
+                        "version": p.version,
+                        "digest": p.digest,
+                        "package": p.package,
+                    }
+                    for p in job.plugins
+                ],
                 create_time=job.create_time,
                 start_time=None,
                 end_time=None,
@@ -344,8 +360,9 @@ class Jobs:
         return s.scalar(select(func.count()).where(JobRow.experiment_id == exp_id)) or 0
 
     @staticmethod
-    def page(s: Session, f: m.JobFilter, before_seq: int | None, limit: int
-             ) -> list[tuple[int, m.Job]]:
+    def page(
+        s: Session, f: m.JobFilter, before_seq: int | None, limit: int
+    ) -> list[tuple[int, m.Job]]:
         q = select(JobRow)
         if f.states:
             q = q.where(JobRow.state.in_([st.value for st in f.states]))
@@ -397,17 +414,27 @@ class Jobs:
         row = Jobs._cas(s, job_id, expected, values, None, guards, head=True)
         if row is None:
             return None
-        return m.JobHead(row.id, JobState(row.state), row.attempt, row.agent_id,
-                         row.mlflow_run_id)
+        return m.JobHead(row.id, JobState(row.state), row.attempt, row.agent_id, row.mlflow_run_id)
 
     @staticmethod
-    def _cas(s: Session, job_id: str, expected: Iterable[JobState], values: dict[str, Any],
-             attempt: int | None, guards: dict[str, Any], head: bool) -> Any:
+    def _cas(
+        s: Session,
+        job_id: str,
+        expected: Iterable[JobState],
+        values: dict[str, Any],
+        attempt: int | None,
+        guards: dict[str, Any],
+        head: bool,
+    ) -> Any:
         if attempt is not None:
             guards["attempt"] = attempt
-        params = {**values, "update_time": utcnow(), "w_id": job_id,
-                  "w_states": [e.value for e in expected],
-                  **{f"w_{k}": v for k, v in guards.items()}}
+        params = {
+            **values,
+            "update_time": utcnow(),
+            "w_id": job_id,
+            "w_states": [e.value for e in expected],
+            **{f"w_{k}": v for k, v in guards.items()},
+        }
         return s.connection().execute(_job_cas(tuple(sorted(guards)), head), params).first()
 
 
@@ -416,9 +443,19 @@ class Attempts:
     def add(s: Session, job_id: str, number: int, agent_id: str, lease_expires: datetime) -> None:
         s.connection().execute(
             insert(A),
-            dict(job_id=job_id, number=number, agent_id=agent_id, state=JobState.ASSIGNED.value,
-                 active=True, lease_expires=lease_expires, exit_code=None, message="",
-                 create_time=utcnow(), start_time=None, end_time=None),
+            dict(
+                job_id=job_id,
+                number=number,
+                agent_id=agent_id,
+                state=JobState.ASSIGNED.value,
+                active=True,
+                lease_expires=lease_expires,
+                exit_code=None,
+                message="",
+                create_time=utcnow(),
+                start_time=None,
+                end_time=None,
+            ),
         )
 
     @staticmethod
@@ -443,8 +480,7 @@ class Attempts:
 
     @staticmethod
     def extend_all(s: Session, until: datetime) -> None:
-        s.execute(update(AttemptRow).where(AttemptRow.active.is_(True))
-                  .values(lease_expires=until))
+        s.execute(update(AttemptRow).where(AttemptRow.active.is_(True)).values(lease_expires=until))
 
     @staticmethod
     def expired(s: Session, now: datetime, limit: int = 100) -> list[tuple[str, int, str]]:
@@ -479,8 +515,11 @@ class Logs:
             return 0
         conn = s.connection()
         seqs = [ln[0] for ln in lines]
-        seen = set(conn.execute(_LOG_SEEN, {"job": job_id, "attempt": attempt, "seqs": seqs})
-                   .scalars().all())
+        seen = set(
+            conn.execute(_LOG_SEEN, {"job": job_id, "attempt": attempt, "seqs": seqs})
+            .scalars()
+            .all()
+        )
         fresh = []
         for ln in lines:
             if ln[0] not in seen:
@@ -495,8 +534,15 @@ class Logs:
         conn.execute(
             insert(L),
             [
-                dict(job_id=job_id, offset=start + i, attempt=attempt, sequence=seq,
-                     stream=stream, text=text, time=t)
+                dict(
+                    job_id=job_id,
+                    offset=start + i,
+                    attempt=attempt,
+                    sequence=seq,
+                    stream=stream,
+                    text=text,
+                    time=t,
+                )
                 for i, (seq, stream, text, t) in enumerate(fresh)
             ],
         )
@@ -517,15 +563,31 @@ _LATEST_PINS = select(_PV.c.plugin_id, _PV.c.version, _PV.c.digest, _PV.c.packag
 
 
 def _plugin_version(r: Any) -> m.PluginVersion:
-    return m.PluginVersion(r.plugin_id, r.version, r.digest, r.size_bytes, r.description,
-                           list(r.requirements), r.package, list(r.tasks), r.create_time)
+    return m.PluginVersion(
+        r.plugin_id,
+        r.version,
+        r.digest,
+        r.size_bytes,
+        r.description,
+        list(r.requirements),
+        r.package,
+        list(r.tasks),
+        r.create_time,
+    )
 
 
 class Plugins:
     @staticmethod
     def _plugin(row: PluginRow, latest: m.PluginVersion | None) -> m.Plugin:
-        return m.Plugin(row.id, row.description, row.latest_version, row.version_count,
-                        row.create_time, row.update_time, latest)
+        return m.Plugin(
+            row.id,
+            row.description,
+            row.latest_version,
+            row.version_count,
+            row.create_time,
+            row.update_time,
+            latest,
+        )
 
     @staticmethod
     def get(s: Session, plugin_id: str, with_latest: bool = True) -> m.Plugin | None:
@@ -537,22 +599,28 @@ class Plugins:
 
     @staticmethod
     def version(s: Session, plugin_id: str, version: str) -> m.PluginVersion | None:
-        row = s.scalar(select(PluginVersionRow).where(
-            PluginVersionRow.plugin_id == plugin_id, PluginVersionRow.version == version))
+        row = s.scalar(
+            select(PluginVersionRow).where(
+                PluginVersionRow.plugin_id == plugin_id, PluginVersionRow.version == version
+            )
+        )
         return _plugin_version(row) if row else None
 
     @staticmethod
     def versions(s: Session, plugin_id: str) -> list[m.PluginVersion]:
-        rows = s.scalars(select(PluginVersionRow)
-                         .where(PluginVersionRow.plugin_id == plugin_id)).all()
+        rows = s.scalars(
+            select(PluginVersionRow).where(PluginVersionRow.plugin_id == plugin_id)
+        ).all()
         return [_plugin_version(r) for r in rows]
 
     @staticmethod
     def page(s: Session, after_seq: int, limit: int) -> list[tuple[int, m.Plugin]]:
-        rows = s.scalars(select(PluginRow).where(PluginRow.seq > after_seq)
-                         .order_by(PluginRow.seq).limit(limit)).all()
-        return [(r.seq, Plugins._plugin(r, Plugins.version(s, r.id, r.latest_version)))
-                for r in rows]
+        rows = s.scalars(
+            select(PluginRow).where(PluginRow.seq > after_seq).order_by(PluginRow.seq).limit(limit)
+        ).all()
+        return [
+            (r.seq, Plugins._plugin(r, Plugins.version(s, r.id, r.latest_version))) for r in rows
+        ]
 
     @staticmethod
     def latest_pins(s: Session) -> dict[str, m.PluginPin]:
@@ -565,15 +633,29 @@ class Plugins:
         now = utcnow()
         row = s.scalar(select(PluginRow).where(PluginRow.id == pv.plugin_id).with_for_update())
         if row is None:
-            row = PluginRow(id=pv.plugin_id, description=pv.description,
-                            latest_version=pv.version, version_count=0, create_time=now,
-                            update_time=now)
+            row = PluginRow(
+                id=pv.plugin_id,
+                description=pv.description,
+                latest_version=pv.version,
+                version_count=0,
+                create_time=now,
+                update_time=now,
+            )
             s.add(row)
             s.flush()
-        s.add(PluginVersionRow(plugin_id=pv.plugin_id, version=pv.version, digest=pv.digest,
-                               size_bytes=pv.size_bytes, description=pv.description,
-                               requirements=pv.requirements, package=pv.package,
-                               tasks=pv.tasks, create_time=now))
+        s.add(
+            PluginVersionRow(
+                plugin_id=pv.plugin_id,
+                version=pv.version,
+                digest=pv.digest,
+                size_bytes=pv.size_bytes,
+                description=pv.description,
+                requirements=pv.requirements,
+                package=pv.package,
+                tasks=pv.tasks,
+                create_time=now,
+            )
+        )
         row.version_count += 1
         if is_latest:
             row.latest_version = pv.version

@@ -56,15 +56,21 @@ def parse_params(text: str) -> dict[str, float]:
 
 @flow(name="robustness-attack", log_prints=False)
 def attack_flow(
-    model_uri: str, attack: str, eps_values: list[float], defense: str,
-    defense_params: dict[str, Any], seed: int, n_test: int,
+    model_uri: str,
+    attack: str,
+    eps_values: list[float],
+    defense: str,
+    defense_params: dict[str, Any],
+    seed: int,
+    n_test: int,
 ) -> list[dict[str, float]]:
     model = load_model(model_uri)
     source = model.trained_on or {"name": "digits", "test_size": 0.25, "seed": seed}
     data = load_dataset(source) if source.get("name") else load_digits(seed=seed)
     if defense == "adversarial_training":
-        model = adversarial_training_pgd(data, model, **{**ADVERSARIAL_TRAINING,
-                                                         **defense_params}, seed=seed)
+        model = adversarial_training_pgd(
+            data, model, **{**ADVERSARIAL_TRAINING, **defense_params}, seed=seed
+        )
     else:
         model = defend_model(model, defense, **defense_params)
     small = subset(data, n_test, seed=seed)
@@ -81,8 +87,9 @@ def attack_flow(
         rows.append({"eps": eps, **metrics})
     if result is not None:
         with tempfile.TemporaryDirectory() as folder:
-            adversarial_grid(result, model, n=10,
-                             path=os.path.join(folder, "adversarial_examples.png"))
+            adversarial_grid(
+                result, model, n=10, path=os.path.join(folder, "adversarial_examples.png")
+            )
     return rows
 
 
@@ -97,25 +104,40 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=300)
     args = parser.parse_args()
 
-    print(f"attack: job={runtime.job()} attempt={runtime.attempt()} run={runtime.run_id()}",
-          flush=True)
+    print(
+        f"attack: job={runtime.job()} attempt={runtime.attempt()} run={runtime.run_id()}",
+        flush=True,
+    )
     params: dict[str, Any] = {
-        "model_uri": args.model_uri, "attack": args.attack, "defense": args.defense,
-        "eps_values": ",".join(f"{e:g}" for e in args.eps_values), "seed": args.seed,
+        "model_uri": args.model_uri,
+        "attack": args.attack,
+        "defense": args.defense,
+        "eps_values": ",".join(f"{e:g}" for e in args.eps_values),
+        "seed": args.seed,
         "n_test": args.n_test,
     }
     params.update({f"defense_{k}": v for k, v in args.defense_params.items()})
     with mlflow.start_run(), runtime.prefect_flow_settings():
         mlflow.log_params(params)
         started = time.perf_counter()
-        rows = attack_flow(args.model_uri, args.attack, args.eps_values, args.defense,
-                           args.defense_params, args.seed, args.n_test)
+        rows = attack_flow(
+            args.model_uri,
+            args.attack,
+            args.eps_values,
+            args.defense,
+            args.defense_params,
+            args.seed,
+            args.n_test,
+        )
         mlflow.log_metric("flow_seconds", time.perf_counter() - started)
     for row in rows:
-        print(f"result attack={args.attack} defense={args.defense} eps={row['eps']:g} "
-              f"clean_accuracy={row['clean_accuracy']:.4f} "
-              f"robust_accuracy={row['robust_accuracy']:.4f} "
-              f"attack_success_rate={row['attack_success_rate']:.4f}", flush=True)
+        print(
+            f"result attack={args.attack} defense={args.defense} eps={row['eps']:g} "
+            f"clean_accuracy={row['clean_accuracy']:.4f} "
+            f"robust_accuracy={row['robust_accuracy']:.4f} "
+            f"attack_success_rate={row['attack_success_rate']:.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

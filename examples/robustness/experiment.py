@@ -60,8 +60,9 @@ class Results:
         import matplotlib.pyplot as plt
 
         attacks = sorted({a for a, _ in self.robust})
-        fig, axes = plt.subplots(1, len(attacks), figsize=(6 * len(attacks), 4.5), sharey=True,
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(attacks), figsize=(6 * len(attacks), 4.5), sharey=True, squeeze=False
+        )
         for ax, attack in zip(axes[0], attacks, strict=True):
             for (a, defense), row in sorted(self.robust.items()):
                 if a == attack:
@@ -83,14 +84,24 @@ def _check(client: Client, job: Job, what: str) -> Job:
     final = client.jobs.wait(job, timeout=900)
     if final.state != JobState.SUCCEEDED:
         tail = "\n".join(ln.text for ln in list(client.jobs.logs(final))[-20:])
-        raise RuntimeError(f"{what} ({final.name}) ended {final.state.value}: "
-                           f"{final.state_reason}\n{tail}")
+        raise RuntimeError(
+            f"{what} ({final.name}) ended {final.state.value}: {final.state_reason}\n{tail}"
+        )
     return final
 
 
-def run(client: Client, experiment: str = "robustness", *, attacks: Sequence[str] = ATTACKS,
-        defenses: Sequence[str] = DEFENSES, eps: Sequence[float] = EPS, n_test: int = 300,
-        seed: int = 0, say: Callable[[str], None] = print, live_logs: bool = False) -> Results:
+def run(
+    client: Client,
+    experiment: str = "robustness",
+    *,
+    attacks: Sequence[str] = ATTACKS,
+    defenses: Sequence[str] = DEFENSES,
+    eps: Sequence[float] = EPS,
+    n_test: int = 300,
+    seed: int = 0,
+    say: Callable[[str], None] = print,
+    live_logs: bool = False,
+) -> Results:
     """Runs the whole experiment through a control plane; returns what the jobs measured."""
     results = Results()
     plugin, version, _ = client.plugins.push(PLUGIN)
@@ -101,14 +112,16 @@ def run(client: Client, experiment: str = "robustness", *, attacks: Sequence[str
     ep, _rev = client.entry_points.push(HERE, id="robustness")
 
     say("training the model (entry `train`)")
-    train = client.jobs.submit(experiment, ep, {"model": "logistic_regression", "seed": seed},
-                               entry="train", timeout=900)
+    train = client.jobs.submit(
+        experiment, ep, {"model": "logistic_regression", "seed": seed}, entry="train", timeout=900
+    )
     if live_logs:
         for ln in client.jobs.logs(train, follow=True):
             say(f"  | {ln.text}")
     results.train_job = _check(client, train, "training")
-    mv = client.models.register(MODEL, results.train_job, artifact_path="model",
-                                description="logistic regression on digits")
+    mv = client.models.register(
+        MODEL, results.train_job, artifact_path="model", description="logistic regression on digits"
+    )
     client.models.set_alias(MODEL, "champion", mv.version)
     results.model_version = mv.version
     say(f"registered models:/{MODEL}/{mv.version} as @champion")
@@ -117,11 +130,20 @@ def run(client: Client, experiment: str = "robustness", *, attacks: Sequence[str
     for defense in defenses:
         for attack in attacks:
             results.jobs[(attack, defense)] = client.jobs.submit(
-                experiment, ep,
-                {"model_uri": f"models:/{MODEL}@champion", "attack": attack,
-                 "eps_values": eps_text, "defense": defense, "seed": seed, "n_test": n_test,
-                 "defense_params": DEFENSE_PARAMS.get(defense, "")},
-                entry="attack", timeout=900)
+                experiment,
+                ep,
+                {
+                    "model_uri": f"models:/{MODEL}@champion",
+                    "attack": attack,
+                    "eps_values": eps_text,
+                    "defense": defense,
+                    "seed": seed,
+                    "n_test": n_test,
+                    "defense_params": DEFENSE_PARAMS.get(defense, ""),
+                },
+                entry="attack",
+                timeout=900,
+            )
     say(f"submitted {len(results.jobs)} attack jobs; waiting")
     for (attack, defense), job in results.jobs.items():
         final = _check(client, job, f"{attack} against {defense}")

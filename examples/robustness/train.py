@@ -26,8 +26,7 @@ def train_flow(model: str, seed: int, test_size: float, epochs: int) -> tuple[st
     data = load_digits(test_size=test_size, seed=seed)
     trained = train_model(data, model=model, seed=seed, epochs=epochs)
     clean = accuracy(trained, data.x_test, data.y_test)
-    log_metrics({"clean_accuracy": clean, "n_train": len(data.y_train),
-                 "n_test": len(data.y_test)})
+    log_metrics({"clean_accuracy": clean, "n_train": len(data.y_train), "n_test": len(data.y_test)})
     return save_model(trained, artifact_path="model"), clean
 
 
@@ -39,11 +38,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="CNN training epochs")
     args = parser.parse_args()
 
-    print(f"train: job={runtime.job()} attempt={runtime.attempt()} run={runtime.run_id()}",
-          flush=True)
+    print(
+        f"train: job={runtime.job()} attempt={runtime.attempt()} run={runtime.run_id()}", flush=True
+    )
     with mlflow.start_run(), runtime.prefect_flow_settings():
-        mlflow.log_params({"model": args.model, "seed": args.seed, "test_size": args.test_size,
-                           "epochs": args.epochs, "dataset": "digits"})
+        mlflow.log_params(
+            {
+                "model": args.model,
+                "seed": args.seed,
+                "test_size": args.test_size,
+                "epochs": args.epochs,
+                "dataset": "digits",
+            }
+        )
         started = time.perf_counter()
         uri, clean = train_flow(args.model, args.seed, args.test_size, args.epochs)
         mlflow.log_metric("flow_seconds", time.perf_counter() - started)

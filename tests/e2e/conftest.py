@@ -40,9 +40,14 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Proc:
     def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.cmd, self.log = cmd, log
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("a"),
-                                     text=True, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log.open("a"),
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -58,9 +63,24 @@ class Proc:
 
 
 def start_server(data: Path, port: int = 0) -> tuple[Proc, str]:
-    proc = Proc([sys.executable, "-m", "brinell.controlplane", "--port", str(port),
-                 "--data-dir", str(data), "--heartbeat-interval", "0.5", "--lease-duration",
-                 "5", "--grace-period", "2"], data.parent / f"{data.name}.log")
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "brinell.controlplane",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--heartbeat-interval",
+            "0.5",
+            "--lease-duration",
+            "5",
+            "--grace-period",
+            "2",
+        ],
+        data.parent / f"{data.name}.log",
+    )
     assert proc.proc.stdout is not None
     line = proc.proc.stdout.readline()
     match = re.search(r"listening on ([\d.]+:\d+)", line)
@@ -70,12 +90,29 @@ def start_server(data: Path, port: int = 0) -> tuple[Proc, str]:
     return proc, match.group(1)
 
 
-def start_agent(target: str, work: Path, prefect_url: str, agent_id: str = "e2e-agent",
-                slots: int = 2) -> Proc:
-    return Proc([sys.executable, "-m", "brinell.agent", "--control-plane", target,
-                 "--queue", "default", "--work-dir", str(work), "--agent-id", agent_id,
-                 "--slots", str(slots), "--prefect-api-url", prefect_url],
-                work.parent / f"{agent_id}.log")
+def start_agent(
+    target: str, work: Path, prefect_url: str, agent_id: str = "e2e-agent", slots: int = 2
+) -> Proc:
+    return Proc(
+        [
+            sys.executable,
+            "-m",
+            "brinell.agent",
+            "--control-plane",
+            target,
+            "--queue",
+            "default",
+            "--work-dir",
+            str(work),
+            "--agent-id",
+            agent_id,
+            "--slots",
+            str(slots),
+            "--prefect-api-url",
+            prefect_url,
+        ],
+        work.parent / f"{agent_id}.log",
+    )
 
 
 def wait_connected(client: Client, agent_id: str, timeout: float = 60) -> None:
@@ -93,8 +130,15 @@ def cluster(tmp_path: Path, prefect_api_url: str) -> Iterator[dict[str, Any]]:
     agent = start_agent(target, tmp_path / "agent", prefect_api_url)
     client = Client(target, timeout=30)
     # A test may replace the server (a restart); teardown stops whatever is there then.
-    state = {"client": client, "target": target, "server": server, "agent": agent,
-             "data": tmp_path / "server", "tmp": tmp_path, "prefect": prefect_api_url}
+    state = {
+        "client": client,
+        "target": target,
+        "server": server,
+        "agent": agent,
+        "data": tmp_path / "server",
+        "tmp": tmp_path,
+        "prefect": prefect_api_url,
+    }
     try:
         wait_connected(client, "e2e-agent")
         yield state

@@ -66,7 +66,8 @@ def test_graph_entry_point_runs_on_an_agent(cluster: dict[str, Any], tmp_path: P
     plugin = tmp_path / "graph-plugin"
     (plugin / "graph_tasks").mkdir(parents=True)
     (plugin / "brinell-plugin.yaml").write_text(
-        "name: graph-tasks\nversion: 0.1.0\npackage: graph_tasks\ndescription: test\n")
+        "name: graph-tasks\nversion: 0.1.0\npackage: graph_tasks\ndescription: test\n"
+    )
     (plugin / "graph_tasks" / "__init__.py").write_text("")
     (plugin / "graph_tasks" / "tasks.py").write_text(TASKS)
     c.plugins.push(plugin)

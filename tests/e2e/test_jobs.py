@@ -74,8 +74,10 @@ def test_hello_world_end_to_end(cluster: dict[str, Any]) -> None:
     job = c.jobs.submit(exp, ep, {"name": "Ada", "rounds": 4, "scale": 2.5}, timeout=300)
     assert job.mlflow_run_id
     final = c.jobs.wait(job, timeout=240)
-    assert final.state == JobState.SUCCEEDED, (final.state_reason,
-                                                [ln.text for ln in c.jobs.logs(job)])
+    assert final.state == JobState.SUCCEEDED, (
+        final.state_reason,
+        [ln.text for ln in c.jobs.logs(job)],
+    )
     assert final.exit_code == 0 and final.agent == "agents/e2e-agent"
 
     lines = list(c.jobs.logs(job))
@@ -102,8 +104,7 @@ def test_hello_world_end_to_end(cluster: dict[str, Any]) -> None:
     assert experiment.name == "brinell/hello"
 
 
-def test_cancel_kills_the_process_group_within_grace(cluster: dict[str, Any], sleeper: str
-                                                     ) -> None:
+def test_cancel_kills_the_process_group_within_grace(cluster: dict[str, Any], sleeper: str) -> None:
     c: Client = cluster["client"]
     job = c.jobs.submit("e2e", sleeper, {"seconds": 1000})
     found = pids(c, job)
@@ -138,8 +139,7 @@ def test_timeout_and_failure(cluster: dict[str, Any], sleeper: str) -> None:
     assert any(ln.text == "slept" for ln in c.jobs.logs(failing))
 
 
-def test_many_log_lines_arrive_complete_and_in_order(cluster: dict[str, Any], sleeper: str
-                                                     ) -> None:
+def test_many_log_lines_arrive_complete_and_in_order(cluster: dict[str, Any], sleeper: str) -> None:
     c: Client = cluster["client"]
     job = c.jobs.submit("e2e", sleeper, {"lines": 3000}, entry="chatty")
     followed = [ln.text for ln in c.jobs.logs(job, follow=True)]
@@ -148,8 +148,9 @@ def test_many_log_lines_arrive_complete_and_in_order(cluster: dict[str, Any], sl
     assert out == [f"line {i}" for i in range(3000)]
 
 
-def test_agent_reconnects_after_control_plane_restart(cluster: dict[str, Any], sleeper: str
-                                                      ) -> None:
+def test_agent_reconnects_after_control_plane_restart(
+    cluster: dict[str, Any], sleeper: str
+) -> None:
     c: Client = cluster["client"]
     job = c.jobs.submit("e2e", sleeper, {"seconds": 4})
     pids(c, job)
@@ -166,24 +167,49 @@ def test_agent_reconnects_after_control_plane_restart(cluster: dict[str, Any], s
 def test_buf_curl_through_reflection(cluster: dict[str, Any]) -> None:
     buf = shutil.which("buf") or str(Path(sys.executable).parent / "buf")
     url = f"http://{cluster['target']}"
-    listed = subprocess.run([buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
-                             "--list-services", url], capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
-    for svc in ("brinell.v1.ExperimentService", "brinell.v1.JobService",
-                "brinell.v1.AgentService", "brinell.v1.EntryPointService"):
+    for svc in (
+        "brinell.v1.ExperimentService",
+        "brinell.v1.JobService",
+        "brinell.v1.AgentService",
+        "brinell.v1.EntryPointService",
+    ):
         assert svc in listed.stdout
     cluster["client"].experiments.create("via-buf")
-    called = subprocess.run([buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
-                             "-d", "{}", f"{url}/brinell.v1.ExperimentService/ListExperiments"],
-                            capture_output=True, text=True, timeout=60)
+    called = subprocess.run(
+        [
+            buf,
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "-d",
+            "{}",
+            f"{url}/brinell.v1.ExperimentService/ListExperiments",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert called.returncode == 0, called.stderr
     assert "experiments/via-buf" in called.stdout
 
 
 def test_second_agent_process_gets_work(cluster: dict[str, Any], sleeper: str) -> None:
     c: Client = cluster["client"]
-    other = start_agent(cluster["target"], cluster["tmp"] / "agent2", cluster["prefect"],
-                        agent_id="e2e-agent-2", slots=1)
+    other = start_agent(
+        cluster["target"],
+        cluster["tmp"] / "agent2",
+        cluster["prefect"],
+        agent_id="e2e-agent-2",
+        slots=1,
+    )
     try:
         wait_connected(c, "e2e-agent-2")
         jobs = [c.jobs.submit("e2e", sleeper, {"seconds": 1}) for _ in range(3)]
@@ -197,14 +223,45 @@ def test_second_agent_process_gets_work(cluster: dict[str, Any], sleeper: str) -
 def test_cli_submit_watch_shows_states_and_logs(cluster: dict[str, Any], sleeper: str) -> None:
     env = dict(os.environ, BRINELL_TARGET=cluster["target"])
     proc = subprocess.run(
-        [sys.executable, "-m", "brinell.cli", "job", "submit", "e2e", sleeper, "-p",
-         "seconds=0.2", "--watch"], capture_output=True, text=True, env=env, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "brinell.cli",
+            "job",
+            "submit",
+            "e2e",
+            sleeper,
+            "-p",
+            "seconds=0.2",
+            "--watch",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "RUNNING" in out and "SUCCEEDED" in out
     assert "slept" in out  # the job's own output, streamed live
     failing = subprocess.run(
-        [sys.executable, "-m", "brinell.cli", "job", "submit", "e2e", sleeper, "-p",
-         "seconds=0", "-p", "code=4", "--watch"], capture_output=True, text=True, env=env,
-        timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "brinell.cli",
+            "job",
+            "submit",
+            "e2e",
+            sleeper,
+            "-p",
+            "seconds=0",
+            "-p",
+            "code=4",
+            "--watch",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert failing.returncode == 1 and "FAILED" in failing.stdout

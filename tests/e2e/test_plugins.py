@@ -201,8 +201,13 @@ def test_new_plugin_version_reaches_new_jobs_without_any_restart(
 
 def brinell_cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, BRINELL_TARGET=target)
-    return subprocess.run([sys.executable, "-m", "brinell.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "brinell.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_plugin_cli(cluster: dict[str, Any]) -> None:
@@ -239,15 +244,26 @@ def test_plugin_cli(cluster: dict[str, Any]) -> None:
 
     c.experiments.create("cli-plugins")
     ep, _ = c.entry_points.push(write_entry_point(tmp))
-    submitted = brinell_cli(target, "--json", "job", "submit", "cli-plugins", ep.id, "-p",
-                             "who=cli", "--plugin", "demo-plugin=1.0.0")
+    submitted = brinell_cli(
+        target,
+        "--json",
+        "job",
+        "submit",
+        "cli-plugins",
+        ep.id,
+        "-p",
+        "who=cli",
+        "--plugin",
+        "demo-plugin=1.0.0",
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     assert [(p["plugin"], p["version"]) for p in job["plugins"]] == [
         ("plugins/demo-plugin", "1.0.0")
     ]
     assert "v1: hello cli" in finished(c, job["name"])
-    unknown = brinell_cli(target, "job", "submit", "cli-plugins", ep.id, "--plugin",
-                           "demo-plugin=3.0.0")
+    unknown = brinell_cli(
+        target, "job", "submit", "cli-plugins", ep.id, "--plugin", "demo-plugin=3.0.0"
+    )
     assert unknown.returncode == 2 and "INVALID_ARGUMENT" in unknown.stderr
     assert "3.0.0" in unknown.stderr

@@ -16,9 +16,14 @@ import experiment  # noqa: E402
 
 def test_robustness_experiment(cluster: dict[str, Any], tmp_path: Path) -> None:
     c: Client = cluster["client"]
-    results = experiment.run(c, attacks=("fgsm", "pgd"),
-                             defenses=("none", "feature_squeezing", "adversarial_training"),
-                             eps=(0.0, 0.1, 0.3), n_test=200, say=lambda _: None)
+    results = experiment.run(
+        c,
+        attacks=("fgsm", "pgd"),
+        defenses=("none", "feature_squeezing", "adversarial_training"),
+        eps=(0.0, 0.1, 0.3),
+        n_test=200,
+        say=lambda _: None,
+    )
     assert len(results.robust) == 6 and all(len(row) == 3 for row in results.robust.values())
     none_fgsm = results.robust[("fgsm", "none")]
     none_pgd = results.robust[("pgd", "none")]
@@ -52,7 +57,8 @@ def test_robustness_experiment(cluster: dict[str, Any], tmp_path: Path) -> None:
     assert final.state == JobState.SUCCEEDED
     rerun = ml.get_run(final.mlflow_run_id).data.metrics
     assert {k: v for k, v in rerun.items() if "accuracy" in k or "success" in k} == {
-        k: v for k, v in run.data.metrics.items() if "accuracy" in k or "success" in k}
+        k: v for k, v in run.data.metrics.items() if "accuracy" in k or "success" in k
+    }
 
     plot = results.plot(tmp_path / "robustness.png")
     assert plot.stat().st_size > 10_000

@@ -73,14 +73,17 @@ def stubs(channel: grpc.Channel) -> Any:
     return Stubs
 
 
-def upload(stubs: Any, ep_id: str, data: bytes, chunk: int = 100, sha: str = ""
-           ) -> ep_pb.UploadEntryPointResponse:
+def upload(
+    stubs: Any, ep_id: str, data: bytes, chunk: int = 100, sha: str = ""
+) -> ep_pb.UploadEntryPointResponse:
     def messages() -> Iterator[ep_pb.UploadEntryPointRequest]:
         yield ep_pb.UploadEntryPointRequest(
-            metadata=ep_pb.UploadEntryPointMetadata(entry_point_id=ep_id, description="d",
-                                                    sha256=sha))
+            metadata=ep_pb.UploadEntryPointMetadata(
+                entry_point_id=ep_id, description="d", sha256=sha
+            )
+        )
         for i in range(0, len(data), chunk):
-            yield ep_pb.UploadEntryPointRequest(chunk=data[i:i + chunk])
+            yield ep_pb.UploadEntryPointRequest(chunk=data[i : i + chunk])
 
     return stubs.ep.UploadEntryPoint(messages())
 
@@ -92,8 +95,11 @@ def setup_job_world(stubs: Any, exp_id: str = "exp") -> str:
 
 
 def submit(stubs: Any, **kwargs: Any) -> job_pb2.Job:
-    req = {"experiment": "experiments/exp", "entry_point": "entryPoints/sleepy",
-           "parameters": {"label": "hi"}}
+    req = {
+        "experiment": "experiments/exp",
+        "entry_point": "entryPoints/sleepy",
+        "parameters": {"label": "hi"},
+    }
     req.update(kwargs)
     return stubs.job.SubmitJob(job_pb.SubmitJobRequest(**req)).job
 
@@ -102,10 +108,12 @@ def submit(stubs: Any, **kwargs: Any) -> job_pb2.Job:
 
 
 def test_experiments_crud_and_errors(stubs: Any) -> None:
-    created = stubs.exp.CreateExperiment(exp_pb.CreateExperimentRequest(
-        experiment_id="alpha",
-        experiment=experiment_pb2.Experiment(description="first", labels={"team": "red"}),
-    )).experiment
+    created = stubs.exp.CreateExperiment(
+        exp_pb.CreateExperimentRequest(
+            experiment_id="alpha",
+            experiment=experiment_pb2.Experiment(description="first", labels={"team": "red"}),
+        )
+    ).experiment
     assert created.name == "experiments/alpha"
     assert created.labels["team"] == "red"
     assert created.create_time.seconds > 0
@@ -113,11 +121,13 @@ def test_experiments_crud_and_errors(stubs: Any) -> None:
     generated = stubs.exp.CreateExperiment(exp_pb.CreateExperimentRequest()).experiment
     assert generated.name.startswith("experiments/exp-")
 
-    code, msg = code_of(stubs.exp.CreateExperiment,
-                        exp_pb.CreateExperimentRequest(experiment_id="alpha"))
+    code, msg = code_of(
+        stubs.exp.CreateExperiment, exp_pb.CreateExperimentRequest(experiment_id="alpha")
+    )
     assert code == grpc.StatusCode.ALREADY_EXISTS and "alpha" in msg
-    code, msg = code_of(stubs.exp.CreateExperiment,
-                        exp_pb.CreateExperimentRequest(experiment_id="Bad_Id"))
+    code, msg = code_of(
+        stubs.exp.CreateExperiment, exp_pb.CreateExperimentRequest(experiment_id="Bad_Id")
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "Bad_Id" in msg
 
     got = stubs.exp.GetExperiment(exp_pb.GetExperimentRequest(name="experiments/alpha"))
@@ -127,36 +137,53 @@ def test_experiments_crud_and_errors(stubs: Any) -> None:
     code, _ = code_of(stubs.exp.GetExperiment, exp_pb.GetExperimentRequest(name="jobs/../x"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
-    updated = stubs.exp.UpdateExperiment(exp_pb.UpdateExperimentRequest(
-        experiment=experiment_pb2.Experiment(name="experiments/alpha", description="changed",
-                                             labels={"ignored": "yes"}),
-        update_mask=field_mask_pb2.FieldMask(paths=["description"]),
-    )).experiment
+    updated = stubs.exp.UpdateExperiment(
+        exp_pb.UpdateExperimentRequest(
+            experiment=experiment_pb2.Experiment(
+                name="experiments/alpha", description="changed", labels={"ignored": "yes"}
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+        )
+    ).experiment
     assert updated.description == "changed" and dict(updated.labels) == {"team": "red"}
-    code, msg = code_of(stubs.exp.UpdateExperiment, exp_pb.UpdateExperimentRequest(
-        experiment=experiment_pb2.Experiment(name="experiments/alpha"),
-        update_mask=field_mask_pb2.FieldMask(paths=["mlflow_experiment_id"])))
+    code, msg = code_of(
+        stubs.exp.UpdateExperiment,
+        exp_pb.UpdateExperimentRequest(
+            experiment=experiment_pb2.Experiment(name="experiments/alpha"),
+            update_mask=field_mask_pb2.FieldMask(paths=["mlflow_experiment_id"]),
+        ),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "mlflow_experiment_id" in msg
-    code, _ = code_of(stubs.exp.UpdateExperiment, exp_pb.UpdateExperimentRequest(
-        experiment=experiment_pb2.Experiment(name="experiments/nope")))
+    code, _ = code_of(
+        stubs.exp.UpdateExperiment,
+        exp_pb.UpdateExperimentRequest(
+            experiment=experiment_pb2.Experiment(name="experiments/nope")
+        ),
+    )
     assert code == grpc.StatusCode.NOT_FOUND
 
     stubs.exp.DeleteExperiment(exp_pb.DeleteExperimentRequest(name=generated.name))
-    code, _ = code_of(stubs.exp.DeleteExperiment,
-                      exp_pb.DeleteExperimentRequest(name=generated.name))
+    code, _ = code_of(
+        stubs.exp.DeleteExperiment, exp_pb.DeleteExperimentRequest(name=generated.name)
+    )
     assert code == grpc.StatusCode.NOT_FOUND
 
 
 def test_list_experiments_pages_filters_and_tampered_tokens(stubs: Any) -> None:
     for i in range(5):
-        stubs.exp.CreateExperiment(exp_pb.CreateExperimentRequest(
-            experiment_id=f"e{i}",
-            experiment=experiment_pb2.Experiment(
-                labels={"parity": "even" if i % 2 == 0 else "odd"})))
+        stubs.exp.CreateExperiment(
+            exp_pb.CreateExperimentRequest(
+                experiment_id=f"e{i}",
+                experiment=experiment_pb2.Experiment(
+                    labels={"parity": "even" if i % 2 == 0 else "odd"}
+                ),
+            )
+        )
     seen, token, pages = [], "", 0
     while True:
-        resp = stubs.exp.ListExperiments(exp_pb.ListExperimentsRequest(page_size=2,
-                                                                       page_token=token))
+        resp = stubs.exp.ListExperiments(
+            exp_pb.ListExperimentsRequest(page_size=2, page_token=token)
+        )
         seen += [e.name for e in resp.experiments]
         pages += 1
         token = resp.next_page_token
@@ -166,19 +193,27 @@ def test_list_experiments_pages_filters_and_tampered_tokens(stubs: Any) -> None:
     assert seen == [f"experiments/e{i}" for i in range(5)] and pages == 3
 
     even = stubs.exp.ListExperiments(exp_pb.ListExperimentsRequest(filter="labels.parity=even"))
-    assert [e.name for e in even.experiments] == ["experiments/e0", "experiments/e2",
-                                                  "experiments/e4"]
+    assert [e.name for e in even.experiments] == [
+        "experiments/e0",
+        "experiments/e2",
+        "experiments/e4",
+    ]
 
     raw = bytearray(base64.urlsafe_b64decode(first_token + "=" * (-len(first_token) % 4)))
     raw[-2] ^= 1
     tampered = base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
     for bad in (tampered, "garbage", first_token[:-3]):
-        code, msg = code_of(stubs.exp.ListExperiments,
-                            exp_pb.ListExperimentsRequest(page_size=2, page_token=bad))
+        code, msg = code_of(
+            stubs.exp.ListExperiments, exp_pb.ListExperimentsRequest(page_size=2, page_token=bad)
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT, bad
         assert "page_token" in msg
-    code, msg = code_of(stubs.exp.ListExperiments, exp_pb.ListExperimentsRequest(
-        page_size=2, page_token=first_token, filter="labels.parity=odd"))
+    code, msg = code_of(
+        stubs.exp.ListExperiments,
+        exp_pb.ListExperimentsRequest(
+            page_size=2, page_token=first_token, filter="labels.parity=odd"
+        ),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "different query" in msg
     code, _ = code_of(stubs.exp.ListExperiments, exp_pb.ListExperimentsRequest(page_size=-1))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -215,38 +250,56 @@ def test_upload_entry_point_revisions_and_errors(stubs: Any) -> None:
 
     got = stubs.ep.GetEntryPoint(ep_pb.GetEntryPointRequest(name="entryPoints/sleepy"))
     assert got.entry_point.latest_revision.digest == second.revision.digest
-    revs = stubs.ep.ListEntryPointRevisions(ep_pb.ListEntryPointRevisionsRequest(
-        parent="entryPoints/sleepy", page_size=1))
+    revs = stubs.ep.ListEntryPointRevisions(
+        ep_pb.ListEntryPointRevisionsRequest(parent="entryPoints/sleepy", page_size=1)
+    )
     assert [r.digest for r in revs.revisions] == [second.revision.digest]
-    more = stubs.ep.ListEntryPointRevisions(ep_pb.ListEntryPointRevisionsRequest(
-        parent="entryPoints/sleepy", page_size=1, page_token=revs.next_page_token))
+    more = stubs.ep.ListEntryPointRevisions(
+        ep_pb.ListEntryPointRevisionsRequest(
+            parent="entryPoints/sleepy", page_size=1, page_token=revs.next_page_token
+        )
+    )
     assert [r.digest for r in more.revisions] == [first.revision.digest]
     assert more.next_page_token == ""
-    one = stubs.ep.GetEntryPointRevision(ep_pb.GetEntryPointRevisionRequest(
-        name=first.revision.name))
+    one = stubs.ep.GetEntryPointRevision(
+        ep_pb.GetEntryPointRevisionRequest(name=first.revision.name)
+    )
     assert one.revision.digest == first.revision.digest
     listed = stubs.ep.ListEntryPoints(ep_pb.ListEntryPointsRequest())
     assert [e.name for e in listed.entry_points] == ["entryPoints/sleepy"]
 
     code, _ = code_of(stubs.ep.GetEntryPoint, ep_pb.GetEntryPointRequest(name="entryPoints/no"))
     assert code == grpc.StatusCode.NOT_FOUND
-    code, _ = code_of(stubs.ep.GetEntryPointRevision, ep_pb.GetEntryPointRevisionRequest(
-        name="entryPoints/sleepy/revisions/sha256:" + "0" * 64))
+    code, _ = code_of(
+        stubs.ep.GetEntryPointRevision,
+        ep_pb.GetEntryPointRevisionRequest(name="entryPoints/sleepy/revisions/sha256:" + "0" * 64),
+    )
     assert code == grpc.StatusCode.NOT_FOUND
-    code, _ = code_of(stubs.ep.GetEntryPointRevision, ep_pb.GetEntryPointRevisionRequest(
-        name="entryPoints/sleepy/revisions/md5:1"))
+    code, _ = code_of(
+        stubs.ep.GetEntryPointRevision,
+        ep_pb.GetEntryPointRevisionRequest(name="entryPoints/sleepy/revisions/md5:1"),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    code, _ = code_of(stubs.ep.ListEntryPointRevisions, ep_pb.ListEntryPointRevisionsRequest(
-        parent="entryPoints/none"))
+    code, _ = code_of(
+        stubs.ep.ListEntryPointRevisions,
+        ep_pb.ListEntryPointRevisionsRequest(parent="entryPoints/none"),
+    )
     assert code == grpc.StatusCode.NOT_FOUND
 
     bad_cases = {
         "not an archive": (b"hello world, not a tarball", "archive"),
         "no MLproject": (tar_gz({"main.py": "x"}), "no MLproject"),
         "bad yaml": (tar_gz({"MLproject": "entry_points: [unclosed"}), "YAML"),
-        "bad type": (tar_gz({"MLproject": "entry_points:\n  main:\n    parameters:\n"
-                             "      x: {type: complex}\n      y: {type: int, default: abc}\n"
-                             "    command: python {z}\n"}), "complex"),
+        "bad type": (
+            tar_gz(
+                {
+                    "MLproject": "entry_points:\n  main:\n    parameters:\n"
+                    "      x: {type: complex}\n      y: {type: int, default: abc}\n"
+                    "    command: python {z}\n"
+                }
+            ),
+            "complex",
+        ),
     }
     for case, (payload, needle) in bad_cases.items():
         code, msg = code_of(upload, stubs, "broken", payload)
@@ -260,8 +313,9 @@ def test_upload_entry_point_revisions_and_errors(stubs: Any) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     code, msg = code_of(upload, stubs, "empty", b"")
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "no archive bytes" in msg
-    code, msg = code_of(stubs.ep.UploadEntryPoint,
-                        iter([ep_pb.UploadEntryPointRequest(chunk=data)]))
+    code, msg = code_of(
+        stubs.ep.UploadEntryPoint, iter([ep_pb.UploadEntryPointRequest(chunk=data)])
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "metadata" in msg
     # Nothing of the failed uploads was kept.
     listed = stubs.ep.ListEntryPoints(ep_pb.ListEntryPointsRequest())
@@ -274,8 +328,9 @@ def test_blob_download(stubs: Any) -> None:
     parts = list(stubs.agent.DownloadBlob(agent_pb.DownloadBlobRequest(digest=digest)))
     assert parts[0].size_bytes == len(data)
     assert b"".join(p.chunk for p in parts) == data
-    code, _ = code_of(stubs.agent.DownloadBlob,
-                      agent_pb.DownloadBlobRequest(digest="sha256:" + "1" * 64))
+    code, _ = code_of(
+        stubs.agent.DownloadBlob, agent_pb.DownloadBlobRequest(digest="sha256:" + "1" * 64)
+    )
     assert code == grpc.StatusCode.NOT_FOUND
     code, _ = code_of(stubs.agent.DownloadBlob, agent_pb.DownloadBlobRequest(digest="../etc"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -287,14 +342,22 @@ def test_blob_download(stubs: Any) -> None:
 def test_submit_validates_every_parameter_problem_at_once(stubs: Any) -> None:
     setup_job_world(stubs)
     with pytest.raises(grpc.RpcError) as info:
-        stubs.job.SubmitJob(job_pb.SubmitJobRequest(
-            experiment="experiments/exp", entry_point="entryPoints/sleepy",
-            parameters={"seconds": "fast", "rounds": "1.5", "lables": "typo"}))
+        stubs.job.SubmitJob(
+            job_pb.SubmitJobRequest(
+                experiment="experiments/exp",
+                entry_point="entryPoints/sleepy",
+                parameters={"seconds": "fast", "rounds": "1.5", "lables": "typo"},
+            )
+        )
     err = info.value
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     msg = err.details()
-    for needle in ("'seconds'", "'rounds'", "missing required parameter 'label'",
-                   "unknown parameter 'lables'"):
+    for needle in (
+        "'seconds'",
+        "'rounds'",
+        "missing required parameter 'label'",
+        "unknown parameter 'lables'",
+    ):
         assert needle in msg, msg
     status = rpc_status.from_call(err)
     assert status is not None
@@ -319,8 +382,12 @@ def test_submit_validates_every_parameter_problem_at_once(stubs: Any) -> None:
 
     job = submit(stubs, parameters={"label": "x", "seconds": "0.5"})
     assert job.state == S.JOB_STATE_QUEUED
-    assert dict(job.parameters) == {"label": "x", "seconds": "0.5", "rounds": "1",
-                                    "data": "data.csv"}
+    assert dict(job.parameters) == {
+        "label": "x",
+        "seconds": "0.5",
+        "rounds": "1",
+        "data": "data.csv",
+    }
     assert job.max_attempts == 3 and job.queue == "default" and job.entry == "main"
 
 
@@ -351,12 +418,15 @@ def test_list_jobs_filters_pages_and_tokens(stubs: Any) -> None:
     assert {j.name for j in q1.jobs} == {jobs[1].name, jobs[3].name}
     cancelled = stubs.job.ListJobs(job_pb.ListJobsRequest(filter="state=CANCELLED"))
     assert [j.name for j in cancelled.jobs] == [jobs[0].name]
-    both = stubs.job.ListJobs(job_pb.ListJobsRequest(
-        filter="state=queued,cancelled experiment=experiments/exp"))
+    both = stubs.job.ListJobs(
+        job_pb.ListJobsRequest(filter="state=queued,cancelled experiment=experiments/exp")
+    )
     assert len(both.jobs) == 5
     first = stubs.job.ListJobs(job_pb.ListJobsRequest(page_size=1, filter="queue=q2"))
-    code, _ = code_of(stubs.job.ListJobs, job_pb.ListJobsRequest(
-        page_size=1, filter="queue=q1", page_token=first.next_page_token))
+    code, _ = code_of(
+        stubs.job.ListJobs,
+        job_pb.ListJobsRequest(page_size=1, filter="queue=q1", page_token=first.next_page_token),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     code, msg = code_of(stubs.job.ListJobs, job_pb.ListJobsRequest(filter="state=DONE owner=me"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "DONE" in msg and "owner" in msg
@@ -376,8 +446,9 @@ def test_get_cancel_watch_logs_errors_and_queued_cancel(stubs: Any) -> None:
         bad = type(req)(name="jobs/nope")
         assert code_of(call, bad)[0] == grpc.StatusCode.INVALID_ARGUMENT
     job = submit(stubs)
-    code, _ = code_of(stubs.job.StreamJobLogs,
-                      job_pb.StreamJobLogsRequest(name=job.name, start_offset=-1))
+    code, _ = code_of(
+        stubs.job.StreamJobLogs, job_pb.StreamJobLogsRequest(name=job.name, start_offset=-1)
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     done = stubs.job.CancelJob(job_pb.CancelJobRequest(name=job.name, reason="changed my mind"))
     assert done.job.state == S.JOB_STATE_CANCELLED
@@ -387,8 +458,9 @@ def test_get_cancel_watch_logs_errors_and_queued_cancel(stubs: Any) -> None:
     assert again.job.update_time == done.job.update_time
     states = [r.job.state for r in stubs.job.WatchJob(job_pb.WatchJobRequest(name=job.name))]
     assert states == [S.JOB_STATE_CANCELLED]
-    assert list(stubs.job.StreamJobLogs(job_pb.StreamJobLogsRequest(name=job.name,
-                                                                    follow=True))) == []
+    assert (
+        list(stubs.job.StreamJobLogs(job_pb.StreamJobLogsRequest(name=job.name, follow=True))) == []
+    )
 
 
 # -- the agent protocol ------------------------------------------------------------------
@@ -402,12 +474,21 @@ def test_dispatch_run_logs_and_watch(stubs: Any, server: ServerThread) -> None:
         assert agent.registered.agent == "agents/sim-1"
         assert agent.registered.heartbeat_interval.ToMilliseconds() == 500
         states: list[int] = []
-        watcher = threading.Thread(target=lambda: states.extend(
-            r.job.state for r in stubs.job.WatchJob(job_pb.WatchJobRequest(name=job.name))))
+        watcher = threading.Thread(
+            target=lambda: states.extend(
+                r.job.state for r in stubs.job.WatchJob(job_pb.WatchJobRequest(name=job.name))
+            )
+        )
         follower_lines: list[str] = []
-        follower = threading.Thread(target=lambda: follower_lines.extend(
-            ln.text for r in stubs.job.StreamJobLogs(job_pb.StreamJobLogsRequest(
-                name=job.name, follow=True)) for ln in r.lines))
+        follower = threading.Thread(
+            target=lambda: follower_lines.extend(
+                ln.text
+                for r in stubs.job.StreamJobLogs(
+                    job_pb.StreamJobLogsRequest(name=job.name, follow=True)
+                )
+                for ln in r.lines
+            )
+        )
         watcher.start()
         follower.start()
 
@@ -433,15 +514,23 @@ def test_dispatch_run_logs_and_watch(stubs: Any, server: ServerThread) -> None:
         final = stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job
         assert final.agent == "agents/sim-1" and final.exit_code == 0 and final.attempt == 1
         assert final.start_time.seconds and final.end_time.seconds
-        lines = [ln for r in stubs.job.StreamJobLogs(job_pb.StreamJobLogsRequest(
-            name=job.name, start_offset=1)) for ln in r.lines]
-        assert [(ln.offset, ln.sequence, ln.text) for ln in lines] == [(1, 2, "two"),
-                                                                       (2, 3, "three")]
+        lines = [
+            ln
+            for r in stubs.job.StreamJobLogs(
+                job_pb.StreamJobLogsRequest(name=job.name, start_offset=1)
+            )
+            for ln in r.lines
+        ]
+        assert [(ln.offset, ln.sequence, ln.text) for ln in lines] == [
+            (1, 2, "two"),
+            (2, 3, "three"),
+        ]
         # A late report for the finished attempt is fenced off.
         agent.update(job.name, 1, S.JOB_STATE_FAILED, exit_code=1)
         time.sleep(0.3)
-        assert stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state == \
-            S.JOB_STATE_SUCCEEDED
+        assert (
+            stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state == S.JOB_STATE_SUCCEEDED
+        )
 
         listed = stubs.agent.ListAgents(agent_pb.ListAgentsRequest(filter="state=CONNECTED"))
         assert [a.name for a in listed.agents] == ["agents/sim-1"]
@@ -449,10 +538,13 @@ def test_dispatch_run_logs_and_watch(stubs: Any, server: ServerThread) -> None:
         assert got.capacity.slots == 1 and list(got.queues) == ["default"]
     finally:
         agent.close()
-    assert code_of(stubs.agent.GetAgent, agent_pb.GetAgentRequest(name="agents/ghost"))[0] == \
-        grpc.StatusCode.NOT_FOUND
-    wait_until(lambda: stubs.agent.GetAgent(agent_pb.GetAgentRequest(
-        name="agents/sim-1")).agent.state == 2)
+    assert (
+        code_of(stubs.agent.GetAgent, agent_pb.GetAgentRequest(name="agents/ghost"))[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
+    wait_until(
+        lambda: stubs.agent.GetAgent(agent_pb.GetAgentRequest(name="agents/sim-1")).agent.state == 2
+    )
 
 
 def test_queue_selector_and_slots(stubs: Any, server: ServerThread) -> None:
@@ -483,8 +575,13 @@ def test_lease_expiry_requeues_then_fails(stubs: Any, server: ServerThread) -> N
     assert lost.next("assignment").attempt == 1
     lost.update(job.name, 1, S.JOB_STATE_RUNNING)
     lost.close()  # gone without a word: only the lease notices
-    requeued = wait_until(lambda: (j := stubs.job.GetJob(job_pb.GetJobRequest(
-        name=job.name)).job).state == S.JOB_STATE_QUEUED and j)
+    requeued = wait_until(
+        lambda: (
+            (j := stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job).state
+            == S.JOB_STATE_QUEUED
+            and j
+        )
+    )
     assert "lost" in requeued.state_reason and requeued.attempt == 1
     second = SimAgent(server.target, "second")
     try:
@@ -494,12 +591,18 @@ def test_lease_expiry_requeues_then_fails(stubs: Any, server: ServerThread) -> N
         for _ in range(10):
             second.heartbeat([(job.name, 2)])
             time.sleep(0.5)
-        assert stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state == \
-            S.JOB_STATE_ASSIGNED
+        assert (
+            stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state == S.JOB_STATE_ASSIGNED
+        )
     finally:
         second.close()
-    failed = wait_until(lambda: (j := stubs.job.GetJob(job_pb.GetJobRequest(
-        name=job.name)).job).state == S.JOB_STATE_FAILED and j)
+    failed = wait_until(
+        lambda: (
+            (j := stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job).state
+            == S.JOB_STATE_FAILED
+            and j
+        )
+    )
     assert "no attempts left" in failed.state_reason
 
 
@@ -510,53 +613,71 @@ def test_cancel_running_job_reaches_the_agent(stubs: Any, server: ServerThread) 
     try:
         agent.next("assignment")
         agent.update(job.name, 1, S.JOB_STATE_RUNNING)
-        wait_until(lambda: stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state ==
-                   S.JOB_STATE_RUNNING)
+        wait_until(
+            lambda: (
+                stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state
+                == S.JOB_STATE_RUNNING
+            )
+        )
         resp = stubs.job.CancelJob(job_pb.CancelJobRequest(name=job.name, reason="stop it"))
         assert resp.job.state == S.JOB_STATE_RUNNING and resp.job.cancel_requested
         cancel = agent.next("cancel")
         assert cancel.job == job.name and cancel.attempt == 1 and cancel.reason == "stop it"
         agent.update(job.name, 1, S.JOB_STATE_CANCELLED, exit_code=-15)
-        final = wait_until(lambda: (j := stubs.job.GetJob(job_pb.GetJobRequest(
-            name=job.name)).job).state == S.JOB_STATE_CANCELLED and j)
+        final = wait_until(
+            lambda: (
+                (j := stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job).state
+                == S.JOB_STATE_CANCELLED
+                and j
+            )
+        )
         assert final.state_reason == "stop it"
     finally:
         agent.close()
 
 
-def test_reconnect_keeps_attempt_and_cancels_stale_ones(stubs: Any, server: ServerThread
-                                                        ) -> None:
+def test_reconnect_keeps_attempt_and_cancels_stale_ones(stubs: Any, server: ServerThread) -> None:
     setup_job_world(stubs)
     job = submit(stubs)
     first = SimAgent(server.target, "flaky")
     first.next("assignment")
     first.update(job.name, 1, S.JOB_STATE_RUNNING)
-    wait_until(lambda: stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state ==
-               S.JOB_STATE_RUNNING)
+    wait_until(
+        lambda: (
+            stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state == S.JOB_STATE_RUNNING
+        )
+    )
     first.close()
-    again = SimAgent(server.target, "flaky",
-                     running=[(job.name, 1), ("jobs/0123456789abcdef", 4)])
+    again = SimAgent(server.target, "flaky", running=[(job.name, 1), ("jobs/0123456789abcdef", 4)])
     try:
         stale = again.next("cancel")
         assert stale.job == "jobs/0123456789abcdef"
         for _ in range(8):  # past the 3 s lease
             again.heartbeat([(job.name, 1)])
             time.sleep(0.5)
-        assert stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state == \
-            S.JOB_STATE_RUNNING
+        assert (
+            stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state == S.JOB_STATE_RUNNING
+        )
         again.update(job.name, 1, S.JOB_STATE_SUCCEEDED, exit_code=0)
-        wait_until(lambda: stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state ==
-                   S.JOB_STATE_SUCCEEDED)
+        wait_until(
+            lambda: (
+                stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state
+                == S.JOB_STATE_SUCCEEDED
+            )
+        )
     finally:
         again.close()
 
 
 def test_connect_must_start_with_register(stubs: Any) -> None:
-    code, msg = code_of(stubs.agent.Connect, iter([agent_pb.ConnectRequest(
-        heartbeat=agent_pb.Heartbeat())]))
+    code, msg = code_of(
+        stubs.agent.Connect, iter([agent_pb.ConnectRequest(heartbeat=agent_pb.Heartbeat())])
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "Register" in msg
-    code, _ = code_of(stubs.agent.Connect, iter([agent_pb.ConnectRequest(
-        register=agent_pb.Register(agent_id="BAD ID"))]))
+    code, _ = code_of(
+        stubs.agent.Connect,
+        iter([agent_pb.ConnectRequest(register=agent_pb.Register(agent_id="BAD ID"))]),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -571,6 +692,10 @@ def test_health_and_reflection_services(channel: grpc.Channel) -> None:
 
     db = ProtoReflectionDescriptorDatabase(channel)
     services = set(db.get_services())
-    assert {"brinell.v1.ExperimentService", "brinell.v1.EntryPointService",
-            "brinell.v1.JobService", "brinell.v1.AgentService",
-            "grpc.health.v1.Health"} <= services
+    assert {
+        "brinell.v1.ExperimentService",
+        "brinell.v1.EntryPointService",
+        "brinell.v1.JobService",
+        "brinell.v1.AgentService",
+        "grpc.health.v1.Health",
+    } <= services

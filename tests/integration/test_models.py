@@ -93,7 +93,8 @@ def code_of(fn: Any, request: Any) -> tuple[grpc.StatusCode, str]:
 def upload(stubs: Stubs, ep_id: str, data: bytes) -> None:
     def messages() -> Iterator[ep_pb.UploadEntryPointRequest]:
         yield ep_pb.UploadEntryPointRequest(
-            metadata=ep_pb.UploadEntryPointMetadata(entry_point_id=ep_id))
+            metadata=ep_pb.UploadEntryPointMetadata(entry_point_id=ep_id)
+        )
         yield ep_pb.UploadEntryPointRequest(chunk=data)
 
     stubs.ep.UploadEntryPoint(messages())
@@ -105,9 +106,13 @@ def setup_world(stubs: Stubs) -> None:
 
 
 def submit(stubs: Stubs) -> Any:
-    return stubs.job.SubmitJob(job_pb.SubmitJobRequest(
-        experiment="experiments/exp", entry_point="entryPoints/sleepy",
-        parameters={"label": "x"})).job
+    return stubs.job.SubmitJob(
+        job_pb.SubmitJobRequest(
+            experiment="experiments/exp",
+            entry_point="entryPoints/sleepy",
+            parameters={"label": "x"},
+        )
+    ).job
 
 
 def log_like_a_job(tracking_uri: str, run_id: str) -> None:
@@ -134,14 +139,20 @@ def reference_files(tracking_uri: str, run_id: str, path: str, dest: Path) -> di
     """The files as MLflow itself downloads them, relative to ``path``."""
     import mlflow.artifacts
 
-    root = Path(mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=path, dst_path=str(dest), tracking_uri=tracking_uri))
+    root = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dest), tracking_uri=tracking_uri
+        )
+    )
     return tree(root)
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def collect(responses: Any) -> tuple[dict[str, bytes], list[Any]]:
@@ -191,8 +202,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def test_register_version_alias_resolve(world: World) -> None:
     s = world.stubs
-    v1 = s.model.RegisterModel(model_pb.RegisterModelRequest(
-        model_id="digits", job=world.job, artifact_path="model", description="first")).version
+    v1 = s.model.RegisterModel(
+        model_pb.RegisterModelRequest(
+            model_id="digits", job=world.job, artifact_path="model", description="first"
+        )
+    ).version
     assert v1.name == "models/digits/versions/1" and v1.version == "1"
     assert v1.job == world.job and v1.mlflow_run_id == world.run_id
     # MLflow 3 keeps log_model's output as a "logged model", apart from the run's files:
@@ -205,8 +219,9 @@ def test_register_version_alias_resolve(world: World) -> None:
     loaded = mlflow.sklearn.load_model("models:/digits/1")
     assert hasattr(loaded, "predict")
     # The default path is `model`; a job id works as well as its name.
-    v2 = s.model.RegisterModel(model_pb.RegisterModelRequest(
-        model_id="digits", job=world.job.removeprefix("jobs/"))).version
+    v2 = s.model.RegisterModel(
+        model_pb.RegisterModelRequest(model_id="digits", job=world.job.removeprefix("jobs/"))
+    ).version
     assert v2.name == "models/digits/versions/2" and v2.artifact_path == "model"
 
     m = s.model.GetModel(model_pb.GetModelRequest(name="models/digits")).model
@@ -214,14 +229,17 @@ def test_register_version_alias_resolve(world: World) -> None:
     assert m.description == "first" and dict(m.aliases) == {}
     assert s.model.GetModel(model_pb.GetModelRequest(name="digits")).model.name == m.name
 
-    m = s.model.SetModelAlias(model_pb.SetModelAliasRequest(
-        name="models/digits", alias="champion", version="1")).model
+    m = s.model.SetModelAlias(
+        model_pb.SetModelAliasRequest(name="models/digits", alias="champion", version="1")
+    ).model
     assert dict(m.aliases) == {"champion": "1"}
-    got = s.model.GetModelVersion(model_pb.GetModelVersionRequest(
-        name="models/digits@champion")).version
+    got = s.model.GetModelVersion(
+        model_pb.GetModelVersionRequest(name="models/digits@champion")
+    ).version
     assert got.name == v1.name and list(got.aliases) == ["champion"]
-    got = s.model.GetModelVersion(model_pb.GetModelVersionRequest(
-        name="models/digits/versions/2")).version
+    got = s.model.GetModelVersion(
+        model_pb.GetModelVersionRequest(name="models/digits/versions/2")
+    ).version
     assert got.name == v2.name and list(got.aliases) == []
 
     def resolve(uri: str) -> str:
@@ -232,27 +250,37 @@ def test_register_version_alias_resolve(world: World) -> None:
     assert resolve("models:/digits/1") == v1.name
 
     # Moving an alias; two aliases on one version.
-    s.model.SetModelAlias(model_pb.SetModelAliasRequest(
-        name="models/digits", alias="champion", version="2"))
-    m = s.model.SetModelAlias(model_pb.SetModelAliasRequest(
-        name="models/digits", alias="staging", version="2")).model
+    s.model.SetModelAlias(
+        model_pb.SetModelAliasRequest(name="models/digits", alias="champion", version="2")
+    )
+    m = s.model.SetModelAlias(
+        model_pb.SetModelAliasRequest(name="models/digits", alias="staging", version="2")
+    ).model
     assert dict(m.aliases) == {"champion": "2", "staging": "2"}
     assert resolve("models:/digits@champion") == v2.name
     listed = s.model.ListModelVersions(
-        model_pb.ListModelVersionsRequest(parent="models/digits")).versions
+        model_pb.ListModelVersionsRequest(parent="models/digits")
+    ).versions
     assert [(v.version, list(v.aliases)) for v in listed] == [
-        ("2", ["champion", "staging"]), ("1", [])]
+        ("2", ["champion", "staging"]),
+        ("1", []),
+    ]
 
-    m = s.model.DeleteModelAlias(model_pb.DeleteModelAliasRequest(
-        name="models/digits", alias="staging")).model
+    m = s.model.DeleteModelAlias(
+        model_pb.DeleteModelAliasRequest(name="models/digits", alias="staging")
+    ).model
     assert dict(m.aliases) == {"champion": "2"}
-    code, msg = code_of(s.model.ResolveModel, model_pb.ResolveModelRequest(
-        uri="models:/digits@staging"))
+    code, msg = code_of(
+        s.model.ResolveModel, model_pb.ResolveModelRequest(uri="models:/digits@staging")
+    )
     assert code == OK.NOT_FOUND and "staging" in msg
 
     # Any file or folder the job logged can be a version, not only MLflow models.
-    v3 = s.model.RegisterModel(model_pb.RegisterModelRequest(
-        model_id="digits", job=world.job, artifact_path="notes/readme.txt")).version
+    v3 = s.model.RegisterModel(
+        model_pb.RegisterModelRequest(
+            model_id="digits", job=world.job, artifact_path="notes/readme.txt"
+        )
+    ).version
     assert v3.version == "3" and v3.artifact_path == "notes/readme.txt"
 
 
@@ -260,8 +288,11 @@ def test_list_models_and_versions_paging(world: World) -> None:
     s = world.stubs
     for model_id in ("page-c", "page-a", "page-b"):
         for _ in range(3 if model_id == "page-a" else 1):
-            s.model.RegisterModel(model_pb.RegisterModelRequest(
-                model_id=model_id, job=world.job, artifact_path="notes"))
+            s.model.RegisterModel(
+                model_pb.RegisterModelRequest(
+                    model_id=model_id, job=world.job, artifact_path="notes"
+                )
+            )
     everything = [m.name for m in s.model.ListModels(model_pb.ListModelsRequest()).models]
     assert everything == sorted(everything)
     assert {"models/page-a", "models/page-b", "models/page-c"} <= set(everything)
@@ -277,53 +308,69 @@ def test_list_models_and_versions_paging(world: World) -> None:
             break
     assert seen == everything
 
-    first = s.model.ListModelVersions(model_pb.ListModelVersionsRequest(
-        parent="models/page-a", page_size=2))
+    first = s.model.ListModelVersions(
+        model_pb.ListModelVersionsRequest(parent="models/page-a", page_size=2)
+    )
     assert [v.version for v in first.versions] == ["3", "2"] and first.next_page_token
-    second = s.model.ListModelVersions(model_pb.ListModelVersionsRequest(
-        parent="models/page-a", page_size=2, page_token=first.next_page_token))
+    second = s.model.ListModelVersions(
+        model_pb.ListModelVersionsRequest(
+            parent="models/page-a", page_size=2, page_token=first.next_page_token
+        )
+    )
     assert [v.version for v in second.versions] == ["1"] and not second.next_page_token
 
     # Tokens are bound to their query, signed, and page sizes must not be negative.
-    code, msg = code_of(s.model.ListModelVersions, model_pb.ListModelVersionsRequest(
-        parent="models/page-b", page_token=first.next_page_token))
+    code, msg = code_of(
+        s.model.ListModelVersions,
+        model_pb.ListModelVersionsRequest(parent="models/page-b", page_token=first.next_page_token),
+    )
     assert code == OK.INVALID_ARGUMENT and "different query" in msg
-    code, _ = code_of(s.model.ListModels, model_pb.ListModelsRequest(
-        page_token=first.next_page_token))
+    code, _ = code_of(
+        s.model.ListModels, model_pb.ListModelsRequest(page_token=first.next_page_token)
+    )
     assert code == OK.INVALID_ARGUMENT
     code, _ = code_of(s.model.ListModels, model_pb.ListModelsRequest(page_token="garbage"))
     assert code == OK.INVALID_ARGUMENT
     code, _ = code_of(s.model.ListModels, model_pb.ListModelsRequest(page_size=-1))
     assert code == OK.INVALID_ARGUMENT
-    code, _ = code_of(s.model.ListModelVersions, model_pb.ListModelVersionsRequest(
-        parent="models/page-a", page_size=-1))
+    code, _ = code_of(
+        s.model.ListModelVersions,
+        model_pb.ListModelVersionsRequest(parent="models/page-a", page_size=-1),
+    )
     assert code == OK.INVALID_ARGUMENT
 
 
-def test_download_model_version_matches_the_logged_files(world: World, tmp_path: Path
-                                                          ) -> None:
+def test_download_model_version_matches_the_logged_files(world: World, tmp_path: Path) -> None:
     s = world.stubs
-    v = s.model.RegisterModel(model_pb.RegisterModelRequest(
-        model_id="dl", job=world.job, artifact_path="model")).version
+    v = s.model.RegisterModel(
+        model_pb.RegisterModelRequest(model_id="dl", job=world.job, artifact_path="model")
+    ).version
     expected = reference_files(world.tracking_uri, world.run_id, "model", tmp_path / "ref")
     assert "MLmodel" in expected and len(expected) >= 3
-    files, messages = collect(s.model.DownloadModelVersion(
-        model_pb.DownloadModelVersionRequest(name=v.name)))
+    files, messages = collect(
+        s.model.DownloadModelVersion(model_pb.DownloadModelVersionRequest(name=v.name))
+    )
     assert files == expected
-    by_alias = s.model.SetModelAlias(model_pb.SetModelAliasRequest(
-        name="models/dl", alias="prod", version="1"))
+    by_alias = s.model.SetModelAlias(
+        model_pb.SetModelAliasRequest(name="models/dl", alias="prod", version="1")
+    )
     assert by_alias.model.aliases["prod"] == "1"
-    files, _ = collect(s.model.DownloadModelVersion(
-        model_pb.DownloadModelVersionRequest(name="models/dl@prod")))
+    files, _ = collect(
+        s.model.DownloadModelVersion(model_pb.DownloadModelVersionRequest(name="models/dl@prod"))
+    )
     assert files == expected
     sizes = {m.file.path: m.file.size_bytes for m in messages if m.HasField("file")}
     assert sizes == {k: len(b) for k, b in expected.items()}
 
     # A big version: several chunks, the file named on the first one only.
-    s.model.RegisterModel(model_pb.RegisterModelRequest(
-        model_id="big", job=world.job, artifact_path="data"))
-    files, messages = collect(s.model.DownloadModelVersion(
-        model_pb.DownloadModelVersionRequest(name="models/big/versions/1")))
+    s.model.RegisterModel(
+        model_pb.RegisterModelRequest(model_id="big", job=world.job, artifact_path="data")
+    )
+    files, messages = collect(
+        s.model.DownloadModelVersion(
+            model_pb.DownloadModelVersionRequest(name="models/big/versions/1")
+        )
+    )
     assert files == {"big.bin": BIG}
     assert len(messages) == 3 and [m.HasField("file") for m in messages] == [True, False, False]
 
@@ -335,17 +382,23 @@ def test_list_job_artifacts(world: World) -> None:
     s = world.stubs
 
     def listing(path: str = "", recursive: bool = False) -> list[tuple[str, bool, int]]:
-        found = s.art.ListJobArtifacts(art_pb.ListJobArtifactsRequest(
-            job=world.job, path=path, recursive=recursive)).artifacts
+        found = s.art.ListJobArtifacts(
+            art_pb.ListJobArtifactsRequest(job=world.job, path=path, recursive=recursive)
+        ).artifacts
         return [(a.path, a.is_dir, a.size_bytes) for a in found]
 
     # MLflow 3 keeps a logged model apart from the run's files; it is listed under its name.
     assert listing() == [("data", True, 0), ("model", True, 0), ("notes", True, 0)]
-    assert listing("notes") == [("notes/deep", True, 0), ("notes/empty.txt", False, 0),
-                                ("notes/readme.txt", False, 6)]
+    assert listing("notes") == [
+        ("notes/deep", True, 0),
+        ("notes/empty.txt", False, 0),
+        ("notes/readme.txt", False, 6),
+    ]
     assert listing("notes/", recursive=True) == [
-        ("notes/deep/b.txt", False, 5), ("notes/empty.txt", False, 0),
-        ("notes/readme.txt", False, 6)]
+        ("notes/deep/b.txt", False, 5),
+        ("notes/empty.txt", False, 0),
+        ("notes/readme.txt", False, 6),
+    ]
     everything = listing(recursive=True)
     paths = [p for p, _, _ in everything]
     assert all(not d for _, d, _ in everything)
@@ -354,31 +407,39 @@ def test_list_job_artifacts(world: World) -> None:
     assert listing("model") == [(p, False, n) for p, _, n in everything if p.startswith("model/")]
     assert listing("notes/readme.txt") == [("notes/readme.txt", False, 6)]
     assert listing("missing") == []
-    assert listing("./notes/deep") == [
-        ("notes/deep/b.txt", False, 5)]
+    assert listing("./notes/deep") == [("notes/deep/b.txt", False, 5)]
 
 
 def test_download_job_artifacts(world: World, tmp_path: Path) -> None:
     s = world.stubs
 
     def download(path: str) -> tuple[dict[str, bytes], list[Any]]:
-        return collect(s.art.DownloadJobArtifact(art_pb.DownloadJobArtifactRequest(
-            job=world.job, path=path)))
+        return collect(
+            s.art.DownloadJobArtifact(art_pb.DownloadJobArtifactRequest(job=world.job, path=path))
+        )
 
     files, messages = download("notes/readme.txt")
     assert files == {"notes/readme.txt": b"hello\n"} and len(messages) == 1
     assert messages[0].file.size_bytes == 6 and not messages[0].file.is_dir
     files, _ = download("notes")
-    assert files == {"notes/deep/b.txt": b"deep\n", "notes/empty.txt": b"",
-                     "notes/readme.txt": b"hello\n"}
+    assert files == {
+        "notes/deep/b.txt": b"deep\n",
+        "notes/empty.txt": b"",
+        "notes/readme.txt": b"hello\n",
+    }
     files, messages = download("data/big.bin")
     assert files == {"data/big.bin": BIG} and len(messages) == 3
     expected = reference_files(world.tracking_uri, world.run_id, "model", tmp_path / "ref")
     files, _ = download("model")
     assert files == {f"model/{k}": v for k, v in expected.items()}
     files, _ = download("")  # the whole run, logged model included
-    assert set(files) == {*(f"model/{k}" for k in expected), "data/big.bin",
-                          "notes/deep/b.txt", "notes/empty.txt", "notes/readme.txt"}
+    assert set(files) == {
+        *(f"model/{k}" for k in expected),
+        "data/big.bin",
+        "notes/deep/b.txt",
+        "notes/empty.txt",
+        "notes/readme.txt",
+    }
 
 
 def test_links_out_of_the_artifact_root_are_refused(world: World) -> None:
@@ -395,17 +456,22 @@ def test_links_out_of_the_artifact_root_are_refused(world: World) -> None:
     (local / "dir").mkdir()
     os.symlink(world.srv.cp.data_dir, local / "dir" / "up")
 
-    files, _ = collect(s.art.DownloadJobArtifact(art_pb.DownloadJobArtifactRequest(
-        job=job.name, path="fine.txt")))
+    files, _ = collect(
+        s.art.DownloadJobArtifact(art_pb.DownloadJobArtifactRequest(job=job.name, path="fine.txt"))
+    )
     assert files == {"fine.txt": b"ok"}
     for path in ("leak", "dir", "dir/up", ""):
-        code, msg = code_of(s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(
-            job=job.name, path=path))
+        code, msg = code_of(
+            s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(job=job.name, path=path)
+        )
         assert code == OK.INVALID_ARGUMENT and "outside the artifact root" in msg, (path, msg)
-    s.model.RegisterModel(model_pb.RegisterModelRequest(
-        model_id="leaky", job=job.name, artifact_path="dir"))
-    code, _ = code_of(s.model.DownloadModelVersion, model_pb.DownloadModelVersionRequest(
-        name="models/leaky/versions/1"))
+    s.model.RegisterModel(
+        model_pb.RegisterModelRequest(model_id="leaky", job=job.name, artifact_path="dir")
+    )
+    code, _ = code_of(
+        s.model.DownloadModelVersion,
+        model_pb.DownloadModelVersionRequest(name="models/leaky/versions/1"),
+    )
     assert code == OK.INVALID_ARGUMENT
 
 
@@ -418,107 +484,276 @@ def test_every_documented_error_code(world: World) -> None:
     s.model.RegisterModel(model_pb.RegisterModelRequest(model_id="errs", job=world.job))
     cases: list[tuple[Any, Any, grpc.StatusCode, str]] = [
         # RegisterModel
-        (m.RegisterModel, model_pb.RegisterModelRequest(model_id="Bad_Id", job=world.job),
-         OK.INVALID_ARGUMENT, "Bad_Id"),
-        (m.RegisterModel, model_pb.RegisterModelRequest(job=world.job),
-         OK.INVALID_ARGUMENT, "model_id"),
-        (m.RegisterModel, model_pb.RegisterModelRequest(model_id="x", job="jobs/../x"),
-         OK.INVALID_ARGUMENT, "job"),
-        (m.RegisterModel, model_pb.RegisterModelRequest(
-            model_id="x", job=world.job, artifact_path="../secret"), OK.INVALID_ARGUMENT, ".."),
-        (m.RegisterModel, model_pb.RegisterModelRequest(
-            model_id="x", job=world.job, artifact_path="/etc"), OK.INVALID_ARGUMENT, "relative"),
-        (m.RegisterModel, model_pb.RegisterModelRequest(
-            model_id="x", job=world.job, artifact_path="notes/../../x"),
-         OK.INVALID_ARGUMENT, ".."),
-        (m.RegisterModel, model_pb.RegisterModelRequest(model_id="x", job=UNKNOWN_JOB),
-         OK.NOT_FOUND, "0123456789abcdef"),
-        (m.RegisterModel, model_pb.RegisterModelRequest(
-            model_id="x", job=world.job, artifact_path="nothing-here"),
-         OK.NOT_FOUND, "nothing-here"),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(model_id="Bad_Id", job=world.job),
+            OK.INVALID_ARGUMENT,
+            "Bad_Id",
+        ),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(job=world.job),
+            OK.INVALID_ARGUMENT,
+            "model_id",
+        ),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(model_id="x", job="jobs/../x"),
+            OK.INVALID_ARGUMENT,
+            "job",
+        ),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(model_id="x", job=world.job, artifact_path="../secret"),
+            OK.INVALID_ARGUMENT,
+            "..",
+        ),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(model_id="x", job=world.job, artifact_path="/etc"),
+            OK.INVALID_ARGUMENT,
+            "relative",
+        ),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(
+                model_id="x", job=world.job, artifact_path="notes/../../x"
+            ),
+            OK.INVALID_ARGUMENT,
+            "..",
+        ),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(model_id="x", job=UNKNOWN_JOB),
+            OK.NOT_FOUND,
+            "0123456789abcdef",
+        ),
+        (
+            m.RegisterModel,
+            model_pb.RegisterModelRequest(
+                model_id="x", job=world.job, artifact_path="nothing-here"
+            ),
+            OK.NOT_FOUND,
+            "nothing-here",
+        ),
         # GetModel
         (m.GetModel, model_pb.GetModelRequest(name="models/Bad"), OK.INVALID_ARGUMENT, "Bad"),
         (m.GetModel, model_pb.GetModelRequest(name=""), OK.INVALID_ARGUMENT, "required"),
         (m.GetModel, model_pb.GetModelRequest(name="models/nope"), OK.NOT_FOUND, "nope"),
         # GetModelVersion
-        (m.GetModelVersion, model_pb.GetModelVersionRequest(name="models/errs/versions/x"),
-         OK.INVALID_ARGUMENT, "malformed"),
-        (m.GetModelVersion, model_pb.GetModelVersionRequest(name="models/errs/1"),
-         OK.INVALID_ARGUMENT, "malformed"),
-        (m.GetModelVersion, model_pb.GetModelVersionRequest(name="models/errs@"),
-         OK.INVALID_ARGUMENT, "malformed"),
-        (m.GetModelVersion, model_pb.GetModelVersionRequest(name="models/nope/versions/1"),
-         OK.NOT_FOUND, "nope"),
-        (m.GetModelVersion, model_pb.GetModelVersionRequest(name="models/errs/versions/99"),
-         OK.NOT_FOUND, "99"),
-        (m.GetModelVersion, model_pb.GetModelVersionRequest(name="models/errs@ghost"),
-         OK.NOT_FOUND, "ghost"),
+        (
+            m.GetModelVersion,
+            model_pb.GetModelVersionRequest(name="models/errs/versions/x"),
+            OK.INVALID_ARGUMENT,
+            "malformed",
+        ),
+        (
+            m.GetModelVersion,
+            model_pb.GetModelVersionRequest(name="models/errs/1"),
+            OK.INVALID_ARGUMENT,
+            "malformed",
+        ),
+        (
+            m.GetModelVersion,
+            model_pb.GetModelVersionRequest(name="models/errs@"),
+            OK.INVALID_ARGUMENT,
+            "malformed",
+        ),
+        (
+            m.GetModelVersion,
+            model_pb.GetModelVersionRequest(name="models/nope/versions/1"),
+            OK.NOT_FOUND,
+            "nope",
+        ),
+        (
+            m.GetModelVersion,
+            model_pb.GetModelVersionRequest(name="models/errs/versions/99"),
+            OK.NOT_FOUND,
+            "99",
+        ),
+        (
+            m.GetModelVersion,
+            model_pb.GetModelVersionRequest(name="models/errs@ghost"),
+            OK.NOT_FOUND,
+            "ghost",
+        ),
         # ListModelVersions
-        (m.ListModelVersions, model_pb.ListModelVersionsRequest(parent="models/x/y"),
-         OK.INVALID_ARGUMENT, "malformed"),
-        (m.ListModelVersions, model_pb.ListModelVersionsRequest(parent="models/nope"),
-         OK.NOT_FOUND, "nope"),
+        (
+            m.ListModelVersions,
+            model_pb.ListModelVersionsRequest(parent="models/x/y"),
+            OK.INVALID_ARGUMENT,
+            "malformed",
+        ),
+        (
+            m.ListModelVersions,
+            model_pb.ListModelVersionsRequest(parent="models/nope"),
+            OK.NOT_FOUND,
+            "nope",
+        ),
         # SetModelAlias
-        (m.SetModelAlias, model_pb.SetModelAliasRequest(
-            name="models/errs", alias="latest", version="1"), OK.INVALID_ARGUMENT, "reserved"),
-        (m.SetModelAlias, model_pb.SetModelAliasRequest(
-            name="models/errs", alias="v2", version="1"), OK.INVALID_ARGUMENT, "reserved"),
-        (m.SetModelAlias, model_pb.SetModelAliasRequest(
-            name="models/errs", alias="no spaces", version="1"), OK.INVALID_ARGUMENT, "alias"),
-        (m.SetModelAlias, model_pb.SetModelAliasRequest(
-            name="models/errs", alias="ok", version="one"), OK.INVALID_ARGUMENT, "version"),
-        (m.SetModelAlias, model_pb.SetModelAliasRequest(
-            name="models/nope", alias="ok", version="1"), OK.NOT_FOUND, "nope"),
-        (m.SetModelAlias, model_pb.SetModelAliasRequest(
-            name="models/errs", alias="ok", version="42"), OK.NOT_FOUND, "42"),
+        (
+            m.SetModelAlias,
+            model_pb.SetModelAliasRequest(name="models/errs", alias="latest", version="1"),
+            OK.INVALID_ARGUMENT,
+            "reserved",
+        ),
+        (
+            m.SetModelAlias,
+            model_pb.SetModelAliasRequest(name="models/errs", alias="v2", version="1"),
+            OK.INVALID_ARGUMENT,
+            "reserved",
+        ),
+        (
+            m.SetModelAlias,
+            model_pb.SetModelAliasRequest(name="models/errs", alias="no spaces", version="1"),
+            OK.INVALID_ARGUMENT,
+            "alias",
+        ),
+        (
+            m.SetModelAlias,
+            model_pb.SetModelAliasRequest(name="models/errs", alias="ok", version="one"),
+            OK.INVALID_ARGUMENT,
+            "version",
+        ),
+        (
+            m.SetModelAlias,
+            model_pb.SetModelAliasRequest(name="models/nope", alias="ok", version="1"),
+            OK.NOT_FOUND,
+            "nope",
+        ),
+        (
+            m.SetModelAlias,
+            model_pb.SetModelAliasRequest(name="models/errs", alias="ok", version="42"),
+            OK.NOT_FOUND,
+            "42",
+        ),
         # DeleteModelAlias
-        (m.DeleteModelAlias, model_pb.DeleteModelAliasRequest(name="models/nope", alias="a"),
-         OK.NOT_FOUND, "nope"),
-        (m.DeleteModelAlias, model_pb.DeleteModelAliasRequest(name="models/errs", alias="a"),
-         OK.NOT_FOUND, "alias"),
+        (
+            m.DeleteModelAlias,
+            model_pb.DeleteModelAliasRequest(name="models/nope", alias="a"),
+            OK.NOT_FOUND,
+            "nope",
+        ),
+        (
+            m.DeleteModelAlias,
+            model_pb.DeleteModelAliasRequest(name="models/errs", alias="a"),
+            OK.NOT_FOUND,
+            "alias",
+        ),
         # ResolveModel
-        (m.ResolveModel, model_pb.ResolveModelRequest(uri="runs:/abc/model"),
-         OK.INVALID_ARGUMENT, "models:/"),
-        (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/errs"),
-         OK.INVALID_ARGUMENT, "models:/"),
-        (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/errs/one"),
-         OK.INVALID_ARGUMENT, "models:/"),
-        (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/Errs/1"),
-         OK.INVALID_ARGUMENT, "models:/"),
-        (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/nope/1"),
-         OK.NOT_FOUND, "nope"),
-        (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/nope/latest"),
-         OK.NOT_FOUND, "nope"),
+        (
+            m.ResolveModel,
+            model_pb.ResolveModelRequest(uri="runs:/abc/model"),
+            OK.INVALID_ARGUMENT,
+            "models:/",
+        ),
+        (
+            m.ResolveModel,
+            model_pb.ResolveModelRequest(uri="models:/errs"),
+            OK.INVALID_ARGUMENT,
+            "models:/",
+        ),
+        (
+            m.ResolveModel,
+            model_pb.ResolveModelRequest(uri="models:/errs/one"),
+            OK.INVALID_ARGUMENT,
+            "models:/",
+        ),
+        (
+            m.ResolveModel,
+            model_pb.ResolveModelRequest(uri="models:/Errs/1"),
+            OK.INVALID_ARGUMENT,
+            "models:/",
+        ),
+        (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/nope/1"), OK.NOT_FOUND, "nope"),
+        (
+            m.ResolveModel,
+            model_pb.ResolveModelRequest(uri="models:/nope/latest"),
+            OK.NOT_FOUND,
+            "nope",
+        ),
         (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/errs/7"), OK.NOT_FOUND, "7"),
-        (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/errs@ghost"),
-         OK.NOT_FOUND, "ghost"),
+        (
+            m.ResolveModel,
+            model_pb.ResolveModelRequest(uri="models:/errs@ghost"),
+            OK.NOT_FOUND,
+            "ghost",
+        ),
         # DownloadModelVersion
-        (m.DownloadModelVersion, model_pb.DownloadModelVersionRequest(name="errs"),
-         OK.INVALID_ARGUMENT, "malformed"),
-        (m.DownloadModelVersion, model_pb.DownloadModelVersionRequest(
-            name="models/errs/versions/5"), OK.NOT_FOUND, "5"),
-        (m.DownloadModelVersion, model_pb.DownloadModelVersionRequest(
-            name="models/nope/versions/1"), OK.NOT_FOUND, "nope"),
+        (
+            m.DownloadModelVersion,
+            model_pb.DownloadModelVersionRequest(name="errs"),
+            OK.INVALID_ARGUMENT,
+            "malformed",
+        ),
+        (
+            m.DownloadModelVersion,
+            model_pb.DownloadModelVersionRequest(name="models/errs/versions/5"),
+            OK.NOT_FOUND,
+            "5",
+        ),
+        (
+            m.DownloadModelVersion,
+            model_pb.DownloadModelVersionRequest(name="models/nope/versions/1"),
+            OK.NOT_FOUND,
+            "nope",
+        ),
         # ListJobArtifacts
-        (s.art.ListJobArtifacts, art_pb.ListJobArtifactsRequest(job="jobs/x y"),
-         OK.INVALID_ARGUMENT, "job"),
-        (s.art.ListJobArtifacts, art_pb.ListJobArtifactsRequest(job=world.job, path="../.."),
-         OK.INVALID_ARGUMENT, ".."),
-        (s.art.ListJobArtifacts, art_pb.ListJobArtifactsRequest(job=world.job, path="/"),
-         OK.INVALID_ARGUMENT, "relative"),
-        (s.art.ListJobArtifacts, art_pb.ListJobArtifactsRequest(job=UNKNOWN_JOB),
-         OK.NOT_FOUND, "not found"),
+        (
+            s.art.ListJobArtifacts,
+            art_pb.ListJobArtifactsRequest(job="jobs/x y"),
+            OK.INVALID_ARGUMENT,
+            "job",
+        ),
+        (
+            s.art.ListJobArtifacts,
+            art_pb.ListJobArtifactsRequest(job=world.job, path="../.."),
+            OK.INVALID_ARGUMENT,
+            "..",
+        ),
+        (
+            s.art.ListJobArtifacts,
+            art_pb.ListJobArtifactsRequest(job=world.job, path="/"),
+            OK.INVALID_ARGUMENT,
+            "relative",
+        ),
+        (
+            s.art.ListJobArtifacts,
+            art_pb.ListJobArtifactsRequest(job=UNKNOWN_JOB),
+            OK.NOT_FOUND,
+            "not found",
+        ),
         # DownloadJobArtifact
-        (s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(job="", path="a"),
-         OK.INVALID_ARGUMENT, "job"),
-        (s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(
-            job=world.job, path="notes/../../../etc/passwd"), OK.INVALID_ARGUMENT, ".."),
-        (s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(
-            job=world.job, path="C:\\x"), OK.INVALID_ARGUMENT, "path"),
-        (s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(
-            job=UNKNOWN_JOB, path="a"), OK.NOT_FOUND, "not found"),
-        (s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(
-            job=world.job, path="notes/missing.txt"), OK.NOT_FOUND, "missing.txt"),
+        (
+            s.art.DownloadJobArtifact,
+            art_pb.DownloadJobArtifactRequest(job="", path="a"),
+            OK.INVALID_ARGUMENT,
+            "job",
+        ),
+        (
+            s.art.DownloadJobArtifact,
+            art_pb.DownloadJobArtifactRequest(job=world.job, path="notes/../../../etc/passwd"),
+            OK.INVALID_ARGUMENT,
+            "..",
+        ),
+        (
+            s.art.DownloadJobArtifact,
+            art_pb.DownloadJobArtifactRequest(job=world.job, path="C:\\x"),
+            OK.INVALID_ARGUMENT,
+            "path",
+        ),
+        (
+            s.art.DownloadJobArtifact,
+            art_pb.DownloadJobArtifactRequest(job=UNKNOWN_JOB, path="a"),
+            OK.NOT_FOUND,
+            "not found",
+        ),
+        (
+            s.art.DownloadJobArtifact,
+            art_pb.DownloadJobArtifactRequest(job=world.job, path="notes/missing.txt"),
+            OK.NOT_FOUND,
+            "missing.txt",
+        ),
     ]
     for fn, request, want, fragment in cases:
         code, msg = code_of(fn, request)
@@ -540,15 +775,18 @@ def test_mlflow_off_and_jobs_without_a_run(tmp_path: Path) -> None:
                 (m.ListModels, model_pb.ListModelsRequest()),
                 (m.GetModelVersion, model_pb.GetModelVersionRequest(name="models/m/versions/1")),
                 (m.ListModelVersions, model_pb.ListModelVersionsRequest(parent="models/m")),
-                (m.SetModelAlias, model_pb.SetModelAliasRequest(
-                    name="models/m", alias="a", version="1")),
+                (
+                    m.SetModelAlias,
+                    model_pb.SetModelAliasRequest(name="models/m", alias="a", version="1"),
+                ),
                 (m.DeleteModelAlias, model_pb.DeleteModelAliasRequest(name="models/m", alias="a")),
                 (m.ResolveModel, model_pb.ResolveModelRequest(uri="models:/m/1")),
-                (m.DownloadModelVersion, model_pb.DownloadModelVersionRequest(
-                    name="models/m@a")),
+                (m.DownloadModelVersion, model_pb.DownloadModelVersionRequest(name="models/m@a")),
                 (s.art.ListJobArtifacts, art_pb.ListJobArtifactsRequest(job=job.name)),
-                (s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(
-                    job=job.name, path="x")),
+                (
+                    s.art.DownloadJobArtifact,
+                    art_pb.DownloadJobArtifactRequest(job=job.name, path="x"),
+                ),
             ]
             for fn, request in calls:
                 code, msg = code_of(fn, request)
@@ -564,8 +802,10 @@ def test_mlflow_off_and_jobs_without_a_run(tmp_path: Path) -> None:
             for fn, request in [
                 (s.model.RegisterModel, model_pb.RegisterModelRequest(model_id="m", job=job.name)),
                 (s.art.ListJobArtifacts, art_pb.ListJobArtifactsRequest(job=job.name)),
-                (s.art.DownloadJobArtifact, art_pb.DownloadJobArtifactRequest(
-                    job=job.name, path="x")),
+                (
+                    s.art.DownloadJobArtifact,
+                    art_pb.DownloadJobArtifactRequest(job=job.name, path="x"),
+                ),
             ]:
                 code, msg = code_of(fn, request)
                 assert code == OK.FAILED_PRECONDITION and "no MLflow run" in msg, request
@@ -620,14 +860,16 @@ def test_sdk(world: World, tmp_path: Path) -> None:
 
         listed = c.artifacts.list(job, "notes")
         assert [(a.path, a.is_dir) for a in listed] == [
-            ("notes/deep", True), ("notes/empty.txt", False), ("notes/readme.txt", False)]
+            ("notes/deep", True),
+            ("notes/empty.txt", False),
+            ("notes/readme.txt", False),
+        ]
         assert len(c.artifacts.list(job, recursive=True)) >= 8
         one = c.artifacts.download(job, "notes/readme.txt", tmp_path / "a")
         assert one == tmp_path / "a" / "notes" / "readme.txt" and one.read_text() == "hello\n"
         folder = c.artifacts.download(job.name, "notes", tmp_path / "b")
         assert folder == tmp_path / "b" / "notes"
-        assert tree(folder) == {"deep/b.txt": b"deep\n", "empty.txt": b"",
-                                "readme.txt": b"hello\n"}
+        assert tree(folder) == {"deep/b.txt": b"deep\n", "empty.txt": b"", "readme.txt": b"hello\n"}
 
         with pytest.raises(NotFoundError):
             c.models.get("never-registered")
@@ -656,8 +898,9 @@ def test_sdk_mlflow_off(tmp_path: Path) -> None:
 
 def test_cli(world: World, tmp_path: Path) -> None:
     t = world.srv.target
-    registered = json.loads(run_cli(t, "--json", "model", "register", world.job,
-                                    "--model", "cli-model").stdout)
+    registered = json.loads(
+        run_cli(t, "--json", "model", "register", world.job, "--model", "cli-model").stdout
+    )
     assert registered["name"] == "models/cli-model/versions/1"
     run_cli(t, "model", "register", world.job, "--model", "cli-model", "--path", "notes")
     listed = json.loads(run_cli(t, "--json", "model", "list").stdout)
@@ -666,8 +909,9 @@ def test_cli(world: World, tmp_path: Path) -> None:
     assert [v["version"] for v in versions] == ["2", "1"]
     assert "cli-model" in run_cli(t, "model", "get", "cli-model").stdout
     run_cli(t, "model", "alias", "set", "cli-model", "champion", "1")
-    resolved = json.loads(run_cli(t, "--json", "model", "resolve",
-                                  "models:/cli-model@champion").stdout)
+    resolved = json.loads(
+        run_cli(t, "--json", "model", "resolve", "models:/cli-model@champion").stdout
+    )
     assert resolved["version"] == "1" and resolved["aliases"] == ["champion"]
     got = json.loads(run_cli(t, "--json", "model", "get", "cli-model@champion").stdout)
     assert got["name"] == "models/cli-model/versions/1"
@@ -675,10 +919,10 @@ def test_cli(world: World, tmp_path: Path) -> None:
     assert (tmp_path / "m" / "readme.txt").read_text() == "hello\n"
     run_cli(t, "model", "alias", "delete", "cli-model", "champion")
 
-    files = json.loads(run_cli(t, "--json", "artifact", "list", world.job, "--recursive",
-                               "--path", "notes").stdout)
-    assert [f["path"] for f in files] == ["notes/deep/b.txt", "notes/empty.txt",
-                                          "notes/readme.txt"]
+    files = json.loads(
+        run_cli(t, "--json", "artifact", "list", world.job, "--recursive", "--path", "notes").stdout
+    )
+    assert [f["path"] for f in files] == ["notes/deep/b.txt", "notes/empty.txt", "notes/readme.txt"]
     assert "notes" in run_cli(t, "artifact", "list", world.job).stdout
     run_cli(t, "artifact", "download", world.job, "notes/deep", "--dest", str(tmp_path / "a"))
     assert (tmp_path / "a" / "notes" / "deep" / "b.txt").read_text() == "deep\n"

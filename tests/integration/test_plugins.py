@@ -45,12 +45,16 @@ async def untyped(a, b=2):
 '''
 
 
-def bundle(version: str, body: str = TASKS, name: str = "demo", top: str = "",
-           manifest: str | None = None) -> bytes:
+def bundle(
+    version: str, body: str = TASKS, name: str = "demo", top: str = "", manifest: str | None = None
+) -> bytes:
     files = {
-        "brinell-plugin.yaml": manifest if manifest is not None else (
+        "brinell-plugin.yaml": manifest
+        if manifest is not None
+        else (
             f"name: {name}\nversion: {version}\ndescription: demo tasks\n"
-            "package: demo_pkg\nrequirements: [numpy>=1.0]\n"),
+            "package: demo_pkg\nrequirements: [numpy>=1.0]\n"
+        ),
         "demo_pkg/__init__.py": '"""Demo."""\n',
         "demo_pkg/tasks.py": body,
     }
@@ -61,7 +65,7 @@ def push(stub: Any, data: bytes, sha: str = "") -> pb.UploadPluginResponse:
     def messages() -> Iterator[pb.UploadPluginRequest]:
         yield pb.UploadPluginRequest(metadata=pb.UploadPluginMetadata(sha256=sha))
         for i in range(0, len(data), 64):
-            yield pb.UploadPluginRequest(chunk=data[i:i + 64])
+            yield pb.UploadPluginRequest(chunk=data[i : i + 64])
 
     return stub.UploadPlugin(messages())
 
@@ -82,9 +86,10 @@ def test_push_versions_and_tasks(plugins: Any) -> None:
     assert load.module == "demo_pkg.tasks" and load.output_type == "list[float]"
     assert load.description.startswith("Makes data.")
     assert [(i.name, i.type, i.has_default, i.default_value) for i in load.inputs] == [
-        ("n", "int", True, "3"), ("scale", "float", True, "1.0")]
-    assert [(i.name, i.has_default) for i in tasks["untyped"].inputs] == [("a", False),
-                                                                         ("b", True)]
+        ("n", "int", True, "3"),
+        ("scale", "float", True, "1.0"),
+    ]
+    assert [(i.name, i.has_default) for i in tasks["untyped"].inputs] == [("a", False), ("b", True)]
     again = push(plugins, bundle("1.0.0"))
     assert not again.created and again.version.digest == first.version.digest
     code, msg = code_of(push, plugins, bundle("1.0.0", body=TASKS + "\n# changed\n"))
@@ -94,33 +99,56 @@ def test_push_versions_and_tasks(plugins: Any) -> None:
     push(plugins, bundle("1.5.0"))  # older than 2.0.0: not the latest
     got = plugins.GetPlugin(pb.GetPluginRequest(name="plugins/demo")).plugin
     assert got.latest_version.version == "2.0.0" and got.version_count == 3
-    versions = plugins.ListPluginVersions(pb.ListPluginVersionsRequest(parent="plugins/demo",
-                                                                       page_size=2))
+    versions = plugins.ListPluginVersions(
+        pb.ListPluginVersionsRequest(parent="plugins/demo", page_size=2)
+    )
     assert [v.version for v in versions.versions] == ["2.0.0", "1.5.0"]
-    rest = plugins.ListPluginVersions(pb.ListPluginVersionsRequest(
-        parent="plugins/demo", page_size=2, page_token=versions.next_page_token))
+    rest = plugins.ListPluginVersions(
+        pb.ListPluginVersionsRequest(
+            parent="plugins/demo", page_size=2, page_token=versions.next_page_token
+        )
+    )
     assert [v.version for v in rest.versions] == ["1.0.0"] and not rest.next_page_token
-    listed = plugins.ListPluginTasks(pb.ListPluginTasksRequest(
-        parent="plugins/demo/versions/1.0.0"))
+    listed = plugins.ListPluginTasks(
+        pb.ListPluginTasksRequest(parent="plugins/demo/versions/1.0.0")
+    )
     assert {t.name for t in listed.tasks} == {"load", "shout", "untyped"}
     assert [p.name for p in plugins.ListPlugins(pb.ListPluginsRequest()).plugins] == [
-        "plugins/demo"]
+        "plugins/demo"
+    ]
 
     for call, req, code in [
         (plugins.GetPlugin, pb.GetPluginRequest(name="plugins/none"), grpc.StatusCode.NOT_FOUND),
-        (plugins.GetPlugin, pb.GetPluginRequest(name="plugins/Bad!"),
-         grpc.StatusCode.INVALID_ARGUMENT),
-        (plugins.GetPluginVersion, pb.GetPluginVersionRequest(name="plugins/demo/versions/9"),
-         grpc.StatusCode.NOT_FOUND),
-        (plugins.GetPluginVersion, pb.GetPluginVersionRequest(name="plugins/demo"),
-         grpc.StatusCode.INVALID_ARGUMENT),
-        (plugins.ListPluginVersions, pb.ListPluginVersionsRequest(parent="plugins/none"),
-         grpc.StatusCode.NOT_FOUND),
-        (plugins.ListPluginVersions, pb.ListPluginVersionsRequest(parent="plugins/demo",
-                                                                  page_token="forged"),
-         grpc.StatusCode.INVALID_ARGUMENT),
-        (plugins.ListPluginTasks, pb.ListPluginTasksRequest(parent="plugins/demo/versions/0"),
-         grpc.StatusCode.NOT_FOUND),
+        (
+            plugins.GetPlugin,
+            pb.GetPluginRequest(name="plugins/Bad!"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            plugins.GetPluginVersion,
+            pb.GetPluginVersionRequest(name="plugins/demo/versions/9"),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            plugins.GetPluginVersion,
+            pb.GetPluginVersionRequest(name="plugins/demo"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            plugins.ListPluginVersions,
+            pb.ListPluginVersionsRequest(parent="plugins/none"),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            plugins.ListPluginVersions,
+            pb.ListPluginVersionsRequest(parent="plugins/demo", page_token="forged"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            plugins.ListPluginTasks,
+            pb.ListPluginTasksRequest(parent="plugins/demo/versions/0"),
+            grpc.StatusCode.NOT_FOUND,
+        ),
     ]:
         assert code_of(call, req)[0] == code, req
 
@@ -129,10 +157,14 @@ def test_bad_bundles_are_refused_with_every_problem(plugins: Any) -> None:
     cases = {
         "not an archive": (b"plain bytes", "readable"),
         "no manifest": (tar_gz({"demo_pkg/__init__.py": ""}), "brinell-plugin.yaml"),
-        "bad manifest": (bundle("1", manifest="name: Bad Name\nversion: one\npackage: 9x\n"),
-                         "plugin name 'Bad Name'"),
-        "no package": (tar_gz({"brinell-plugin.yaml": "name: p\nversion: 1\npackage: gone\n"}),
-                       "no package gone/"),
+        "bad manifest": (
+            bundle("1", manifest="name: Bad Name\nversion: one\npackage: 9x\n"),
+            "plugin name 'Bad Name'",
+        ),
+        "no package": (
+            tar_gz({"brinell-plugin.yaml": "name: p\nversion: 1\npackage: gone\n"}),
+            "no package gone/",
+        ),
         "syntax error": (bundle("1", body="def broken(:\n"), "demo_pkg/tasks.py:1"),
     }
     for case, (data, needle) in cases.items():
@@ -154,16 +186,27 @@ def test_jobs_pin_plugin_versions(plugins: Any, stubs: Any, channel: grpc.Channe
     v2 = push(plugins, bundle("2.0.0")).version
 
     def submit(**kwargs: Any) -> Any:
-        return jobs.SubmitJob(job_pb.SubmitJobRequest(
-            experiment="experiments/exp", entry_point="entryPoints/sleepy",
-            parameters={"label": "x"}, **kwargs)).job
+        return jobs.SubmitJob(
+            job_pb.SubmitJobRequest(
+                experiment="experiments/exp",
+                entry_point="entryPoints/sleepy",
+                parameters={"label": "x"},
+                **kwargs,
+            )
+        ).job
 
     latest = submit()
     assert [(p.plugin, p.version, p.digest) for p in latest.plugins] == [
-        ("plugins/demo", "2.0.0", v2.digest), ("plugins/other", "1.0.0", latest.plugins[1].digest)]
+        ("plugins/demo", "2.0.0", v2.digest),
+        ("plugins/other", "1.0.0", latest.plugins[1].digest),
+    ]
     pinned = submit(plugin_versions={"demo": "1.0.0"})
     assert [(p.plugin, p.version, p.digest, p.package) for p in pinned.plugins][0] == (
-        "plugins/demo", "1.0.0", v1.digest, "demo_pkg")
+        "plugins/demo",
+        "1.0.0",
+        v1.digest,
+        "demo_pkg",
+    )
     # Pins are stored with the job, not recomputed.
     push(plugins, bundle("3.0.0"))
     again = jobs.GetJob(job_pb.GetJobRequest(name=latest.name)).job
@@ -207,33 +250,58 @@ steps:
 """
 
 
-def test_task_graphs_are_validated_at_submit(plugins: Any, stubs: Any,  # noqa: F811
-                                             channel: grpc.Channel) -> None:
+def test_task_graphs_are_validated_at_submit(
+    plugins: Any,
+    stubs: Any,  # noqa: F811
+    channel: grpc.Channel,
+) -> None:
     from tests.integration.test_api import upload
 
     jobs = job_grpc.JobServiceStub(channel)
     push(plugins, bundle("1.0.0"))
-    stubs.exp.CreateExperiment(__import__("brinell.v1.experiment_service_pb2",
-                                          fromlist=["x"]).CreateExperimentRequest(
-        experiment_id="exp"))
-    code, msg = code_of(upload, stubs, "graphs", tar_gz({
-        "MLproject": GRAPH_MLPROJECT, "graph.yaml": "steps: [1, 2]", "broken.yaml": BROKEN_GRAPH}))
+    stubs.exp.CreateExperiment(
+        __import__("brinell.v1.experiment_service_pb2", fromlist=["x"]).CreateExperimentRequest(
+            experiment_id="exp"
+        )
+    )
+    code, msg = code_of(
+        upload,
+        stubs,
+        "graphs",
+        tar_gz(
+            {
+                "MLproject": GRAPH_MLPROJECT,
+                "graph.yaml": "steps: [1, 2]",
+                "broken.yaml": BROKEN_GRAPH,
+            }
+        ),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "graph.yaml" in msg
-    code, msg = code_of(upload, stubs, "graphs", tar_gz({"MLproject": GRAPH_MLPROJECT,
-                                                        "graph.yaml": GOOD_GRAPH}))
+    code, msg = code_of(
+        upload, stubs, "graphs", tar_gz({"MLproject": GRAPH_MLPROJECT, "graph.yaml": GOOD_GRAPH})
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "broken.yaml" in msg  # missing file
-    rev = upload(stubs, "graphs", tar_gz({"MLproject": GRAPH_MLPROJECT, "graph.yaml": GOOD_GRAPH,
-                                          "broken.yaml": BROKEN_GRAPH})).revision
+    rev = upload(
+        stubs,
+        "graphs",
+        tar_gz(
+            {"MLproject": GRAPH_MLPROJECT, "graph.yaml": GOOD_GRAPH, "broken.yaml": BROKEN_GRAPH}
+        ),
+    ).revision
     main = next(e for e in rev.entries if e.name == "main")
     assert main.command == "python -m brinell.graph graph.yaml"
 
-    ok = jobs.SubmitJob(job_pb.SubmitJobRequest(experiment="experiments/exp",
-                                                entry_point="entryPoints/graphs")).job
+    ok = jobs.SubmitJob(
+        job_pb.SubmitJobRequest(experiment="experiments/exp", entry_point="entryPoints/graphs")
+    ).job
     assert ok.state == 2 and ok.plugins[0].version == "1.0.0"
 
     with pytest.raises(grpc.RpcError) as info:
-        jobs.SubmitJob(job_pb.SubmitJobRequest(experiment="experiments/exp",
-                                               entry_point="entryPoints/graphs", entry="broken"))
+        jobs.SubmitJob(
+            job_pb.SubmitJobRequest(
+                experiment="experiments/exp", entry_point="entryPoints/graphs", entry="broken"
+            )
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     msg = info.value.details()
     for needle in ("'lode'", "$nobody", "'loud'", "cycle", "'count'"):

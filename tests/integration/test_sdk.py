@@ -60,10 +60,13 @@ def test_sdk_round_trip(srv: ServerThread, project: Path) -> None:
             c.jobs.submit(exp, ep, {"seconds": "soon", "extra": 1})
         assert len(info.value.problems) == 3, info.value.problems  # seconds, extra, label
 
-        job = c.jobs.submit(exp, ep, {"label": "x", "seconds": 0.5}, timeout=30,
-                            request_id="same")
-        assert c.jobs.submit(exp, ep, {"label": "x", "seconds": 0.5}, timeout=30,
-                             request_id="same").name == job.name
+        job = c.jobs.submit(exp, ep, {"label": "x", "seconds": 0.5}, timeout=30, request_id="same")
+        assert (
+            c.jobs.submit(
+                exp, ep, {"label": "x", "seconds": 0.5}, timeout=30, request_id="same"
+            ).name
+            == job.name
+        )
         assert job.state == JobState.QUEUED and job.parameters["seconds"] == "0.5"
         assert [j.name for j in c.jobs.list(filter="state=QUEUED")] == [job.name]
 
@@ -71,8 +74,9 @@ def test_sdk_round_trip(srv: ServerThread, project: Path) -> None:
         try:
             a = agent.next("assignment")
             seen: list[JobState] = []
-            watcher = threading.Thread(target=lambda: seen.extend(
-                j.state for j in c.jobs.watch(job)))
+            watcher = threading.Thread(
+                target=lambda: seen.extend(j.state for j in c.jobs.watch(job))
+            )
             watcher.start()
             agent.update(job.name, a.attempt, job_pb2.JOB_STATE_RUNNING)
             agent.logs(job.name, a.attempt, [(1, "line one"), (2, "line two")])
@@ -95,8 +99,9 @@ def test_cli_commands(srv: ServerThread, project: Path) -> None:
     run_cli(srv.target, "experiment", "create", "cli")
     pushed = json.loads(run_cli(srv.target, "--json", "entrypoint", "push", str(project)).stdout)
     assert "sha256:" in json.dumps(pushed)
-    job = json.loads(run_cli(srv.target, "--json", "job", "submit", "cli", "sleepy",
-                             "-p", "label=x").stdout)
+    job = json.loads(
+        run_cli(srv.target, "--json", "job", "submit", "cli", "sleepy", "-p", "label=x").stdout
+    )
     name = job["name"] if "name" in job else job["job"]["name"]
     listed = json.loads(run_cli(srv.target, "--json", "job", "list").stdout)
     assert name in json.dumps(listed)

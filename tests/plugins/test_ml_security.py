@@ -69,8 +69,13 @@ def test_load_npz_with_and_without_a_split(tmp_path: Path) -> None:
     assert ds.image_shape == (6, 6) and ds.n_classes == 4
     assert ds.x_train.shape == (30, 36) and ds.x_test.shape == (10, 36)
     assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
-    np.savez(tmp_path / "split.npz", x_train=images[:30, ..., None], y_train=np.eye(4)[labels[:30]],
-             x_test=images[30:, ..., None], y_test=labels[30:])
+    np.savez(
+        tmp_path / "split.npz",
+        x_train=images[:30, ..., None],
+        y_train=np.eye(4)[labels[:30]],
+        x_test=images[30:, ..., None],
+        y_test=labels[30:],
+    )
     split = data.load_npz.fn(str(tmp_path / "split.npz"))
     np.testing.assert_array_equal(split.y_train, labels[:30])
     np.testing.assert_allclose(split.x_test, images[30:].reshape(10, -1) / 255.0, atol=1e-6)
@@ -106,9 +111,15 @@ def tiny_model() -> models.TrainedModel:
     lr.classes_ = np.array([0, 1])
     lr.coef_ = np.array([[10.0, -10.0]])
     lr.intercept_ = np.array([0.0])
-    return models.TrainedModel(estimator=lr, kind="sklearn", name="logistic_regression",
-                               input_shape=(2,), n_classes=2, clip_values=(0.0, 1.0),
-                               image_shape=(1, 2))
+    return models.TrainedModel(
+        estimator=lr,
+        kind="sklearn",
+        name="logistic_regression",
+        input_shape=(2,),
+        n_classes=2,
+        clip_values=(0.0, 1.0),
+        image_shape=(1, 2),
+    )
 
 
 def test_metrics_match_hand_computed_values(tiny_model: models.TrainedModel) -> None:
@@ -134,7 +145,10 @@ def test_l0_tolerance_and_degenerate_cases() -> None:
     assert sizes["perturbation_linf"] == pytest.approx(0.25)
     # nothing correct to begin with: no success to report
     assert metrics.attack_metrics(np.array([1, 1]), np.array([0, 0]), np.array([1, 0])) == {
-        "clean_accuracy": 0.0, "robust_accuracy": 0.5, "attack_success_rate": 0.0}
+        "clean_accuracy": 0.0,
+        "robust_accuracy": 0.5,
+        "attack_success_rate": 0.0,
+    }
 
 
 # --- evasion -----------------------------------------------------------------------------
@@ -212,9 +226,11 @@ def test_every_preprocessing_defense_runs_on_models_and_inputs(
     logreg: models.TrainedModel, small: data.Dataset
 ) -> None:
     result = attacks.fgsm.fn(logreg, small, eps=0.1)
-    for name, task in (("spatial_smoothing", defenses.spatial_smoothing),
-                       ("jpeg_compression", defenses.jpeg_compression),
-                       ("gaussian_noise", defenses.gaussian_noise)):
+    for name, task in (
+        ("spatial_smoothing", defenses.spatial_smoothing),
+        ("jpeg_compression", defenses.jpeg_compression),
+        ("gaussian_noise", defenses.gaussian_noise),
+    ):
         defended = defenses.defend_model.fn(logreg, name)
         first = defended.predict(small.x_test)
         np.testing.assert_array_equal(first, defended.predict(small.x_test))  # repeatable
@@ -293,8 +309,9 @@ def test_seeded_runs_are_identical(small: data.Dataset) -> None:
         ds = data.load_digits.fn(seed=3)
         model = models.train_mlp.fn(ds, seed=3, max_iter=50)
         tiny = data.subset.fn(ds, 30, seed=3)
-        out = metrics.evaluate_attack.fn(model, attacks.pgd.fn(model, tiny, eps=0.1,
-                                                                num_random_init=1, seed=3))
+        out = metrics.evaluate_attack.fn(
+            model, attacks.pgd.fn(model, tiny, eps=0.1, num_random_init=1, seed=3)
+        )
         hsj = attacks.hop_skip_jump.fn(model, tiny, n_samples=5, max_iter=2, seed=3)
         out.update({f"hsj_{k}": v for k, v in metrics.evaluate_attack.fn(model, hsj).items()})
         noisy = defenses.gaussian_noise.fn(hsj, sigma=0.2, seed=3)
@@ -305,7 +322,9 @@ def test_seeded_runs_are_identical(small: data.Dataset) -> None:
 
 
 def test_mlflow_round_trip_and_logging(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logreg: models.TrainedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    logreg: models.TrainedModel,
     small: data.Dataset,
 ) -> None:
     import mlflow
@@ -354,7 +373,10 @@ def cnn(digits: data.Dataset) -> models.TrainedModel:
 
 
 def test_cnn_is_attacked_adversarially_trained_and_saved(
-    cnn: models.TrainedModel, digits: data.Dataset, small: data.Dataset, tmp_path: Path,
+    cnn: models.TrainedModel,
+    digits: data.Dataset,
+    small: data.Dataset,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import mlflow
@@ -390,5 +412,6 @@ def test_cnn_training_is_seeded(digits: data.Dataset, small: data.Dataset) -> No
     pytest.importorskip("torch", reason="PyTorch cannot be imported")
     tiny = replace(digits, x_train=digits.x_train[:300], y_train=digits.y_train[:300])
     a, b = (models.train_cnn.fn(tiny, epochs=1, seed=5) for _ in range(2))
-    np.testing.assert_array_equal(a.art_classifier().predict(small.x_test),
-                                  b.art_classifier().predict(small.x_test))
+    np.testing.assert_array_equal(
+        a.art_classifier().predict(small.x_test), b.art_classifier().predict(small.x_test)
+    )

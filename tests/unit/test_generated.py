@@ -10,17 +10,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
-    protos = sorted(str(p.relative_to(ROOT / "proto"))
-                    for p in (ROOT / "proto/brinell/v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto/brinell/v1").glob("*.proto")
+    )
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *protos],
-        cwd=ROOT, check=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iproto",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *protos,
+        ],
+        cwd=ROOT,
+        check=True,
     )
     generated = sorted((tmp_path / "brinell/v1").iterdir())
     assert generated, "protoc generated nothing"
-    stale = [p.name for p in generated
-             if (ROOT / "proto/brinell/v1" / p.name).read_bytes() != p.read_bytes()]
+    stale = [
+        p.name
+        for p in generated
+        if (ROOT / "proto/brinell/v1" / p.name).read_bytes() != p.read_bytes()
+    ]
     assert not stale, f"run `make proto`: stale generated files {stale}"
     committed = {p.name for p in (ROOT / "proto/brinell/v1").glob("*_pb2*.py*")}
     assert committed == {p.name for p in generated}, "generated files without a proto"

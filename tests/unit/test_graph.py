@@ -38,32 +38,66 @@ ROOT = Path(__file__).resolve().parents[2]
 # --- hand-made signatures, as the control plane builds them from plugin manifests -------
 
 SIGNATURES = [
-    TaskSignature("load_digits", "brinell_ml.data",
-                  (("test_size", "float", True), ("seed", "int", True)), "Dataset"),
-    TaskSignature("train", "brinell_ml.models",
-                  (("data", "Dataset", False), ("C", "float", True)), "Model"),
-    TaskSignature("fgsm", "brinell_ml.attacks",
-                  (("model", "Model", False), ("data", "Dataset", False), ("eps", "float", False)),
-                  "AttackResult"),
-    TaskSignature("pgd", "brinell_ml.attacks",
-                  (("model", "Model", False), ("data", "Dataset", False), ("eps", "float", False)),
-                  "AttackResult"),
-    TaskSignature("evaluate_attack", "brinell_ml.metrics",
-                  (("model", "Model", False), ("result", "AttackResult", False)), "dict"),
+    TaskSignature(
+        "load_digits",
+        "brinell_ml.data",
+        (("test_size", "float", True), ("seed", "int", True)),
+        "Dataset",
+    ),
+    TaskSignature(
+        "train", "brinell_ml.models", (("data", "Dataset", False), ("C", "float", True)), "Model"
+    ),
+    TaskSignature(
+        "fgsm",
+        "brinell_ml.attacks",
+        (("model", "Model", False), ("data", "Dataset", False), ("eps", "float", False)),
+        "AttackResult",
+    ),
+    TaskSignature(
+        "pgd",
+        "brinell_ml.attacks",
+        (("model", "Model", False), ("data", "Dataset", False), ("eps", "float", False)),
+        "AttackResult",
+    ),
+    TaskSignature(
+        "evaluate_attack",
+        "brinell_ml.metrics",
+        (("model", "Model", False), ("result", "AttackResult", False)),
+        "dict",
+    ),
     TaskSignature("count", "m", (("n", "int", False),), "int"),
     TaskSignature("scale", "m", (("x", "float", False),), "float"),
-    TaskSignature("label", "m", (("text", "str", False), ("tags", "list[str]", True),
-                                 ("opts", "dict[str, Any]", True), ("flag", "bool", True),
-                                 ("maybe", "Optional[int]", True), ("u", "int | None", True)),
-                  "str"),
-    TaskSignature("anything", "m", (("x", "", False), ("y", "Any", True), ("z", "object", True),
-                                    ("model", "Model", True)), ""),
+    TaskSignature(
+        "label",
+        "m",
+        (
+            ("text", "str", False),
+            ("tags", "list[str]", True),
+            ("opts", "dict[str, Any]", True),
+            ("flag", "bool", True),
+            ("maybe", "Optional[int]", True),
+            ("u", "int | None", True),
+        ),
+        "str",
+    ),
+    TaskSignature(
+        "anything",
+        "m",
+        (("x", "", False), ("y", "Any", True), ("z", "object", True), ("model", "Model", True)),
+        "",
+    ),
     TaskSignature("pairs", "m", (), "list[int]"),
     TaskSignature("mapping", "m", (), "dict[str, Any]"),
 ]
 TASKS = {s.qualified_name: s for s in SIGNATURES}
-PARAMS = {"test_size": "float", "seed": "int", "eps": "float", "name": "string",
-          "data_dir": "path", "count": "int"}
+PARAMS = {
+    "test_size": "float",
+    "seed": "int",
+    "eps": "float",
+    "name": "string",
+    "data_dir": "path",
+    "count": "int",
+}
 
 EXAMPLE = """\
 steps:
@@ -86,10 +120,12 @@ steps:
 """
 
 
-def problems_of(text: str, params: dict[str, str] | None = None,
-                tasks: dict[str, TaskSignature] | None = None) -> list[str]:
-    return validate(parse(text), PARAMS if params is None else params,
-                    TASKS if tasks is None else tasks)
+def problems_of(
+    text: str, params: dict[str, str] | None = None, tasks: dict[str, TaskSignature] | None = None
+) -> list[str]:
+    return validate(
+        parse(text), PARAMS if params is None else params, TASKS if tasks is None else tasks
+    )
 
 
 def only(problems: list[str], *needles: str) -> str:
@@ -125,7 +161,9 @@ steps:
     assert graph.name == "demo"
     assert graph.steps["s"].args == {
         "items": [Ref("a"), {"k": Ref("b"), "lit": "$money"}, 3],
-        "cost": "$5", "plain": "a $b c", "dollar": "$",
+        "cost": "$5",
+        "plain": "a $b c",
+        "dollar": "$",
     }
 
 
@@ -155,13 +193,16 @@ extra: 1
     assert isinstance(err.value, ValueError)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("steps: [", "not valid YAML"),
-    ("- a\n- b\n", "mapping"),
-    ("name: x\n", "no steps"),
-    ("steps: {}\n", "no steps"),
-    ("steps: {'bad name': {task: t}}\n", "step name"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("steps: [", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+        ("name: x\n", "no steps"),
+        ("steps: {}\n", "no steps"),
+        ("steps: {'bad name': {task: t}}\n", "step name"),
+    ],
+)
 def test_parse_rejects_documents(text: str, needle: str) -> None:
     with pytest.raises(GraphError) as err:
         parse(text)
@@ -186,7 +227,8 @@ def test_unknown_task_suggests_the_closest_or_lists_tasks() -> None:
     listed = only(problems, "step 'e'", "'zzzzzz'")
     assert "tasks:" in listed and "fgsm" in listed and "train" in listed
     assert "no tasks are available" in only(
-        problems_of("steps: {d: {task: x}}", tasks={}), "step 'd'", "'x'")
+        problems_of("steps: {d: {task: x}}", tasks={}), "step 'd'", "'x'"
+    )
 
 
 def test_ambiguous_short_name_needs_the_qualified_name() -> None:
@@ -195,8 +237,10 @@ def test_ambiguous_short_name_needs_the_qualified_name() -> None:
     problems = problems_of("steps: {a: {task: fgsm, args: {model: 1}}}", tasks=tasks)
     message = only(problems, "step 'a'", "ambiguous")
     assert "brinell_ml.attacks.fgsm" in message and "other_plugin.attacks.fgsm" in message
-    assert problems_of("steps: {a: {task: other_plugin.attacks.fgsm, args: {model: 1}}}",
-                       tasks=tasks) == []
+    assert (
+        problems_of("steps: {a: {task: other_plugin.attacks.fgsm, args: {model: 1}}}", tasks=tasks)
+        == []
+    )
 
 
 def test_unknown_and_ambiguous_references() -> None:
@@ -257,18 +301,18 @@ steps:
 
 TYPE_CASES = [
     # (step args, task, problem expected)
-    ("{n: $count}", "count", False),          # int -> int
-    ("{x: $count}", "scale", False),          # int -> float
-    ("{x: $eps}", "scale", False),            # float -> float
-    ("{n: $eps}", "count", True),             # float -> int
-    ("{n: $name}", "count", True),            # string -> int
-    ("{x: $name}", "scale", True),            # string -> float
-    ("{text: $name}", "label", False),        # string -> str
-    ("{text: $data_dir}", "label", False),    # path -> str
-    ("{text: $count}", "label", True),        # int -> str
+    ("{n: $count}", "count", False),  # int -> int
+    ("{x: $count}", "scale", False),  # int -> float
+    ("{x: $eps}", "scale", False),  # float -> float
+    ("{n: $eps}", "count", True),  # float -> int
+    ("{n: $name}", "count", True),  # string -> int
+    ("{x: $name}", "scale", True),  # string -> float
+    ("{text: $name}", "label", False),  # string -> str
+    ("{text: $data_dir}", "label", False),  # path -> str
+    ("{text: $count}", "label", True),  # int -> str
     ("{text: a, maybe: $count}", "label", False),  # int -> Optional[int]
-    ("{text: a, u: $count}", "label", False),      # int -> int | None
-    ("{text: a, u: $eps}", "label", True),         # float -> int | None
+    ("{text: a, u: $count}", "label", False),  # int -> int | None
+    ("{text: a, u: $eps}", "label", True),  # float -> int | None
     ("{x: $name, y: $eps, z: $count}", "anything", False),  # anything -> unannotated/Any/object
     ("{x: 1, model: $name}", "anything", False),  # a class annotation: not certainly wrong
     ("{n: 3}", "count", False),
@@ -296,19 +340,22 @@ def test_parameter_and_literal_types(args: str, task_name: str, expected: bool) 
         assert problems == []
 
 
-@pytest.mark.parametrize("upstream, consumer, expected", [
-    ("count", "{n: $up}", False),            # int -> int
-    ("count", "{x: $up}", False),            # int -> float
-    ("scale", "{n: $up}", True),             # float -> int
-    ("label", "{text: $up}", False),         # str -> str
-    ("label", "{text: a, u: $up}", True),    # str -> int | None
-    ("count", "{text: a, u: $up}", False),   # int -> int | None
-    ("anything", "{n: $up}", False),         # unannotated output
-    ("train", "{x: $up}", False),            # a class (Model) vs float: not certainly wrong
-    ("pairs", "{text: a, tags: $up}", False),   # list[int] -> list[str]: base types agree
-    ("mapping", "{n: $up}", True),           # dict[str, Any] -> int
-    ("evaluate_attack", "{text: a, opts: $up}", False),  # dict -> dict[str, Any]
-])
+@pytest.mark.parametrize(
+    "upstream, consumer, expected",
+    [
+        ("count", "{n: $up}", False),  # int -> int
+        ("count", "{x: $up}", False),  # int -> float
+        ("scale", "{n: $up}", True),  # float -> int
+        ("label", "{text: $up}", False),  # str -> str
+        ("label", "{text: a, u: $up}", True),  # str -> int | None
+        ("count", "{text: a, u: $up}", False),  # int -> int | None
+        ("anything", "{n: $up}", False),  # unannotated output
+        ("train", "{x: $up}", False),  # a class (Model) vs float: not certainly wrong
+        ("pairs", "{text: a, tags: $up}", False),  # list[int] -> list[str]: base types agree
+        ("mapping", "{n: $up}", True),  # dict[str, Any] -> int
+        ("evaluate_attack", "{text: a, opts: $up}", False),  # dict -> dict[str, Any]
+    ],
+)
 def test_step_output_types(upstream: str, consumer: str, expected: bool) -> None:
     up = TASKS[next(k for k in TASKS if k.endswith("." + upstream))]
     up_args = ", ".join(f"{name}: 1" for name, _, has_default in up.inputs if not has_default)
@@ -328,8 +375,10 @@ steps:
 
 def test_any_keyword_task_takes_any_argument() -> None:
     sig = TaskSignature("kw", "m", (("a", "int", False),), "int", any_keyword=True)
-    assert validate(parse("steps: {s: {task: kw, args: {a: 1, whatever: 2}}}"), {},
-                    {"m.kw": sig}) == []
+    assert (
+        validate(parse("steps: {s: {task: kw, args: {a: 1, whatever: 2}}}"), {}, {"m.kw": sig})
+        == []
+    )
     problems = validate(parse("steps: {s: {task: kw, args: {whatever: 2}}}"), {}, {"m.kw": sig})
     only(problems, "step 's'", "'a'", "missing")
 
@@ -347,10 +396,14 @@ def test_task_signature_from_task_info() -> None:
 
 
 def test_topological_levels() -> None:
-    assert topological_order(parse(EXAMPLE)) == [["data"], ["model"], ["fgsm", "pgd"],
-                                                 ["report"]]
-    graph = Graph({"a": Step("a", "t"), "b": Step("b", "t", after=["a"]),
-                   "c": Step("c", "t", {"x": [{"y": Ref("b")}], "p": Ref("param")})})
+    assert topological_order(parse(EXAMPLE)) == [["data"], ["model"], ["fgsm", "pgd"], ["report"]]
+    graph = Graph(
+        {
+            "a": Step("a", "t"),
+            "b": Step("b", "t", after=["a"]),
+            "c": Step("c", "t", {"x": [{"y": Ref("b")}], "p": Ref("param")}),
+        }
+    )
     assert topological_order(graph) == [["a"], ["b"], ["c"]]
 
 
@@ -422,19 +475,37 @@ def _healthy(url: str) -> bool:
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real `prefect server start` for this module (a fresh one answers in ≈20 s)."""
     home = tmp_path_factory.mktemp("prefect")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "PREFECT_PROFILE")}
-    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1",
-               PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_PROFILE")}
+    env.update(
+        PREFECT_HOME=str(home),
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
+    )
     if not os.path.isdir(env.get("HOME", "")):
         env["HOME"] = str(home)
     port = _free_port()
     with open(home / "server.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--no-ui", "--analytics-off"],
-            env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-ui",
+                "--analytics-off",
+            ],
+            env=env,
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 120
@@ -466,9 +537,13 @@ def prefect_api(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 def test_run_steps_concurrently(prefect_api: str) -> None:
     done: list[str] = []
-    results = run(parse(RUN_GRAPH), {"n": "4", "label": "sum"}, RUN_TASKS,
-                  types={"n": "int", "label": "string"},
-                  on_step_done=lambda step, _: done.append(step))
+    results = run(
+        parse(RUN_GRAPH),
+        {"n": "4", "label": "sum"},
+        RUN_TASKS,
+        types={"n": "int", "label": "string"},
+        on_step_done=lambda step, _: done.append(step),
+    )
     assert list(results) == ["base", "left", "right", "total", "last", "kw"]
     assert results["base"] == 5
     assert results["left"]["value"] == 10 and results["right"]["value"] == 15
@@ -512,7 +587,7 @@ def test_run_converts_declared_parameter_types() -> None:
 
 # --- main (python -m brinell.graph) ----------------------------------------------------
 
-PLUGIN_OPS = '''\
+PLUGIN_OPS = """\
 from __future__ import annotations
 
 from brinell import task
@@ -521,9 +596,9 @@ from brinell import task
 @task
 def add(a: int, b: int = 0) -> int:
     return a + b
-'''
+"""
 
-PLUGIN_MORE = '''\
+PLUGIN_MORE = """\
 from __future__ import annotations
 
 import time
@@ -549,7 +624,7 @@ def log_it(value: float) -> str:
 @task
 def fail(x: float) -> float:
     raise ValueError("no good")
-'''
+"""
 
 MLPROJECT = """\
 name: graphs
@@ -587,25 +662,48 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_main(project: Path, *args: str, parameters: dict[str, Any] | None = None,
-             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_main(
+    project: Path,
+    *args: str,
+    parameters: dict[str, Any] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRINELL_", "MLFLOW_"))}
-    env.update(PYTHONPATH=str(project / "site"), BRINELL_PLUGIN_PACKAGES="plug",
-               PREFECT_HOME=str(project / "prefect-home"))
+    env.update(
+        PYTHONPATH=str(project / "site"),
+        BRINELL_PLUGIN_PACKAGES="plug",
+        PREFECT_HOME=str(project / "prefect-home"),
+    )
     if parameters is not None:
         env["BRINELL_PARAMETERS"] = json.dumps(parameters)
     env.update(extra_env or {})
-    return subprocess.run([sys.executable, "-m", "brinell.graph", *args], cwd=project / "ep",
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "brinell.graph", *args],
+        cwd=project / "ep",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_main_runs_the_graph(project: Path, prefect_server: str) -> None:
-    proc = run_main(project, "graphs/flow.yaml", "-p", "by=2.5", parameters={"n": 3, "by": 9},
-                    extra_env={"PREFECT_API_URL": prefect_server})
+    proc = run_main(
+        project,
+        "graphs/flow.yaml",
+        "-p",
+        "by=2.5",
+        parameters={"n": 3, "by": 9},
+        extra_env={"PREFECT_API_URL": prefect_server},
+    )
     assert proc.returncode == 0, proc.stderr
     done = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
-    assert sorted(done) == ["step again done", "step base done", "step logged done",
-                            "step scaled done"]
+    assert sorted(done) == [
+        "step again done",
+        "step base done",
+        "step logged done",
+        "step scaled done",
+    ]
     assert done[0] == "step base done" and done[-1] == "step logged done"
     # a pinned plugin module that cannot be imported does not stop a graph that doesn't use it
     assert "warning: plugin module plug.broken could not be imported" in proc.stderr
@@ -617,9 +715,16 @@ def test_main_resumes_the_mlflow_run(project: Path, prefect_server: str) -> None
     tracking = f"sqlite:///{project / 'mlflow.db'}"
     client = MlflowClient(tracking)
     run_id = client.create_run("0").info.run_id
-    proc = run_main(project, "graphs/flow.yaml", parameters={"n": 1, "by": 0.5},
-                    extra_env={"PREFECT_API_URL": prefect_server, "MLFLOW_RUN_ID": run_id,
-                               "MLFLOW_TRACKING_URI": tracking})
+    proc = run_main(
+        project,
+        "graphs/flow.yaml",
+        parameters={"n": 1, "by": 0.5},
+        extra_env={
+            "PREFECT_API_URL": prefect_server,
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_TRACKING_URI": tracking,
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     finished = client.get_run(run_id)
     assert finished.data.params == {"value": "1.0"}  # logged from a task's worker thread
@@ -629,7 +734,8 @@ def test_main_resumes_the_mlflow_run(project: Path, prefect_server: str) -> None
 
 def test_main_rejects_an_invalid_graph(project: Path) -> None:
     (project / "ep" / "graphs" / "bad.yaml").write_text(
-        "steps: {a: {task: ad, args: {a: $n}}, b: {task: scale, args: {x: $a, by: $n}}}")
+        "steps: {a: {task: ad, args: {a: $n}}, b: {task: scale, args: {x: $a, by: $n}}}"
+    )
     proc = run_main(project, "graphs/bad.yaml", "-p", "n=2")
     assert proc.returncode == 2
     # no MLproject entry names this graph: parameters are strings
@@ -648,9 +754,9 @@ def test_main_rejects_bad_parameters(project: Path) -> None:
 
 def test_main_fails_when_a_step_fails(project: Path, prefect_server: str) -> None:
     (project / "ep" / "graphs" / "fails.yaml").write_text(
-        "steps: {a: {task: add, args: {a: 1}}, b: {task: fail, args: {x: $a}}}")
-    proc = run_main(project, "graphs/fails.yaml",
-                    extra_env={"PREFECT_API_URL": prefect_server})
+        "steps: {a: {task: add, args: {a: 1}}, b: {task: fail, args: {x: $a}}}"
+    )
+    proc = run_main(project, "graphs/fails.yaml", extra_env={"PREFECT_API_URL": prefect_server})
     assert proc.returncode == 1
     assert "step 'b' failed: ValueError: no good" in proc.stderr
     assert "step a done" in proc.stdout and "step b done" not in proc.stdout

@@ -44,32 +44,46 @@ def test_parse_types_and_defaults() -> None:
 def test_resolve_fills_defaults_and_keeps_given() -> None:
     project = mlproject.parse(DOC)
     got = mlproject.resolve(project, "main", {"name": "x", "lr": "1e-3"})
-    assert got == {"lr": "1e-3", "epochs": "3", "name": "x", "data": "./data",
-                   "source": "s3://bucket/x"}
+    assert got == {
+        "lr": "1e-3",
+        "epochs": "3",
+        "name": "x",
+        "data": "./data",
+        "source": "s3://bucket/x",
+    }
 
 
 def test_resolve_names_every_problem() -> None:
     project = mlproject.parse(DOC)
     with pytest.raises(mlproject.MLprojectError) as info:
-        mlproject.resolve(project, "main", {"lr": "fast", "epochs": "2.5", "nmae": "typo",
-                                            "data": " "})
+        mlproject.resolve(
+            project, "main", {"lr": "fast", "epochs": "2.5", "nmae": "typo", "data": " "}
+        )
     problems = info.value.problems
     assert len(problems) == 5, problems
     text = str(info.value)
-    for needle in ("'lr'", "'epochs'", "unknown parameter 'nmae'", "missing required "
-                   "parameter 'name'", "empty path"):
+    for needle in (
+        "'lr'",
+        "'epochs'",
+        "unknown parameter 'nmae'",
+        "missing required parameter 'name'",
+        "empty path",
+    ):
         assert needle in text
 
 
-@pytest.mark.parametrize("value,ok", [("1", True), ("-3", True), ("1.0", False), ("x", False),
-                                      ("", False)])
+@pytest.mark.parametrize(
+    "value,ok", [("1", True), ("-3", True), ("1.0", False), ("x", False), ("", False)]
+)
 def test_int_values(value: str, ok: bool) -> None:
     spec = mlproject.ParameterSpec("n", "int")
     assert (mlproject.check_value(spec, value) is None) == ok
 
 
-@pytest.mark.parametrize("value,ok", [("1", True), ("1e-3", True), ("-.5", True), ("inf", True),
-                                      ("nan", False), ("one", False)])
+@pytest.mark.parametrize(
+    "value,ok",
+    [("1", True), ("1e-3", True), ("-.5", True), ("inf", True), ("nan", False), ("one", False)],
+)
 def test_float_values(value: str, ok: bool) -> None:
     spec = mlproject.ParameterSpec("x", "float")
     assert (mlproject.check_value(spec, value) is None) == ok

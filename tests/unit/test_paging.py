@@ -18,7 +18,7 @@ def test_round_trip_and_binding() -> None:
     with pytest.raises(InvalidArgument, match="tampered"):
         PageTokens(b"other" * 8).decode("jobs:state=RUNNING", token)
     for i in range(len(token)):
-        flipped = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+        flipped = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
         with pytest.raises(InvalidArgument):
             tokens.decode("jobs:state=RUNNING", flipped)
 

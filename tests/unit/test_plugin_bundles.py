@@ -233,7 +233,7 @@ def test_a_real_job_imports_its_pinned_plugins(tmp_path: Path) -> None:
     )
     (root / "MLproject").write_text(
         "name: t\nentry_points:\n  main:\n    parameters:\n      who: {type: string}\n"
-        f"    command: \"python -c \\\"{script}\\\"\"\n"
+        f'    command: "python -c \\"{script}\\""\n'
     )
     spec = RunSpec(
         project_root=root,

@@ -25,8 +25,16 @@ def test_artifact_paths_stay_inside_the_root() -> None:
 def test_version_names() -> None:
     assert version_name("models/m/versions/3") == ("m", "3", "")
     assert version_name("models/m@champion") == ("m", "", "champion")
-    for bad in ("m/versions/3", "models/m", "models/m/versions/0", "models/m/versions/x",
-                "models/M/versions/1", "models/m@", "models/m@a b", "models/m/versions/1/x"):
+    for bad in (
+        "m/versions/3",
+        "models/m",
+        "models/m/versions/0",
+        "models/m/versions/x",
+        "models/M/versions/1",
+        "models/m@",
+        "models/m@a b",
+        "models/m/versions/1/x",
+    ):
         with pytest.raises(InvalidArgument):
             version_name(bad)
 
@@ -35,8 +43,15 @@ def test_model_uris() -> None:
     assert parse_uri("models:/m/3") == ("m", "3", "")
     assert parse_uri("models:/m@prod") == ("m", "", "prod")
     assert parse_uri("models:/m/latest") == ("m", "latest", "")
-    for bad in ("models:/m", "models:/m/", "models:/m/3/x", "models:m/1", "runs:/r/model",
-                "models:/M/1", "models:/m@"):
+    for bad in (
+        "models:/m",
+        "models:/m/",
+        "models:/m/3/x",
+        "models:m/1",
+        "runs:/r/model",
+        "models:/M/1",
+        "models:/m@",
+    ):
         with pytest.raises(InvalidArgument):
             parse_uri(bad)
 

@@ -22,8 +22,15 @@ def test_parameters_and_plugins_from_the_environment(monkeypatch: pytest.MonkeyP
     assert runtime.parameters() == {} and runtime.plugins() == []  # by hand, outside a job
     monkeypatch.setenv("BRINELL_PARAMETERS", json.dumps({"name": "Ada", "rounds": "3"}))
     assert runtime.parameters() == {"name": "Ada", "rounds": "3"}
-    pins = [{"plugin": "plugins/a", "version": "1.0.0", "digest": "sha256:x",
-             "package": "a", "path": "/p"}]
+    pins = [
+        {
+            "plugin": "plugins/a",
+            "version": "1.0.0",
+            "digest": "sha256:x",
+            "package": "a",
+            "path": "/p",
+        }
+    ]
     monkeypatch.setenv("BRINELL_PLUGINS", json.dumps(pins))
     assert runtime.plugins() == pins
     monkeypatch.setenv("BRINELL_PARAMETERS", "[1]")
@@ -40,7 +47,7 @@ def plugin_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     (pkg / "__init__.py").write_text('"""A test plugin."""\n')
     (pkg / "tasks.py").write_text(
         "from brinell import task\n\n\n@task\ndef greet(name: str) -> str:\n"
-        "    \"\"\"Says hello.\"\"\"\n    return f'hello {name}'\n"
+        '    """Says hello."""\n    return f\'hello {name}\'\n'
     )
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "loud.py").write_text(
@@ -79,19 +86,28 @@ def test_tasks_by_name_and_qualified_name(plugin_package: str) -> None:
 
 def test_sdk_plugin_types_from_proto() -> None:
     task = plugin_pb2.Task(
-        name="fgsm", module="ml.attacks", description="Fast gradient sign.\n\nMore.",
+        name="fgsm",
+        module="ml.attacks",
+        description="Fast gradient sign.\n\nMore.",
         output_type="Dataset",
-        inputs=[plugin_pb2.TaskInput(name="model", type="Model"),
-                plugin_pb2.TaskInput(name="eps", type="float", has_default=True,
-                                     default_value="0.1")],
+        inputs=[
+            plugin_pb2.TaskInput(name="model", type="Model"),
+            plugin_pb2.TaskInput(name="eps", type="float", has_default=True, default_value="0.1"),
+        ],
     )
     version = plugin_pb2.PluginVersion(
-        name="plugins/ml/versions/1.2.0", version="1.2.0", digest="sha256:ab", size_bytes=10,
-        requirements=["numpy>=1"], package="ml", tasks=[task],
+        name="plugins/ml/versions/1.2.0",
+        version="1.2.0",
+        digest="sha256:ab",
+        size_bytes=10,
+        requirements=["numpy>=1"],
+        package="ml",
+        tasks=[task],
     )
     version.create_time.FromSeconds(1_700_000_000)
-    plugin = Plugin.from_proto(plugin_pb2.Plugin(name="plugins/ml", latest_version=version,
-                                                 version_count=2))
+    plugin = Plugin.from_proto(
+        plugin_pb2.Plugin(name="plugins/ml", latest_version=version, version_count=2)
+    )
     assert plugin.id == "ml" and plugin.version_count == 2
     v = plugin.latest_version
     assert isinstance(v, PluginVersion) and v.plugin == "plugins/ml" and v.plugin_id == "ml"
@@ -102,8 +118,16 @@ def test_sdk_plugin_types_from_proto() -> None:
     assert t.signature == "fgsm(model: Model, eps: float = 0.1) -> Dataset"
     assert Plugin.from_proto(plugin_pb2.Plugin(name="plugins/x")).latest_version is None
 
-    job = Job.from_proto(job_pb2.Job(name="jobs/j", plugins=[plugin_pb2.PluginPin(
-        plugin="plugins/ml", version="1.2.0", digest="sha256:ab", package="ml")]))
+    job = Job.from_proto(
+        job_pb2.Job(
+            name="jobs/j",
+            plugins=[
+                plugin_pb2.PluginPin(
+                    plugin="plugins/ml", version="1.2.0", digest="sha256:ab", package="ml"
+                )
+            ],
+        )
+    )
     assert job.plugins == (PluginPin("plugins/ml", "1.2.0", "sha256:ab", "ml"),)
     assert job.plugins[0].plugin_id == "ml"
 

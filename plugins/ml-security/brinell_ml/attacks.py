@@ -93,8 +93,14 @@ def _result(
     x_adv: np.ndarray,
     params: dict[str, Any],
 ) -> AttackResult:
-    return AttackResult(x=x, y=y, x_adv=np.asarray(x_adv, dtype=np.float32), attack=name,
-                        params=params, image_shape=data.image_shape)
+    return AttackResult(
+        x=x,
+        y=y,
+        x_adv=np.asarray(x_adv, dtype=np.float32),
+        attack=name,
+        params=params,
+        image_shape=data.image_shape,
+    )
 
 
 def pgd_examples(
@@ -114,8 +120,14 @@ def pgd_examples(
     if eps <= 0:
         return x.copy()
     attack = ProjectedGradientDescent(
-        classifier, norm=_norm(norm), eps=eps, eps_step=eps_step or eps / 4, max_iter=max_iter,
-        num_random_init=num_random_init, batch_size=128, verbose=False,
+        classifier,
+        norm=_norm(norm),
+        eps=eps,
+        eps_step=eps_step or eps / 4,
+        max_iter=max_iter,
+        num_random_init=num_random_init,
+        batch_size=128,
+        verbose=False,
     )
     return attack.generate(x=x, y=_one_hot(y, n_classes))
 
@@ -134,9 +146,7 @@ def fgsm(
     params = {"eps": eps, "norm": norm, "seed": seed}
     if eps <= 0:
         return _result("fgsm", data, x, y, x.copy(), params)
-    attack = FastGradientMethod(
-        model.art_classifier(), norm=_norm(norm), eps=eps, batch_size=128
-    )
+    attack = FastGradientMethod(model.art_classifier(), norm=_norm(norm), eps=eps, batch_size=128)
     x_adv = attack.generate(x=x, y=_one_hot(y, model.n_classes))
     return _result("fgsm", data, x, y, x_adv, params)
 
@@ -157,10 +167,25 @@ def pgd(
     starts; untargeted, true labels; eps 0 returns the clean inputs."""
     seed_everything(seed)
     x, y = _test_inputs(data)
-    params = {"eps": eps, "eps_step": eps_step or eps / 4, "max_iter": max_iter,
-              "num_random_init": num_random_init, "norm": norm, "seed": seed}
-    x_adv = pgd_examples(model.art_classifier(), x, y, model.n_classes, eps, eps_step, max_iter,
-                         norm, num_random_init)
+    params = {
+        "eps": eps,
+        "eps_step": eps_step or eps / 4,
+        "max_iter": max_iter,
+        "num_random_init": num_random_init,
+        "norm": norm,
+        "seed": seed,
+    }
+    x_adv = pgd_examples(
+        model.art_classifier(),
+        x,
+        y,
+        model.n_classes,
+        eps,
+        eps_step,
+        max_iter,
+        norm,
+        num_random_init,
+    )
     return _result("pgd", data, x, y, x_adv, params)
 
 
@@ -184,13 +209,24 @@ def carlini_wagner_l2(
     seed_everything(seed)
     x, y = _test_inputs(data, n_samples)
     attack = CarliniL2Method(
-        model.art_classifier(), confidence=confidence, learning_rate=learning_rate,
-        binary_search_steps=binary_search_steps, max_iter=max_iter, initial_const=initial_const,
-        batch_size=64, verbose=False,
+        model.art_classifier(),
+        confidence=confidence,
+        learning_rate=learning_rate,
+        binary_search_steps=binary_search_steps,
+        max_iter=max_iter,
+        initial_const=initial_const,
+        batch_size=64,
+        verbose=False,
     )
-    params = {"confidence": confidence, "learning_rate": learning_rate,
-              "binary_search_steps": binary_search_steps, "max_iter": max_iter,
-              "initial_const": initial_const, "n_samples": len(x), "seed": seed}
+    params = {
+        "confidence": confidence,
+        "learning_rate": learning_rate,
+        "binary_search_steps": binary_search_steps,
+        "max_iter": max_iter,
+        "initial_const": initial_const,
+        "n_samples": len(x),
+        "seed": seed,
+    }
     return _result("carlini_wagner_l2", data, x, y, attack.generate(x=x), params)
 
 
@@ -212,11 +248,20 @@ def deepfool(
     seed_everything(seed)
     x, y = _test_inputs(data, n_samples)
     attack = DeepFool(
-        model.art_classifier(), max_iter=max_iter, epsilon=overshoot,
-        nb_grads=min(nb_grads, model.n_classes), batch_size=64, verbose=False,
+        model.art_classifier(),
+        max_iter=max_iter,
+        epsilon=overshoot,
+        nb_grads=min(nb_grads, model.n_classes),
+        batch_size=64,
+        verbose=False,
     )
-    params = {"max_iter": max_iter, "overshoot": overshoot, "nb_grads": nb_grads,
-              "n_samples": len(x), "seed": seed}
+    params = {
+        "max_iter": max_iter,
+        "overshoot": overshoot,
+        "nb_grads": nb_grads,
+        "n_samples": len(x),
+        "seed": seed,
+    }
     return _result("deepfool", data, x, y, attack.generate(x=x), params)
 
 
@@ -241,12 +286,25 @@ def hop_skip_jump(
     x, y = _test_inputs(data, n_samples)
     classifier = model.art_classifier()
     attack = HopSkipJump(
-        classifier, norm=_norm(norm), max_iter=max_iter, max_eval=max_eval,
-        init_eval=init_eval, init_size=init_size, batch_size=64, verbose=False,
+        classifier,
+        norm=_norm(norm),
+        max_iter=max_iter,
+        max_eval=max_eval,
+        init_eval=init_eval,
+        init_size=init_size,
+        batch_size=64,
+        verbose=False,
     )
     starts = _hop_skip_jump_starts(attack, classifier, x, data, init_size, seed)
-    params = {"norm": norm, "max_iter": max_iter, "max_eval": max_eval,
-              "init_eval": init_eval, "init_size": init_size, "n_samples": len(x), "seed": seed}
+    params = {
+        "norm": norm,
+        "max_iter": max_iter,
+        "max_eval": max_eval,
+        "init_eval": init_eval,
+        "init_size": init_size,
+        "n_samples": len(x),
+        "seed": seed,
+    }
     return _result("hop_skip_jump", data, x, y, attack.generate(x=x, x_adv_init=starts), params)
 
 
@@ -281,8 +339,13 @@ def _hop_skip_jump_starts(
             distances = np.linalg.norm(x_train[others] - x[i], axis=1)
             start = x_train[others[distances.argmin()]]
         starts[i] = attack._binary_search(
-            current_sample=start, original_sample=x[i], target=predicted[i], norm=2,
-            clip_min=low, clip_max=high, threshold=0.001,
+            current_sample=start,
+            original_sample=x[i],
+            target=predicted[i],
+            norm=2,
+            clip_min=low,
+            clip_max=high,
+            threshold=0.001,
         )
     return starts
 
@@ -309,8 +372,12 @@ def membership_inference(
     attack = MembershipInferenceBlackBox(
         model.art_classifier(), attack_model_type=attack_model_type
     )
-    attack.fit(x_in[:half], _one_hot(y_in[:half], model.n_classes),
-               x_out[:half], _one_hot(y_out[:half], model.n_classes))
+    attack.fit(
+        x_in[:half],
+        _one_hot(y_in[:half], model.n_classes),
+        x_out[:half],
+        _one_hot(y_out[:half], model.n_classes),
+    )
     x_eval = np.concatenate([x_in[half:], x_out[half:]])
     y_eval = np.concatenate([y_in[half:], y_out[half:]])
     truth = np.concatenate([np.ones(n - half), np.zeros(n - half)])
@@ -383,8 +450,15 @@ def backdoor_poison(
     x_train, y_train = data.x_train.copy(), data.y_train.copy()
     x_train[indices], y_train[indices] = x_poison, y_poison
     trigger_spec = {"trigger": trigger, "distance": distance, "pixel_value": pixel_value}
-    source = {**data.source, "backdoor": {**trigger_spec, "target_class": target_class,
-                                          "poison_fraction": poison_fraction, "seed": seed}}
+    source = {
+        **data.source,
+        "backdoor": {
+            **trigger_spec,
+            "target_class": target_class,
+            "poison_fraction": poison_fraction,
+            "seed": seed,
+        },
+    }
     return PoisonResult(
         data=replace(data, x_train=x_train, y_train=y_train, source=source),
         indices=indices,

@@ -127,8 +127,14 @@ def load_digits(test_size: float = 0.25, seed: int = 0) -> Dataset:
     y = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = _split(x, y, test_size, seed)
     return Dataset(
-        x_train, y_train, x_test, y_test, image_shape=(8, 8), n_classes=10,
-        clip_values=(0.0, 1.0), class_names=[str(i) for i in range(10)],
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        image_shape=(8, 8),
+        n_classes=10,
+        clip_values=(0.0, 1.0),
+        class_names=[str(i) for i in range(10)],
         source={"name": "digits", "test_size": test_size, "seed": seed},
     )
 
@@ -157,8 +163,14 @@ def load_npz(path: str, test_size: float = 0.25, seed: int = 0) -> Dataset:
     x_train, x_test = _scale(x_train, x_test)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     return Dataset(
-        x_train, y_train, x_test, y_test, image_shape=shape, n_classes=n_classes,
-        clip_values=(0.0, 1.0), class_names=[str(i) for i in range(n_classes)],
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        image_shape=shape,
+        n_classes=n_classes,
+        clip_values=(0.0, 1.0),
+        class_names=[str(i) for i in range(n_classes)],
         source={"name": "npz", "path": path, "test_size": test_size, "seed": seed},
     )
 
@@ -173,7 +185,8 @@ def load_image_folder(
     from PIL import Image
 
     classes = sorted(
-        entry.name for entry in os.scandir(path)
+        entry.name
+        for entry in os.scandir(path)
         if entry.is_dir() and not entry.name.startswith(".")
     )
     if not classes:
@@ -196,10 +209,21 @@ def load_image_folder(
     x, y = np.stack(xs), np.asarray(ys, dtype=np.int64)
     x_train, x_test, y_train, y_test = _split(x, y, test_size, seed)
     return Dataset(
-        x_train, y_train, x_test, y_test, image_shape=(image_size, image_size),
-        n_classes=len(classes), clip_values=(0.0, 1.0), class_names=classes,
-        source={"name": "image_folder", "path": path, "image_size": image_size,
-                "test_size": test_size, "seed": seed},
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        image_shape=(image_size, image_size),
+        n_classes=len(classes),
+        clip_values=(0.0, 1.0),
+        class_names=classes,
+        source={
+            "name": "image_folder",
+            "path": path,
+            "image_size": image_size,
+            "test_size": test_size,
+            "seed": seed,
+        },
     )
 
 
@@ -216,8 +240,12 @@ def load_dataset(source: dict[str, Any]) -> Dataset:
     if name == "npz":
         return load_npz.fn(str(source["path"]), test_size=test_size, seed=seed)
     if name == "image_folder":
-        return load_image_folder.fn(str(source["path"]), image_size=int(source["image_size"]),
-                                    test_size=test_size, seed=seed)
+        return load_image_folder.fn(
+            str(source["path"]),
+            image_size=int(source["image_size"]),
+            test_size=test_size,
+            seed=seed,
+        )
     raise ValueError(f"cannot reload a dataset from {source!r}")
 
 

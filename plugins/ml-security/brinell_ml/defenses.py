@@ -63,7 +63,9 @@ class _Adapted(Preprocessor):  # type: ignore[misc]
     """
 
     def __init__(
-        self, inner: Preprocessor, image_shape: tuple[int, int] | None = None,
+        self,
+        inner: Preprocessor,
+        image_shape: tuple[int, int] | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__(is_fitted=True, apply_fit=False, apply_predict=True)
@@ -99,20 +101,27 @@ def _preprocessor(
         return _Adapted(FeatureSqueezing(clip_values=clip_values, bit_depth=int(p["bit_depth"])))
     if name == "spatial_smoothing":
         return _Adapted(
-            SpatialSmoothing(window_size=int(p["window_size"]), channels_first=False,
-                             clip_values=clip_values),
+            SpatialSmoothing(
+                window_size=int(p["window_size"]), channels_first=False, clip_values=clip_values
+            ),
             image_shape,
         )
     if name == "jpeg_compression":
         # ART's JpegCompression wants clip values (0, 1) or (0, 255) and image batches.
         return _Adapted(
-            JpegCompression(clip_values=clip_values, quality=int(p["quality"]),
-                            channels_first=False),
+            JpegCompression(
+                clip_values=clip_values, quality=int(p["quality"]), channels_first=False
+            ),
             image_shape,
         )
     return _Adapted(
-        GaussianAugmentation(sigma=float(p["sigma"]), augmentation=False,
-                             clip_values=clip_values, apply_fit=False, apply_predict=True),
+        GaussianAugmentation(
+            sigma=float(p["sigma"]),
+            augmentation=False,
+            clip_values=clip_values,
+            apply_fit=False,
+            apply_predict=True,
+        ),
         seed=int(p["seed"]),
     )
 
@@ -120,8 +129,12 @@ def _preprocessor(
 def build_preprocessors(model: TrainedModel) -> list[Any]:
     """ART preprocessors for the defenses attached to ``model``, in order."""
     return [
-        _preprocessor(spec["name"], model.image_shape, model.clip_values,
-                      **{k: v for k, v in spec.items() if k != "name"})
+        _preprocessor(
+            spec["name"],
+            model.image_shape,
+            model.clip_values,
+            **{k: v for k, v in spec.items() if k != "name"},
+        )
         for spec in model.defenses
     ]
 
@@ -149,8 +162,11 @@ def _defend_inputs(result: AttackResult, defense: str, **params: Any) -> AttackR
         result,
         x=preprocess(result.x, defense, image_shape, (0.0, 1.0), **params),
         x_adv=preprocess(result.x_adv, defense, image_shape, (0.0, 1.0), **params),
-        params={**result.params, "defense": defense,
-                **{f"defense_{key}": value for key, value in params.items()}},
+        params={
+            **result.params,
+            "defense": defense,
+            **{f"defense_{key}": value for key, value in params.items()},
+        },
     )
 
 
@@ -211,8 +227,9 @@ def gaussian_augmentation_training(
     noisy copies (ART GaussianAugmentation, N(0, sigma) noise, clipped), a cheap defense that
     smooths the decision boundary."""
     seed_everything(seed)
-    augment = GaussianAugmentation(sigma=sigma, augmentation=True, ratio=ratio,
-                                   clip_values=data.clip_values)
+    augment = GaussianAugmentation(
+        sigma=sigma, augmentation=True, ratio=ratio, clip_values=data.clip_values
+    )
     x_train, y_train = augment(data.x_train.astype(np.float32), data.y_train)
     return train_model.fn(replace(data, x_train=x_train, y_train=y_train), model_kind, seed)
 
@@ -253,12 +270,20 @@ def adversarial_training_pgd(
         trained = replace(model, estimator=copy.deepcopy(model.estimator))
         classifier = trained.art_classifier()
         attack = ProjectedGradientDescent(
-            classifier, eps=eps, eps_step=eps_step or eps / 4, max_iter=max_iter,
-            batch_size=128, verbose=False,
+            classifier,
+            eps=eps,
+            eps_step=eps_step or eps / 4,
+            max_iter=max_iter,
+            batch_size=128,
+            verbose=False,
         )
         trainer = AdversarialTrainer(classifier, attack, ratio=ratio)
-        trainer.fit(data.x_train.astype(np.float32), _one_hot(data.y_train, model.n_classes),
-                    nb_epochs=epochs, batch_size=64)
+        trainer.fit(
+            data.x_train.astype(np.float32),
+            _one_hot(data.y_train, model.n_classes),
+            nb_epochs=epochs,
+            batch_size=64,
+        )
         trained.estimator.eval()
         return trained
 
@@ -277,8 +302,13 @@ def adversarial_training_pgd(
             chosen = rng.permutation(len(x_train))[:n_adv]
             x_mixed = x_train.copy()
             x_mixed[chosen] = pgd_examples(
-                current.art_classifier(), x_train[chosen], data.y_train[chosen],
-                model.n_classes, eps, eps_step, max_iter,
+                current.art_classifier(),
+                x_train[chosen],
+                data.y_train[chosen],
+                model.n_classes,
+                eps,
+                eps_step,
+                max_iter,
             )
             if not warm:
                 current = replace(current, estimator=clone_untrained(model, seed).estimator)

@@ -28,7 +28,7 @@ L0_TOLERANCE = 1e-9
 def perturbation_sizes(x: np.ndarray, x_adv: np.ndarray) -> dict[str, float]:
     """Mean over samples of the L0 (features changed by more than 1e-9), L2 and L-inf norms
     of ``x_adv - x``."""
-    delta = (np.asarray(x_adv, dtype=np.float64) - np.asarray(x, dtype=np.float64))
+    delta = np.asarray(x_adv, dtype=np.float64) - np.asarray(x, dtype=np.float64)
     delta = delta.reshape(len(delta), -1)
     if len(delta) == 0:
         return {"perturbation_l0": 0.0, "perturbation_l2": 0.0, "perturbation_linf": 0.0}
@@ -39,9 +39,7 @@ def perturbation_sizes(x: np.ndarray, x_adv: np.ndarray) -> dict[str, float]:
     }
 
 
-def attack_metrics(
-    y: np.ndarray, pred_clean: np.ndarray, pred_adv: np.ndarray
-) -> dict[str, float]:
+def attack_metrics(y: np.ndarray, pred_clean: np.ndarray, pred_adv: np.ndarray) -> dict[str, float]:
     """Clean and robust accuracy, and the attack success rate: the fraction of inputs
     classified correctly when clean that are misclassified once attacked (0 when none were
     correct)."""
@@ -85,8 +83,9 @@ def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = 
     each name prefixed with ``prefix``, at ``step`` when given."""
     import mlflow
 
-    mlflow.log_metrics({f"{prefix}{name}": float(value) for name, value in metrics.items()},
-                       step=step)
+    mlflow.log_metrics(
+        {f"{prefix}{name}": float(value) for name, value in metrics.items()}, step=step
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -116,8 +115,11 @@ def adversarial_grid(
             axis = axes[row][i]
             axis.imshow(images[i].reshape(shape), cmap="gray", vmin=low, vmax=high)
             right = preds[i] == y[i]
-            axis.set_title(f"{preds[i]}" if right else f"{preds[i]} (y={y[i]})",
-                           color="black" if right else "red", fontsize=9)
+            axis.set_title(
+                f"{preds[i]}" if right else f"{preds[i]} (y={y[i]})",
+                color="black" if right else "red",
+                fontsize=9,
+            )
             axis.set_xticks([])
             axis.set_yticks([])
     axes[0][0].set_ylabel("clean", fontsize=9)

@@ -162,7 +162,10 @@ def _mlp_as_torch(mlp: Any) -> Any:
     except ImportError:
         return None
     activations = {
-        "relu": nn.ReLU, "tanh": nn.Tanh, "logistic": nn.Sigmoid, "identity": nn.Identity,
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "logistic": nn.Sigmoid,
+        "identity": nn.Identity,
     }
     layers: list[Any] = []
     n = len(mlp.coefs_)
@@ -184,8 +187,13 @@ def _mlp_as_torch(mlp: Any) -> Any:
 def _sklearn_model(data: Dataset, estimator: Any, name: str) -> TrainedModel:
     estimator.fit(data.x_train, data.y_train)
     return TrainedModel(
-        estimator=estimator, kind="sklearn", name=name, input_shape=(data.n_features,),
-        n_classes=data.n_classes, clip_values=data.clip_values, image_shape=data.image_shape,
+        estimator=estimator,
+        kind="sklearn",
+        name=name,
+        input_shape=(data.n_features,),
+        n_classes=data.n_classes,
+        clip_values=data.clip_values,
+        image_shape=data.image_shape,
         trained_on=dict(data.source),
     )
 
@@ -240,7 +248,9 @@ def train_mlp(
 
     seed_everything(seed)
     mlp = MLPClassifier(
-        hidden_layer_sizes=(hidden_units,) * hidden_layers, alpha=alpha, max_iter=max_iter,
+        hidden_layer_sizes=(hidden_units,) * hidden_layers,
+        alpha=alpha,
+        max_iter=max_iter,
         random_state=seed,
     )
     with warnings.catch_warnings():
@@ -290,13 +300,21 @@ def train_cnn(
     seed_everything(seed)
     module = cnn_module(data.image_shape, data.n_classes)
     model = TrainedModel(
-        estimator=module, kind="pytorch", name="cnn", input_shape=(data.n_features,),
-        n_classes=data.n_classes, clip_values=data.clip_values, image_shape=data.image_shape,
+        estimator=module,
+        kind="pytorch",
+        name="cnn",
+        input_shape=(data.n_features,),
+        n_classes=data.n_classes,
+        clip_values=data.clip_values,
+        image_shape=data.image_shape,
         trained_on=dict(data.source),
     )
     classifier = _pytorch_classifier(module, model, [], lr=lr)
     classifier.fit(
-        data.x_train.astype(np.float32), data.y_train, batch_size=batch_size, nb_epochs=epochs,
+        data.x_train.astype(np.float32),
+        data.y_train,
+        batch_size=batch_size,
+        nb_epochs=epochs,
         verbose=False,
     )
     module.eval()
@@ -330,9 +348,15 @@ def clone_untrained(model: TrainedModel, seed: int = 0) -> TrainedModel:
         seed_everything(seed)
         estimator = cnn_module(model.image_shape, model.n_classes)
     return TrainedModel(
-        estimator=estimator, kind=model.kind, name=model.name, input_shape=model.input_shape,
-        n_classes=model.n_classes, clip_values=model.clip_values, image_shape=model.image_shape,
-        defenses=list(model.defenses), trained_on=dict(model.trained_on),
+        estimator=estimator,
+        kind=model.kind,
+        name=model.name,
+        input_shape=model.input_shape,
+        n_classes=model.n_classes,
+        clip_values=model.clip_values,
+        image_shape=model.image_shape,
+        defenses=list(model.defenses),
+        trained_on=dict(model.trained_on),
     )
 
 
@@ -349,15 +373,21 @@ def save_model(model: TrainedModel, artifact_path: str = "model") -> str:
         import mlflow.sklearn
 
         mlflow.sklearn.log_model(
-            model.estimator, name=artifact_path, metadata=metadata,
-            pip_requirements=["scikit-learn", "skops"], serialization_format=_sklearn_format(),
+            model.estimator,
+            name=artifact_path,
+            metadata=metadata,
+            pip_requirements=["scikit-learn", "skops"],
+            serialization_format=_sklearn_format(),
         )
     elif model.kind == "pytorch":
         import mlflow.pytorch
 
         module = copy.deepcopy(model.estimator).cpu().eval()
         mlflow.pytorch.log_model(
-            module, name=artifact_path, metadata=metadata, pip_requirements=["torch"],
+            module,
+            name=artifact_path,
+            metadata=metadata,
+            pip_requirements=["torch"],
             # The default "pt2" format traces the graph and loads back as an exported program;
             # a pickled nn.Module (torch layers only) loads back trainable and attackable.
             serialization_format="pickle",
@@ -397,9 +427,13 @@ def load_model(uri: str) -> TrainedModel:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         estimator = mlflow.pytorch.load_model(uri, map_location=device).eval()
     return TrainedModel(
-        estimator=estimator, kind=meta["kind"], name=meta["name"],
-        input_shape=tuple(meta["input_shape"]), n_classes=int(meta["n_classes"]),
+        estimator=estimator,
+        kind=meta["kind"],
+        name=meta["name"],
+        input_shape=tuple(meta["input_shape"]),
+        n_classes=int(meta["n_classes"]),
         clip_values=(float(meta["clip_values"][0]), float(meta["clip_values"][1])),
         image_shape=(int(meta["image_shape"][0]), int(meta["image_shape"][1])),
-        defenses=list(meta.get("defenses", [])), trained_on=dict(meta.get("trained_on", {})),
+        defenses=list(meta.get("defenses", [])),
+        trained_on=dict(meta.get("trained_on", {})),
     )
