@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
+# Where `make proto` writes; tests/unit/test_generated.py points it elsewhere to compare.
+PROTO_OUT := proto
 
 .PHONY: setup demo test lint proto bench clean
 
@@ -27,7 +29,11 @@ lint: setup
 	$(BIN)/buf lint
 
 proto: setup
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto proto/brinell/v1/*.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) \
+	  --grpc_python_out=$(PROTO_OUT) \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=quiet:$(PROTO_OUT) \
+	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=quiet:$(PROTO_OUT) \
+	  proto/brinell/v1/*.proto
 
 bench: setup
 	$(PY) bench/dispatch.py

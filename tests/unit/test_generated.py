@@ -10,19 +10,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
-    protos = sorted(
-        str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto/brinell/v1").glob("*.proto")
-    )
+    # The same command as `make proto`, written elsewhere (and without reinstalling the venv).
+    bin_dir = Path(sys.executable).parent
     subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            "-Iproto",
-            f"--python_out={tmp_path}",
-            f"--pyi_out={tmp_path}",
-            f"--grpc_python_out={tmp_path}",
-            *protos,
+            "make",
+            "-s",
+            "-o",
+            ".venv/.installed",
+            "proto",
+            f"PROTO_OUT={tmp_path}",
+            f"PY={sys.executable}",
+            f"BIN={bin_dir}",
         ],
         cwd=ROOT,
         check=True,
