@@ -22,15 +22,16 @@ import socket
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
+from google.protobuf import duration_pb2
 
-from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
+from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2, plugin_pb2
 
 from .config import AgentConfig
 from .executor import (
@@ -98,14 +99,20 @@ _STREAMS = {
 }
 
 AttemptKey = tuple[str, int]
-# What StreamStreamCall.read() returns at the end of the stream (absent from grpc-stubs).
-_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009
+#: What goes on the stream after Register; None ends the request side.
+Outbox: TypeAlias = asyncio.Queue[agent_service_pb2.ConnectRequest | None]
+#: Writes a SYSTEM line to the attempt's log.
+SystemLog: TypeAlias = Callable[[str], None]
+if TYPE_CHECKING:
+    ConnectCall: TypeAlias = grpc.aio.StreamStreamCall[
+        agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
+    ]
 
 
 # --------------------------------------------------------------------------- host facts
 
 
-def discover_gpus() -> list[Any]:
+def discover_gpus() -> list[agent_pb2.Gpu]:
     """GPUs of this host as ``brinell.v1.Gpu`` messages.
 
     Empty for now: GPU discovery (NVML / nvidia-smi, by UUID) is a later issue.
@@ -135,7 +142,7 @@ def agent_version() -> str:
         return "0.0.0+unknown"
 
 
-def channel_options(config: AgentConfig) -> list[tuple[str, Any]]:
+def channel_options(config: AgentConfig) -> list[tuple[str, int]]:
     """Keepalive that a server allowing pings every 10 s accepts, and channel reconnects
     no slower than the agent's own backoff."""
     return [
@@ -149,7 +156,7 @@ def channel_options(config: AgentConfig) -> list[tuple[str, Any]]:
     ]
 
 
-def _seconds(duration: Any) -> float:
+def _seconds(duration: duration_pb2.Duration) -> float:
     return float(duration.seconds) + float(duration.nanos) / 1e9
 
 
@@ -175,7 +182,7 @@ class Backoff:
 
 @dataclass
 class _PendingUpdate:
-    message: Any  # brinell.v1.AttemptUpdate
+    message: agent_service_pb2.AttemptUpdate
     # The last log sequence number written before the update: replay keeps that order.
     after_seq: int
     # Connection generation and heartbeat count when it was put on a stream.
@@ -190,7 +197,7 @@ class _Attempt:
     grace_period: float
     cancel: CancelSignal = field(default_factory=CancelSignal)
     task: asyncio.Task[None] | None = None
-    lines: deque[Any] = field(default_factory=deque)  # brinell.v1.LogLine, unacknowledged
+    lines: deque[job_pb2.LogLine] = field(default_factory=deque)  # unacknowledged
     next_seq: int = 1
     sent_upto: int = 0  # highest sequence put on the current stream
     acked: int = 0
@@ -209,7 +216,7 @@ class _Attempt:
     def job_id(self) -> str:
         return self.job.removeprefix("jobs/")
 
-    def running_message(self) -> Any:
+    def running_message(self) -> agent_service_pb2.RunningAttempt:
         return agent_service_pb2.RunningAttempt(job=self.job, attempt=self.attempt)
 
     def add_line(self, stream: Stream, text: str) -> None:
@@ -253,10 +260,10 @@ class Agent:
         self._attempts: dict[AttemptKey, _Attempt] = {}
         self._recently_finished: OrderedDict[AttemptKey, None] = OrderedDict()
         self._channel: grpc.aio.Channel | None = None
-        self._stub: Any = None
+        self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
         self._old_channels: set[asyncio.Task[None]] = set()
-        self._call: Any = None
-        self._outbox: asyncio.Queue[Any] | None = None
+        self._call: ConnectCall | None = None
+        self._outbox: Outbox | None = None
         self._gen = 0
         self._heartbeats = 0
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -448,20 +455,22 @@ class Agent:
             )
 
     async def _run_stream(self) -> None:
-        outbox: asyncio.Queue[Any] = asyncio.Queue()
+        outbox: Outbox = asyncio.Queue()
         register = self._register_message()
+        assert self._stub is not None
         call = self._stub.Connect(self._requests(register, outbox))
         self._call = call
         try:
             first = await asyncio.wait_for(call.read(), REGISTER_TIMEOUT)
-            if first is _EOF:
+            # read() returns grpc.aio.EOF, not a response, when the stream has ended.
+            if not isinstance(first, agent_service_pb2.ConnectResponse):
                 raise _StreamEnded("control plane closed the stream before registering the agent")
             if first.WhichOneof("message") != "registered":
                 raise _StreamEnded(f"expected Registered, got {first.WhichOneof('message')}")
             self._on_registered(first.registered, outbox)
             while True:
                 response = await call.read()
-                if response is _EOF:
+                if not isinstance(response, agent_service_pb2.ConnectResponse):
                     if not self._closing:
                         raise _StreamEnded("control plane closed the stream")
                     return
@@ -471,7 +480,9 @@ class Agent:
             # this ends the generator, so no task is left waiting on a dead outbox.
             outbox.put_nowait(None)
 
-    async def _requests(self, register: Any, outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    async def _requests(
+        self, register: agent_service_pb2.Register, outbox: Outbox
+    ) -> AsyncIterator[agent_service_pb2.ConnectRequest]:
         """The request side of the stream: Register, then whatever goes through the outbox."""
         yield agent_service_pb2.ConnectRequest(register=register)
         while True:
@@ -480,7 +491,7 @@ class Agent:
                 return
             yield message
 
-    def _register_message(self) -> Any:
+    def _register_message(self) -> agent_service_pb2.Register:
         cfg = self.config
         capacity = agent_pb2.Capacity(
             cpus=os.cpu_count() or 1,
@@ -506,7 +517,7 @@ class Agent:
             executor=self.executor.name,
         )
 
-    def _on_registered(self, registered: Any, outbox: asyncio.Queue[Any]) -> None:
+    def _on_registered(self, registered: agent_service_pb2.Registered, outbox: Outbox) -> None:
         interval = _seconds(registered.heartbeat_interval) or DEFAULT_HEARTBEAT_INTERVAL
         self._gen += 1
         self._heartbeats = 0
@@ -539,7 +550,7 @@ class Agent:
             self._call.cancel()
             self._call = None
 
-    async def _heartbeat_loop(self, outbox: asyncio.Queue[Any], interval: float) -> None:
+    async def _heartbeat_loop(self, outbox: Outbox, interval: float) -> None:
         while self._outbox is outbox:
             await asyncio.sleep(interval)
             if self._outbox is not outbox:
@@ -592,7 +603,11 @@ class Agent:
         self._outbox.put_nowait(agent_service_pb2.ConnectRequest(attempt_update=pending.message))
 
     def _post_update(
-        self, st: _Attempt, state: Any, exit_code: int | None = None, message: str = ""
+        self,
+        st: _Attempt,
+        state: job_pb2.JobState.ValueType,
+        exit_code: int | None = None,
+        message: str = "",
     ) -> None:
         update = agent_service_pb2.AttemptUpdate(
             job=st.job, attempt=st.attempt, state=state, message=message
@@ -622,7 +637,7 @@ class Agent:
         if st.sent_upto >= limit:
             return
         start = max(0, st.sent_upto + 1 - st.lines[0].sequence)
-        batch: list[Any] = []
+        batch: list[job_pb2.LogLine] = []
         chars = 0
         for line in itertools.islice(st.lines, start, None):
             if line.sequence > limit:
@@ -638,7 +653,7 @@ class Agent:
             self._put_batch(outbox, st, batch)
 
     @staticmethod
-    def _put_batch(outbox: asyncio.Queue[Any], st: _Attempt, batch: list[Any]) -> None:
+    def _put_batch(outbox: Outbox, st: _Attempt, batch: list[job_pb2.LogLine]) -> None:
         outbox.put_nowait(
             agent_service_pb2.ConnectRequest(
                 log_batch=agent_service_pb2.LogBatch(job=st.job, attempt=st.attempt, lines=batch)
@@ -668,7 +683,7 @@ class Agent:
 
     # ------------------------------------------------------------------ inbound
 
-    def _dispatch(self, response: Any) -> None:
+    def _dispatch(self, response: agent_service_pb2.ConnectResponse) -> None:
         kind = response.WhichOneof("message")
         if kind == "assignment":
             self._on_assignment(response.assignment)
@@ -681,7 +696,7 @@ class Agent:
         else:
             log.warning("%s: unknown message from the control plane: %s", self._ctx, kind)
 
-    def _on_assignment(self, assignment: Any) -> None:
+    def _on_assignment(self, assignment: agent_service_pb2.Assignment) -> None:
         job, attempt = assignment.job.name, assignment.attempt
         key = (job, attempt)
         if self._stopping:
@@ -720,7 +735,7 @@ class Agent:
         )
         st.task = asyncio.create_task(self._run_attempt(st, assignment))
 
-    def _on_cancel(self, cancel: Any) -> None:
+    def _on_cancel(self, cancel: agent_service_pb2.Cancel) -> None:
         key = (cancel.job, cancel.attempt)
         st = self._attempts.get(key)
         # Zero or unset: the attempt's own grace period.
@@ -753,7 +768,7 @@ class Agent:
             st, job_pb2.JOB_STATE_CANCELLED, None, "cancelled: the attempt was not running"
         )
 
-    def _on_log_ack(self, ack: Any) -> None:
+    def _on_log_ack(self, ack: agent_service_pb2.LogAck) -> None:
         st = self._attempts.get((ack.job, ack.attempt))
         if st is None:
             return
@@ -770,7 +785,7 @@ class Agent:
 
     # ------------------------------------------------------------------ attempts
 
-    async def _run_attempt(self, st: _Attempt, assignment: Any) -> None:
+    async def _run_attempt(self, st: _Attempt, assignment: agent_service_pb2.Assignment) -> None:
         def system(text: str) -> None:
             self._on_line(st, Stream.SYSTEM, text)
 
@@ -817,7 +832,9 @@ class Agent:
             result = ExecutionResult(Outcome.FAILED, None, message)
         self._finish(st, result)
 
-    async def _prepare(self, st: _Attempt, assignment: Any, system: Any) -> RunSpec:
+    async def _prepare(
+        self, st: _Attempt, assignment: agent_service_pb2.Assignment, system: SystemLog
+    ) -> RunSpec:
         """Fetches and extracts the archive and works out the environment."""
         cfg = self.config
         job = assignment.job
@@ -850,7 +867,9 @@ class Agent:
             plugins=plugins,
         )
 
-    async def _prepare_plugins(self, job: Any, system: Any) -> tuple[PluginBundle, ...]:
+    async def _prepare_plugins(
+        self, job: job_pb2.Job, system: SystemLog
+    ) -> tuple[PluginBundle, ...]:
         """Fetches and extracts the job's pinned plugin bundles (each once per digest)."""
         bundles: list[PluginBundle] = []
         for pin in job.plugins:
@@ -889,7 +908,9 @@ class Agent:
             )
         return tuple(bundles)
 
-    async def _prepare_plugin(self, pin: Any, label: str, system: Any) -> Path:
+    async def _prepare_plugin(
+        self, pin: plugin_pb2.PluginPin, label: str, system: SystemLog
+    ) -> Path:
         """One pinned bundle: from the extracted cache, or fetched and extracted now."""
         cfg = self.config
         dest = self.plugin_bundles.lookup(pin.digest)
@@ -906,7 +927,7 @@ class Agent:
         root: Path = await asyncio.to_thread(plugin_bundle_root, dest, pin.package)
         return root
 
-    async def _fetch(self, digest: str, size: int | None) -> Any:
+    async def _fetch(self, digest: str, size: int | None) -> Path:
         cfg = self.config
         # The largest archive whose content passes the extraction limits, with room for headers.
         limit = cfg.max_archive_bytes + 4096 * cfg.max_archive_files + 1024 * 1024
@@ -932,6 +953,7 @@ class Agent:
         raise AssertionError("unreachable")
 
     async def _download(self, digest: str) -> AsyncGenerator[bytes, None]:
+        assert self._stub is not None
         call = self._stub.DownloadBlob(agent_service_pb2.DownloadBlobRequest(digest=digest))
         try:
             async for response in call:
@@ -939,7 +961,7 @@ class Agent:
         finally:
             call.cancel()
 
-    async def _prefect_url(self, system: Any) -> str | None:
+    async def _prefect_url(self, system: SystemLog) -> str | None:
         mode = self.config.prefect_mode
         if mode == "none":
             return None

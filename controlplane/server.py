@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import _async as health_aio  # `health.aio`, under the name its stubs know
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -120,7 +121,7 @@ class ControlPlane:
         self.agents = AgentDirectory(self.db, self.scheduler, self.tokens)
         self.plugins = PluginManager(self.db, self.blobs, self.tokens, config.max_archive_bytes)
         self.registry = ModelRegistry(self.jobs, self.tracking, self.tokens)
-        self.health = health.aio.HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
 

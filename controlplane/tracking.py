@@ -9,6 +9,7 @@ is not meant for concurrent writers from one process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import posixpath
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .domain.errors import (
     AlreadyExists,
@@ -30,6 +31,12 @@ from .domain.errors import (
 )
 from .domain.registry_types import Artifact, ModelVersion, RegisteredModel
 from .store.db import ALEMBIC_LOCK
+
+if TYPE_CHECKING:  # `import mlflow` stays off the import path
+    from mlflow.entities import LoggedModel, Run
+    from mlflow.entities.model_registry import ModelVersion as MlflowModelVersion
+    from mlflow.entities.model_registry import RegisteredModel as MlflowRegisteredModel
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("brinell.controlplane.tracking")
 
@@ -154,11 +161,11 @@ class NullTracking:
 # -- MLflow entities -> records (on the MLflow thread)
 
 
-def _time(millis: Any) -> datetime | None:
+def _time(millis: int | None) -> datetime | None:
     return datetime.fromtimestamp(int(millis) / 1000, UTC) if millis else None
 
 
-def _model(rm: Any) -> RegisteredModel:
+def _model(rm: MlflowRegisteredModel) -> RegisteredModel:
     # `latest_versions` holds the newest version of each stage; Brinell uses no stages, and
     # the newest over all stages is the newest version.
     numbers = [int(v.version) for v in (rm.latest_versions or [])]
@@ -172,7 +179,7 @@ def _model(rm: Any) -> RegisteredModel:
     )
 
 
-def _version(mv: Any, aliases: dict[str, str]) -> ModelVersion:
+def _version(mv: MlflowModelVersion, aliases: dict[str, str]) -> ModelVersion:
     """``aliases`` comes from the registered model: MLflow's version searches leave it out."""
     tags = dict(mv.tags or {})
     run_id = str(mv.run_id or "")
@@ -264,9 +271,9 @@ class MlflowTracking:
         self._artifact_root = artifact_root
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         # Start the import and the store's schema migration now, in the background.
-        self._client: Future[Any] = self._executor.submit(self._make_client)
+        self._client: Future[MlflowClient] = self._executor.submit(self._make_client)
 
-    def _make_client(self) -> Any:
+    def _make_client(self) -> MlflowClient:
         # Downloads happen on a server: no progress bars in its log.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
@@ -305,7 +312,7 @@ class MlflowTracking:
             ) from exc
 
     async def create_experiment(self, experiment_id: str) -> str:
-        def create(client: Any) -> str:
+        def create(client: MlflowClient) -> str:
             name = f"brinell/{experiment_id}"
             existing = client.get_experiment_by_name(name)
             if existing is not None:
@@ -324,7 +331,7 @@ class MlflowTracking:
         return str(await self._call("create an experiment", create))
 
     async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]) -> str:
-        def create(client: Any) -> str:
+        def create(client: MlflowClient) -> str:
             run = client.create_run(mlflow_experiment_id, run_name=f"job-{job_id}", tags=tags)
             return str(run.info.run_id)
 
@@ -333,7 +340,7 @@ class MlflowTracking:
     async def end_run(self, run_id: str, state: str) -> None:
         status = FINAL_STATUS.get(state, "FAILED")
 
-        def end(client: Any) -> None:
+        def end(client: MlflowClient) -> None:
             client.set_terminated(run_id, status=status)
 
         await self._call("end a run", end)
@@ -341,7 +348,7 @@ class MlflowTracking:
     # -- model registry
 
     @staticmethod
-    def _registered(client: Any, model_id: str) -> Any:
+    def _registered(client: MlflowClient, model_id: str) -> MlflowRegisteredModel:
         try:
             return client.get_registered_model(model_id)
         except Exception as exc:
@@ -350,7 +357,7 @@ class MlflowTracking:
             raise
 
     @staticmethod
-    def _model_version(client: Any, model_id: str, version: str) -> Any:
+    def _model_version(client: MlflowClient, model_id: str, version: str) -> MlflowModelVersion:
         try:
             return client.get_model_version(model_id, version)
         except Exception as exc:
@@ -361,7 +368,7 @@ class MlflowTracking:
     async def register_model_version(
         self, model_id: str, run_id: str, artifact_path: str, description: str, tags: dict[str, str]
     ) -> ModelVersion:
-        def register(client: Any) -> ModelVersion:
+        def register(client: MlflowClient) -> ModelVersion:
             try:
                 rm = client.get_registered_model(model_id)
             except Exception as exc:
@@ -380,26 +387,28 @@ class MlflowTracking:
             logged = self._logged_models(client, client.get_run(run_id), artifact_path)
             if logged:
                 source, logged_id = str(logged[0].artifact_location), str(logged[0].model_id)
-            mv = client.create_model_version(
+            create = functools.partial(
+                client.create_model_version,
                 model_id,
                 source=source,
                 run_id=run_id,
                 tags=tags,
                 description=description or None,
-                **({"model_id": logged_id} if logged_id else {}),
             )
+            # MLflow 2 has no logged models, and no `model_id` parameter.
+            mv = create(model_id=logged_id) if logged_id else create()
             return _version(mv, _model(rm).aliases)
 
         return await self._call("register a model version", register, mapped=True)
 
     async def get_model(self, model_id: str) -> RegisteredModel:
-        def get(client: Any) -> RegisteredModel:
+        def get(client: MlflowClient) -> RegisteredModel:
             return _model(self._registered(client, model_id))
 
         return await self._call("get a model", get, mapped=True)
 
     async def list_models(self) -> list[RegisteredModel]:
-        def search(client: Any) -> list[RegisteredModel]:
+        def search(client: MlflowClient) -> list[RegisteredModel]:
             out: list[RegisteredModel] = []
             token = None
             while True:
@@ -412,7 +421,7 @@ class MlflowTracking:
         return await self._call("list models", search, mapped=True)
 
     async def list_model_versions(self, model_id: str) -> list[ModelVersion]:
-        def search(client: Any) -> list[ModelVersion]:
+        def search(client: MlflowClient) -> list[ModelVersion]:
             aliases = _model(self._registered(client, model_id)).aliases
             out: list[ModelVersion] = []
             token = None
@@ -428,14 +437,14 @@ class MlflowTracking:
         return await self._call("list model versions", search, mapped=True)
 
     async def get_model_version(self, model_id: str, version: str) -> ModelVersion:
-        def get(client: Any) -> ModelVersion:
+        def get(client: MlflowClient) -> ModelVersion:
             aliases = _model(self._registered(client, model_id)).aliases
             return _version(self._model_version(client, model_id, version), aliases)
 
         return await self._call("get a model version", get, mapped=True)
 
     async def get_model_version_by_alias(self, model_id: str, alias: str) -> ModelVersion:
-        def get(client: Any) -> ModelVersion:
+        def get(client: MlflowClient) -> ModelVersion:
             aliases = _model(self._registered(client, model_id)).aliases
             if alias not in aliases:
                 raise NotFound(f"model {model_id!r} has no alias {alias!r}")
@@ -444,7 +453,7 @@ class MlflowTracking:
         return await self._call("get a model version", get, mapped=True)
 
     async def set_model_alias(self, model_id: str, alias: str, version: str) -> RegisteredModel:
-        def set_alias(client: Any) -> RegisteredModel:
+        def set_alias(client: MlflowClient) -> RegisteredModel:
             self._registered(client, model_id)
             self._model_version(client, model_id, version)
             client.set_registered_model_alias(model_id, alias, version)
@@ -453,7 +462,7 @@ class MlflowTracking:
         return await self._call("set a model alias", set_alias, mapped=True)
 
     async def delete_model_alias(self, model_id: str, alias: str) -> RegisteredModel:
-        def delete(client: Any) -> RegisteredModel:
+        def delete(client: MlflowClient) -> RegisteredModel:
             if alias not in _model(self._registered(client, model_id)).aliases:
                 raise NotFound(f"model {model_id!r} has no alias {alias!r}")
             client.delete_registered_model_alias(model_id, alias)
@@ -464,7 +473,7 @@ class MlflowTracking:
     async def download_model_version(self, model_id: str, version: str, dst: Path) -> Path:
         """For versions whose files are not a run's artifacts (registered outside Brinell)."""
 
-        def download(client: Any) -> Path:
+        def download(client: MlflowClient) -> Path:
             from mlflow.artifacts import download_artifacts
 
             self._model_version(client, model_id, version)
@@ -483,12 +492,14 @@ class MlflowTracking:
     # run; MLflow's `runs:/` repository shows it under its name, and so do we)
 
     @staticmethod
-    def _logged_models(client: Any, run: Any, name: str | None = None) -> list[Any]:
+    def _logged_models(
+        client: MlflowClient, run: Run, name: str | None = None
+    ) -> list[LoggedModel]:
         search = getattr(client, "search_logged_models", None)
         if search is None:  # MLflow 2
             return []
         run_id = run.info.run_id
-        found: list[Any] = []
+        found: list[LoggedModel] = []
         token = None
         while True:
             page = search(
@@ -503,7 +514,7 @@ class MlflowTracking:
             if not token:
                 return found
 
-    def _children(self, client: Any, run: Any, path: str) -> list[Artifact]:
+    def _children(self, client: MlflowClient, run: Run, path: str) -> list[Artifact]:
         from mlflow.artifacts import list_artifacts
 
         infos = list_artifacts(
@@ -518,7 +529,7 @@ class MlflowTracking:
         return sorted(found.values(), key=lambda a: a.path)
 
     @staticmethod
-    def _run(client: Any, run_id: str) -> Any:
+    def _run(client: MlflowClient, run_id: str) -> Run:
         try:
             return client.get_run(run_id)
         except Exception as exc:
@@ -526,14 +537,14 @@ class MlflowTracking:
                 raise NotFound(f"MLflow run {run_id} not found") from None
             raise
 
-    def _stat(self, client: Any, run: Any, path: str) -> Artifact | None:
+    def _stat(self, client: MlflowClient, run: Run, path: str) -> Artifact | None:
         if not path:
             return Artifact("", True)
         parent = posixpath.dirname(path)
         return next((a for a in self._children(client, run, parent) if a.path == path), None)
 
     async def list_artifacts(self, run_id: str, path: str, recursive: bool) -> list[Artifact]:
-        def listing(client: Any) -> list[Artifact]:
+        def listing(client: MlflowClient) -> list[Artifact]:
             run = self._run(client, run_id)
             children = self._children(client, run, path)
             if not children and path:  # a file lists as nothing: show the file itself
@@ -554,12 +565,12 @@ class MlflowTracking:
         return await self._call("list artifacts", listing, mapped=True)
 
     async def stat_artifact(self, run_id: str, path: str) -> Artifact | None:
-        def stat(client: Any) -> Artifact | None:
+        def stat(client: MlflowClient) -> Artifact | None:
             return self._stat(client, self._run(client, run_id), path)
 
         return await self._call("look up an artifact", stat, mapped=True)
 
-    def _check_local(self, client: Any, run: Any, path: str) -> None:
+    def _check_local(self, client: MlflowClient, run: Run, path: str) -> None:
         """Refuses links out of the local stores the download would read from."""
         root = _local_path(str(run.info.artifact_uri))
         if root is not None:
@@ -574,7 +585,7 @@ class MlflowTracking:
         """Copies ``path`` (a file or a folder) of the run's artifacts under ``dst``; returns
         where it landed (MLflow keeps only the last part of ``path``; the root is ``dst``)."""
 
-        def download(client: Any) -> Path:
+        def download(client: MlflowClient) -> Path:
             from mlflow.artifacts import download_artifacts
 
             run = self._run(client, run_id)

@@ -53,7 +53,7 @@ from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
 class _Group(TyperGroup):
     """Turns SDK errors into one line on stderr: user errors deserve no traceback."""
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # click.Context, vendored privately by typer
         try:
             return super().invoke(ctx)
         except BrinellError as exc:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -58,6 +58,15 @@ _UPLOAD_MIN_RATE = 1 << 20
 _STREAM_RETRIES = 5
 
 _T = TypeVar("_T")
+_Req = TypeVar("_Req", contravariant=True)
+_Resp = TypeVar("_Resp", covariant=True)
+
+
+class _Callable(Protocol[_Req, _Resp]):
+    """A unary-unary or stream-unary method of a generated stub."""
+
+    def __call__(self, request: _Req, /, timeout: float | None = ...) -> _Resp: ...
+
 
 # Methods gRPC may transparently retry on UNAVAILABLE: reads, plus calls that are idempotent
 # by contract. Creates without a request id, deletes, uploads and the agent stream are not.
@@ -118,7 +127,7 @@ SERVICE_CONFIG = json.dumps(
 )
 
 
-def _name(value: Any, collection: str, kind: str) -> str:
+def _name(value: object, collection: str, kind: str) -> str:
     """``"x"``, ``"<collection>/x"`` or an object with ``.name`` -> ``"<collection>/x"``."""
     name = getattr(value, "name", value)
     if not isinstance(name, str) or not name:
@@ -132,7 +141,7 @@ def _name(value: Any, collection: str, kind: str) -> str:
     return f"{collection}/{name}"
 
 
-def _id(value: Any, collection: str, kind: str) -> str:
+def _id(value: object, collection: str, kind: str) -> str:
     return _name(value, collection, kind).split("/", 1)[1]
 
 
@@ -165,7 +174,9 @@ class _Service:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    def _unary(
+        self, method: _Callable[_Req, _Resp], request: _Req, timeout: float | None = None
+    ) -> _Resp:
         try:
             return method(request, timeout=self._client.timeout if timeout is None else timeout)
         except grpc.RpcError as err:
@@ -260,7 +271,7 @@ class EntryPoints(_Service):
         digest, size, chunks = _upload_source(p, "a directory")
         entry_point_id = _id(id, "entryPoints", "entry point") if id else default_id(p)
 
-        def requests() -> Iterator[Any]:
+        def requests() -> Iterator[entry_point_service_pb2.UploadEntryPointRequest]:
             yield entry_point_service_pb2.UploadEntryPointRequest(
                 metadata=entry_point_service_pb2.UploadEntryPointMetadata(
                     entry_point_id=entry_point_id, description=description, sha256=digest
@@ -460,7 +471,7 @@ class Jobs(_Service):
                     raise from_rpc_error(err) from err
                 failure = from_rpc_error(err)
             finally:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]  # unannotated in types-grpcio
             failures += 1
             if failures > _STREAM_RETRIES:
                 raise failure
@@ -511,7 +522,7 @@ class Jobs(_Service):
                 if _code(err) != grpc.StatusCode.UNAVAILABLE or failures >= _STREAM_RETRIES:
                     raise from_rpc_error(err) from err
             finally:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]  # unannotated in types-grpcio
             failures += 1
             time.sleep(min(0.25 * 2**failures, 5.0))
 

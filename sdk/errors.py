@@ -8,7 +8,7 @@ control plane documents which codes each RPC returns (see ``proto/brinell/v1``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 __all__ = [
     "AlreadyExistsError",
@@ -139,7 +139,7 @@ def error_for_code(
     return cls(message, code=code, details=details)
 
 
-def _field_violations(err: Any) -> tuple[FieldViolation, ...]:
+def _field_violations(err: object) -> tuple[FieldViolation, ...]:
     """Reads ``google.rpc.BadRequest`` from ``grpc-status-details-bin``, when it can.
 
     The googleapis protos come with grpcio-status, which the bare SDK does not require, so a

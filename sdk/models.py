@@ -16,13 +16,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol, TypeVar
 
 import grpc
 
 from brinell.v1 import (
     artifact_service_pb2,
     artifact_service_pb2_grpc,
+    model_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
 )
@@ -53,7 +54,7 @@ class Model:
         return _after(self.name, "models/")
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Model:
+    def from_proto(cls, msg: model_pb2.Model) -> Model:
         return cls(
             name=str(msg.name),
             description=str(msg.description),
@@ -93,7 +94,7 @@ class ModelVersion:
         return f"models:/{self.model_id}/{self.version}"
 
     @classmethod
-    def from_proto(cls, msg: Any) -> ModelVersion:
+    def from_proto(cls, msg: model_pb2.ModelVersion) -> ModelVersion:
         return cls(
             name=str(msg.name),
             version=str(msg.version),
@@ -116,7 +117,7 @@ class Artifact:
     size_bytes: int = 0
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Artifact:
+    def from_proto(cls, msg: model_pb2.Artifact) -> Artifact:
         return cls(path=str(msg.path), is_dir=bool(msg.is_dir), size_bytes=int(msg.size_bytes))
 
 
@@ -144,7 +145,21 @@ def _destination(dest_dir: Path, path: str) -> Path:
     return dest_dir.joinpath(*rel.parts)
 
 
-def _write_stream(responses: Iterable[Any], dest_dir: Path) -> list[Path]:
+class _FileChunk(Protocol):
+    """A download response: the file's name on its first chunk, then its bytes."""
+
+    @property
+    def file(self) -> model_pb2.Artifact: ...
+    @property
+    def chunk(self) -> bytes: ...
+    def HasField(self, field_name: Literal["file"]) -> bool: ...
+
+
+_Req = TypeVar("_Req")
+_Chunk = TypeVar("_Chunk", bound=_FileChunk)
+
+
+def _write_stream(responses: Iterable[_FileChunk], dest_dir: Path) -> list[Path]:
     """Writes a stream of (file on the first chunk, chunk) messages; returns the files."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -169,14 +184,19 @@ def _write_stream(responses: Iterable[Any], dest_dir: Path) -> list[Path]:
 
 
 class _Streaming(_Service):
-    def _download(self, method: Any, request: Any, dest_dir: str | Path) -> list[Path]:
+    def _download(
+        self,
+        method: grpc.UnaryStreamMultiCallable[_Req, _Chunk],
+        request: _Req,
+        dest_dir: str | Path,
+    ) -> list[Path]:
         call = method(request)
         try:
             return _write_stream(call, Path(dest_dir))
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
         finally:
-            call.cancel()
+            call.cancel()  # type: ignore[no-untyped-call]  # unannotated in types-grpcio
 
 
 class Models(_Streaming):

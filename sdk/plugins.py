@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from brinell.v1 import plugin_service_pb2, plugin_service_pb2_grpc
+from brinell.v1 import plugin_pb2, plugin_service_pb2, plugin_service_pb2_grpc
 
 from .client import (
     _UPLOAD_MIN_RATE,
@@ -58,7 +57,7 @@ class TaskInput:
         return self.default is None
 
     @classmethod
-    def from_proto(cls, msg: Any) -> TaskInput:
+    def from_proto(cls, msg: plugin_pb2.TaskInput) -> TaskInput:
         return cls(
             name=str(msg.name),
             type=str(msg.type),
@@ -92,7 +91,7 @@ class Task:
         return f"{self.name}({inputs})" + (f" -> {self.output_type}" if self.output_type else "")
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Task:
+    def from_proto(cls, msg: plugin_pb2.Task) -> Task:
         return cls(
             name=str(msg.name),
             module=str(msg.module),
@@ -129,7 +128,7 @@ class PluginVersion:
         return next((t for t in self.tasks if t.name == name), None)
 
     @classmethod
-    def from_proto(cls, msg: Any) -> PluginVersion:
+    def from_proto(cls, msg: plugin_pb2.PluginVersion) -> PluginVersion:
         return cls(
             name=str(msg.name),
             version=str(msg.version),
@@ -159,7 +158,7 @@ class Plugin:
         return _after(self.name, "plugins/")
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Plugin:
+    def from_proto(cls, msg: plugin_pb2.Plugin) -> Plugin:
         return cls(
             name=str(msg.name),
             description=str(msg.description),
@@ -205,7 +204,7 @@ class Plugins(_Service):
             )
         digest, size, chunks = _upload_source(p, "a plugin folder")
 
-        def requests() -> Iterator[Any]:
+        def requests() -> Iterator[plugin_service_pb2.UploadPluginRequest]:
             yield plugin_service_pb2.UploadPluginRequest(
                 metadata=plugin_service_pb2.UploadPluginMetadata(sha256=digest)
             )

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.protobuf.duration_pb2 import Duration
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from brinell.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
 
 __all__ = [
     "Agent",
@@ -30,18 +37,18 @@ __all__ = [
 ]
 
 
-def _time(msg: Any, field_name: str) -> datetime | None:
+def _time(msg: Message, field_name: str) -> datetime | None:
     if not msg.HasField(field_name):
         return None
-    ts = getattr(msg, field_name)
+    ts: Timestamp = getattr(msg, field_name)
     return datetime.fromtimestamp(int(ts.seconds), UTC) + timedelta(microseconds=ts.nanos // 1000)
 
 
-def _duration(msg: Any, field_name: str) -> timedelta | None:
+def _duration(msg: Message, field_name: str) -> timedelta | None:
     """A Duration field; unset and zero both mean "none" in this API (no limit)."""
     if not msg.HasField(field_name):
         return None
-    d = getattr(msg, field_name)
+    d: Duration = getattr(msg, field_name)
     value = timedelta(seconds=int(d.seconds), microseconds=int(d.nanos) // 1000)
     return value if value else None
 
@@ -135,7 +142,7 @@ class Experiment:
         return _after(self.name, "experiments/")
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Experiment:
+    def from_proto(cls, msg: experiment_pb2.Experiment) -> Experiment:
         return cls(
             name=str(msg.name),
             description=str(msg.description),
@@ -159,7 +166,7 @@ class Parameter:
         return self.default is None
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Parameter:
+    def from_proto(cls, msg: entry_point_pb2.Parameter) -> Parameter:
         return cls(
             name=str(msg.name),
             type=_PARAMETER_TYPES.get(int(msg.type), "string"),
@@ -176,7 +183,7 @@ class Entry:
     parameters: tuple[Parameter, ...] = ()
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Entry:
+    def from_proto(cls, msg: entry_point_pb2.Entry) -> Entry:
         return cls(
             name=str(msg.name),
             command=str(msg.command),
@@ -204,7 +211,7 @@ class EntryPointRevision:
         return next((e for e in self.entries if e.name == name), None)
 
     @classmethod
-    def from_proto(cls, msg: Any) -> EntryPointRevision:
+    def from_proto(cls, msg: entry_point_pb2.EntryPointRevision) -> EntryPointRevision:
         return cls(
             name=str(msg.name),
             digest=str(msg.digest),
@@ -231,7 +238,7 @@ class EntryPoint:
         return _after(self.name, "entryPoints/")
 
     @classmethod
-    def from_proto(cls, msg: Any) -> EntryPoint:
+    def from_proto(cls, msg: entry_point_pb2.EntryPoint) -> EntryPoint:
         return cls(
             name=str(msg.name),
             description=str(msg.description),
@@ -261,7 +268,7 @@ class PluginPin:
         return _after(self.plugin, "plugins/")
 
     @classmethod
-    def from_proto(cls, msg: Any) -> PluginPin:
+    def from_proto(cls, msg: plugin_pb2.PluginPin) -> PluginPin:
         return cls(
             plugin=str(msg.plugin),
             version=str(msg.version),
@@ -322,7 +329,7 @@ class Job:
         return end - self.start_time
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Job:
+    def from_proto(cls, msg: job_pb2.Job) -> Job:
         return cls(
             name=str(msg.name),
             experiment=str(msg.experiment),
@@ -361,7 +368,7 @@ class LogLine:
     time: datetime | None = None
 
     @classmethod
-    def from_proto(cls, msg: Any) -> LogLine:
+    def from_proto(cls, msg: job_pb2.LogLine) -> LogLine:
         return cls(
             offset=int(msg.offset),
             text=str(msg.text),
@@ -379,7 +386,7 @@ class Gpu:
     memory_bytes: int = 0
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Gpu:
+    def from_proto(cls, msg: agent_pb2.Gpu) -> Gpu:
         return cls(uuid=str(msg.uuid), model=str(msg.model), memory_bytes=int(msg.memory_bytes))
 
 
@@ -393,7 +400,7 @@ class Capacity:
     gpus: tuple[Gpu, ...] = ()
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Capacity:
+    def from_proto(cls, msg: agent_pb2.Capacity) -> Capacity:
         return cls(
             cpus=int(msg.cpus),
             memory_bytes=int(msg.memory_bytes),
@@ -423,7 +430,7 @@ class Agent:
         return _after(self.name, "agents/")
 
     @classmethod
-    def from_proto(cls, msg: Any) -> Agent:
+    def from_proto(cls, msg: agent_pb2.Agent) -> Agent:
         return cls(
             name=str(msg.name),
             hostname=str(msg.hostname),

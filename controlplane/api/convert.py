@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, Protocol, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -43,11 +43,15 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return out
 
 
-def job_state(state: JobState) -> int:
-    return int(job_pb2.JobState.Value(f"JOB_STATE_{state.value}"))
+def job_state(state: JobState) -> job_pb2.JobState.ValueType:
+    return job_pb2.JobState.Value(f"JOB_STATE_{state.value}")
 
 
-def job_state_from(value: int) -> JobState | None:
+# The domain keeps a log line's stream as the enum's number; these are the numbers it may be.
+LOG_STREAMS = {int(v): v for v in job_pb2.LogStream.values()}
+
+
+def job_state_from(value: job_pb2.JobState.ValueType) -> JobState | None:
     name = job_pb2.JobState.Name(value).removeprefix("JOB_STATE_")
     return None if name == "UNSPECIFIED" else JobState(name)
 
@@ -183,7 +187,7 @@ def log_line(ln: m.LogLine) -> job_pb2.LogLine:
         offset=ln.offset,
         attempt=ln.attempt,
         sequence=ln.sequence,
-        stream=ln.stream,
+        stream=LOG_STREAMS.get(ln.stream, job_pb2.LOG_STREAM_UNSPECIFIED),
         text=ln.text,
         time=ts(ln.time),
     )
@@ -225,7 +229,22 @@ def agent(a: m.AgentInfo) -> agent_pb2.Agent:
     )
 
 
-async def split_upload(requests: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:
+_Meta = TypeVar("_Meta", covariant=True)
+
+
+class UploadRequest(Protocol[_Meta]):
+    """A message of an upload stream: metadata first, then chunks."""
+
+    @property
+    def metadata(self) -> _Meta: ...
+    @property
+    def chunk(self) -> bytes: ...
+    def HasField(self, field_name: Literal["metadata"]) -> bool: ...
+
+
+async def split_upload(
+    requests: AsyncIterator[UploadRequest[_Meta]],
+) -> tuple[_Meta, AsyncIterator[bytes]]:
     """An upload stream's metadata (its first message) and then its bytes, chunk by chunk."""
     first = await anext(aiter(requests), None)
     if first is None or not first.HasField("metadata"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -31,6 +31,10 @@ CODES: dict[type[DomainError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
+#: What every servicer method receives; requests and responses are typed by the method.
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+Servicer = TypeVar("Servicer")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -53,18 +57,19 @@ def _status(exc: DomainError) -> grpc.Status:
     )
 
 
-async def _abort(context: Any, exc: Exception) -> None:
+async def _abort(context: Ctx, exc: Exception) -> None:
     if isinstance(exc, DomainError):
-        await context.abort_with_status(_status(exc))
+        status = _status(exc)  # what abort_with_status (experimental, not in the stubs) does:
+        await context.abort(status.code, status.details, status.trailing_metadata)
     log.exception("internal error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
 def unary(
-    fn: Callable[[Any, Req, Any], Awaitable[Resp]],
-) -> Callable[[Any, Req, Any], Awaitable[Resp]]:
+    fn: Callable[[Servicer, Req, Ctx], Awaitable[Resp]],
+) -> Callable[[Servicer, Req, Ctx], Awaitable[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Any) -> Resp:
+    async def wrapper(self: Servicer, request: Req, context: Ctx) -> Resp:
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
@@ -77,10 +82,10 @@ def unary(
 
 
 def streaming(
-    fn: Callable[[Any, Req, Any], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, Any], AsyncIterator[Resp]]:
+    fn: Callable[[Servicer, Req, Ctx], AsyncIterator[Resp]],
+) -> Callable[[Servicer, Req, Ctx], AsyncIterator[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Any) -> AsyncIterator[Resp]:
+    async def wrapper(self: Servicer, request: Req, context: Ctx) -> AsyncIterator[Resp]:
         try:
             async for item in fn(self, request, context):
                 yield item

@@ -4,7 +4,7 @@ converters (kept out of convert.py, which the other services share)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import overload
 
 from brinell.v1 import artifact_service_pb2 as art_pb
 from brinell.v1 import artifact_service_pb2_grpc as art_grpc
@@ -15,9 +15,7 @@ from brinell.v1 import model_service_pb2_grpc as model_grpc
 from ..domain.registry import ModelRegistry
 from ..domain.registry_types import Artifact, ModelVersion, RegisteredModel
 from .convert import ts
-from .errors import streaming, unary
-
-Ctx = Any  # grpc.aio.ServicerContext; grpc ships no type information
+from .errors import Ctx, streaming, unary
 
 
 def model(m: RegisteredModel) -> model_pb2.Model:
@@ -45,6 +43,10 @@ def model_version(v: ModelVersion) -> model_pb2.ModelVersion:
     )
 
 
+@overload
+def artifact(a: Artifact) -> model_pb2.Artifact: ...
+@overload
+def artifact(a: None) -> None: ...
 def artifact(a: Artifact | None) -> model_pb2.Artifact | None:
     if a is None:
         return None

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from brinell.v1 import plugin_service_pb2 as pb
 from brinell.v1 import plugin_service_pb2_grpc as pb_grpc
 
 from ..domain.plugins import PluginManager
 from . import convert
-from .errors import unary
-
-Ctx = Any  # grpc.aio.ServicerContext; grpc ships no type information
+from .errors import Ctx, unary
 
 
 class PluginServicer(pb_grpc.PluginServiceServicer):

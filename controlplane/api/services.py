@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,11 +55,9 @@ from ..domain.scheduler import (
 )
 from ..store.blobs import BlobStore
 from . import convert
-from .errors import streaming, unary
+from .errors import Ctx, streaming, unary
 
 log = logging.getLogger("brinell.controlplane.api")
-
-Ctx = Any  # grpc.aio.ServicerContext; grpc ships no type information
 
 
 class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
@@ -258,7 +256,7 @@ def _outbound(msg: Outbound) -> agent_pb.ConnectResponse:
     )
 
 
-def _refs(running: Any) -> list[m.AttemptRef]:
+def _refs(running: Iterable[agent_pb.RunningAttempt]) -> list[m.AttemptRef]:
     return [m.AttemptRef(names.job_id(r.job), r.attempt) for r in running]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Row, Table, Update, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from ..domain import models as m
@@ -52,7 +52,7 @@ _HEAD = (J.c.id, J.c.state, J.c.attempt, J.c.agent_id, J.c.mlflow_run_id)
 
 
 @functools.cache
-def _job_cas(guards: tuple[str, ...], head: bool = False) -> Any:
+def _job_cas(guards: tuple[str, ...], head: bool = False) -> Update:
     """The compare-and-set with extra equality guards on these columns, built once each;
     ``head`` returns only the columns that follow-up work needs (no JSON, no datetimes)."""
     stmt = _JOB_CAS
@@ -96,19 +96,19 @@ _LOG_READ = (
 )
 
 
-def _experiment(r: Any) -> m.Experiment:
+def _experiment(r: Row[Any] | ExperimentRow) -> m.Experiment:
     return m.Experiment(
         r.id, r.description, dict(r.labels), r.mlflow_experiment_id, r.create_time, r.update_time
     )
 
 
-def _revision(r: Any) -> m.Revision:
+def _revision(r: Row[Any] | RevisionRow) -> m.Revision:
     return m.Revision(
         r.entry_point_id, r.digest, r.size_bytes, r.project_name, dict(r.spec), r.create_time
     )
 
 
-def _job(r: Any) -> m.Job:
+def _job(r: Row[Any] | JobRow) -> m.Job:
     return m.Job(
         id=r.id,
         experiment_id=r.experiment_id,
@@ -221,7 +221,7 @@ class EntryPoints:
         return EntryPoints._ep(row, latest)
 
     @staticmethod
-    def _ep(row: Any, latest: m.Revision | None) -> m.EntryPoint:
+    def _ep(row: Row[Any] | EntryPointRow, latest: m.Revision | None) -> m.EntryPoint:
         return m.EntryPoint(
             row.id,
             row.description,
@@ -425,7 +425,7 @@ class Jobs:
         attempt: int | None,
         guards: dict[str, Any],
         head: bool,
-    ) -> Any:
+    ) -> Row[Any] | None:
         if attempt is not None:
             guards["attempt"] = attempt
         params = {
@@ -562,7 +562,7 @@ _LATEST_PINS = select(_PV.c.plugin_id, _PV.c.version, _PV.c.digest, _PV.c.packag
 )
 
 
-def _plugin_version(r: Any) -> m.PluginVersion:
+def _plugin_version(r: Row[Any] | PluginVersionRow) -> m.PluginVersion:
     return m.PluginVersion(
         r.plugin_id,
         r.version,
