@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make proto` writes; tests/unit/test_generated.py points it elsewhere to compare.
 PROTO_OUT := proto
 
-.PHONY: setup demo test lint proto bench clean
+.PHONY: setup demo test lint lint-proto proto bench clean
 
 setup: $(STAMP)
 
@@ -23,10 +23,22 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: setup
+# buf breaking compares the protos with main's last commit (what a change on top of main would
+# break) and with the first commit of brinell.v1 (the package keeps what it first published; a
+# deliberate break is a new package, brinell.v2). The rename to brinell.v1 was the one
+# deliberate break, so comparisons start there.
+BUF_MAIN ?= .git\#$(shell git rev-parse -q --verify refs/heads/main >/dev/null && echo branch=main || echo ref=HEAD)
+BUF_V1_BASE ?= $(shell git log --reverse --format=%H -- 'proto/brinell/v1/*.proto' | head -n 1)
+
+lint: setup lint-proto
 	$(BIN)/ruff check .
-	$(BIN)/mypy sdk controlplane agent
+	$(BIN)/ruff format --check .
+	$(PY) tools/typecheck.py
+
+lint-proto: setup
 	$(BIN)/buf lint
+	$(BIN)/buf breaking --against '$(BUF_MAIN)'
+	$(BIN)/buf breaking --against '.git#ref=$(BUF_V1_BASE)'
 
 proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) \
