@@ -276,7 +276,15 @@ class MlflowTracking:
     def _make_client(self) -> MlflowClient:
         # Downloads happen on a server: no progress bars in its log.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
         from mlflow.tracking import MlflowClient
+
+        # MLflow 3 resolves logged models (`models:/m-…`, and the run paths that lead to one)
+        # through its process-global tracking and registry URIs, whatever `tracking_uri` the
+        # call was given; unset, those fall back to ./mlflow.db in the working directory (and
+        # create it). A control plane process has one tracking backend: set them to it.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
 
         # Creating the client and its first call set up the store's schema with Alembic,
         # whose migration context is process-global: never at the same time as the control

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -144,6 +147,77 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'brinell.db'}"
     return fresh_pg_database(request.getfixturevalue("postgres_url"))
+
+
+class Proc:
+    """A process in its own session; stop() leaves nothing of it behind."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.cmd, self.log = cmd, log
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log.open("a"),
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # nothing of it may outlive the test
+        return self.proc.returncode
+
+
+def start_server(data: Path, port: int = 0, *args: str) -> tuple[Proc, str]:
+    """A control plane as its own process (`python -m brinell.controlplane`).
+
+    Nothing process-global of the test's (MLflow's tracking URI, the environment it changed)
+    reaches it. It runs in an empty working directory, ``<data>-cwd``, which must stay empty.
+    """
+    cwd = data.parent / f"{data.name}-cwd"
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "brinell.controlplane",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--heartbeat-interval",
+            "0.5",
+            "--lease-duration",
+            "5",
+            "--grace-period",
+            "2",
+            *args,
+        ],
+        data.parent / f"{data.name}.log",
+        cwd=cwd,
+    )
+    assert proc.proc.stdout is not None
+    line = proc.proc.stdout.readline()
+    match = re.search(r"listening on ([\d.]+:\d+)", line)
+    if not match:
+        proc.stop()
+        raise RuntimeError(f"control plane did not start: {line!r}; see {proc.log}")
+    return proc, match.group(1)
 
 
 def make_server(tmp_path: Path, **overrides: Any) -> ServerThread:

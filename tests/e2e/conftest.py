@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +14,7 @@ import pytest
 
 from brinell import Client
 from brinell.agent.prefect_server import PrefectServer
+from tests.conftest import Proc, start_server
 
 
 @pytest.fixture(scope="session")
@@ -35,59 +31,6 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
-
-
-class Proc:
-    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.cmd, self.log = cmd, log
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=log.open("a"),
-            text=True,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # nothing of it may outlive the test
-        return self.proc.returncode
-
-
-def start_server(data: Path, port: int = 0) -> tuple[Proc, str]:
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "brinell.controlplane",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--heartbeat-interval",
-            "0.5",
-            "--lease-duration",
-            "5",
-            "--grace-period",
-            "2",
-        ],
-        data.parent / f"{data.name}.log",
-    )
-    assert proc.proc.stdout is not None
-    line = proc.proc.stdout.readline()
-    match = re.search(r"listening on ([\d.]+:\d+)", line)
-    if not match:
-        proc.stop()
-        raise RuntimeError(f"control plane did not start: {line!r}; see {proc.log}")
-    return proc, match.group(1)
 
 
 def start_agent(

@@ -55,7 +55,7 @@ from brinell.v1 import (
 from brinell.v1 import (
     model_service_pb2_grpc as model_grpc,
 )
-from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server, run_cli, tar_gz
+from tests.conftest import SLEEPY_MLPROJECT, make_server, run_cli, start_server, tar_gz
 
 OK = grpc.StatusCode
 CHUNK = 1 << 20
@@ -173,7 +173,9 @@ def collect(responses: Any) -> tuple[dict[str, bytes], list[Any]]:
 
 @dataclass
 class World:
-    srv: ServerThread
+    target: str
+    data_dir: Path  # the server's --data-dir
+    cwd: Path  # the server's working directory, which must stay empty
     stubs: Stubs
     job: str
     run_id: str
@@ -182,19 +184,24 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    srv = make_server(tmp_path_factory.mktemp("models"), mlflow_tracking_uri=None)
-    channel = grpc.insecure_channel(srv.target)
+    # The server runs as its own process: MLflow state this test process sets (its global
+    # tracking URI, set by log_like_a_job) must not make the server's MLflow calls work.
+    data = tmp_path_factory.mktemp("models") / "server"
+    server, target = start_server(data)
+    channel = grpc.insecure_channel(target)
     try:
         stubs = make_stubs(channel)
         setup_world(stubs)
         job = submit(stubs)
         assert job.mlflow_run_id
-        uri = srv.cp.tracking.tracking_uri
+        uri = f"sqlite:///{data / 'mlflow.db'}"  # the embedded store under --data-dir
         log_like_a_job(uri, job.mlflow_run_id)
-        yield World(srv, stubs, job.name, job.mlflow_run_id, uri)
+        yield World(
+            target, data, data.parent / "server-cwd", stubs, job.name, job.mlflow_run_id, uri
+        )
     finally:
         channel.close()
-        srv.stop()
+        assert server.stop() == 0, f"see {server.log}"
 
 
 # -- registry ------------------------------------------------------------------------------
@@ -373,6 +380,8 @@ def test_download_model_version_matches_the_logged_files(world: World, tmp_path:
     )
     assert files == {"big.bin": BIG}
     assert len(messages) == 3 and [m.HasField("file") for m in messages] == [True, False, False]
+    # MLflow's fallbacks (./mlflow.db, ./mlruns) wrote here when the server relied on them.
+    assert list(world.cwd.iterdir()) == []
 
 
 # -- job artifacts -------------------------------------------------------------------------
@@ -408,6 +417,7 @@ def test_list_job_artifacts(world: World) -> None:
     assert listing("notes/readme.txt") == [("notes/readme.txt", False, 6)]
     assert listing("missing") == []
     assert listing("./notes/deep") == [("notes/deep/b.txt", False, 5)]
+    assert list(world.cwd.iterdir()) == []
 
 
 def test_download_job_artifacts(world: World, tmp_path: Path) -> None:
@@ -452,9 +462,9 @@ def test_links_out_of_the_artifact_root_are_refused(world: World) -> None:
     local = Path(client.get_run(job.mlflow_run_id).info.artifact_uri.removeprefix("file://"))
     local.mkdir(parents=True)
     (local / "fine.txt").write_text("ok")
-    os.symlink(world.srv.cp.data_dir / "secret", local / "leak")
+    os.symlink(world.data_dir / "secret", local / "leak")
     (local / "dir").mkdir()
-    os.symlink(world.srv.cp.data_dir, local / "dir" / "up")
+    os.symlink(world.data_dir, local / "dir" / "up")
 
     files, _ = collect(
         s.art.DownloadJobArtifact(art_pb.DownloadJobArtifactRequest(job=job.name, path="fine.txt"))
@@ -794,10 +804,11 @@ def test_mlflow_off_and_jobs_without_a_run(tmp_path: Path) -> None:
     finally:
         srv.stop()
 
-    # The same data, now with MLflow: the old job still has no run.
-    srv = make_server(tmp_path, mlflow_tracking_uri=None)
+    # The same data, now with MLflow: the old job still has no run. (Its own process, like
+    # every server with MLflow on here: MLflow's tracking URI is process-global.)
+    server, target = start_server(tmp_path / "server")
     try:
-        with grpc.insecure_channel(srv.target) as channel:
+        with grpc.insecure_channel(target) as channel:
             s = make_stubs(channel)
             for fn, request in [
                 (s.model.RegisterModel, model_pb.RegisterModelRequest(model_id="m", job=job.name)),
@@ -810,7 +821,7 @@ def test_mlflow_off_and_jobs_without_a_run(tmp_path: Path) -> None:
                 code, msg = code_of(fn, request)
                 assert code == OK.FAILED_PRECONDITION and "no MLflow run" in msg, request
     finally:
-        srv.stop()
+        assert server.stop() == 0, f"see {server.log}"
 
 
 def test_health_and_reflection_list_the_services(world: World) -> None:
@@ -818,7 +829,7 @@ def test_health_and_reflection_list_the_services(world: World) -> None:
         ProtoReflectionDescriptorDatabase,
     )
 
-    with grpc.insecure_channel(world.srv.target) as channel:
+    with grpc.insecure_channel(world.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("brinell.v1.ModelService", "brinell.v1.ArtifactService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
@@ -831,7 +842,7 @@ def test_health_and_reflection_list_the_services(world: World) -> None:
 
 
 def test_sdk(world: World, tmp_path: Path) -> None:
-    with Client(world.srv.target, timeout=30) as c:
+    with Client(world.target, timeout=30) as c:
         job = c.jobs.get(world.job)
         v1 = c.models.register("sdk-model", job, description="from the SDK")
         v2 = c.models.register("models/sdk-model", job.id, artifact_path="model")
@@ -897,7 +908,7 @@ def test_sdk_mlflow_off(tmp_path: Path) -> None:
 
 
 def test_cli(world: World, tmp_path: Path) -> None:
-    t = world.srv.target
+    t = world.target
     registered = json.loads(
         run_cli(t, "--json", "model", "register", world.job, "--model", "cli-model").stdout
     )
@@ -917,6 +928,9 @@ def test_cli(world: World, tmp_path: Path) -> None:
     assert got["name"] == "models/cli-model/versions/1"
     run_cli(t, "model", "download", "models:/cli-model/2", "--dest", str(tmp_path / "m"))
     assert (tmp_path / "m" / "readme.txt").read_text() == "hello\n"
+    # Version 1 is the logged model (MLflow 3 keeps it apart from the run's files).
+    run_cli(t, "model", "download", "models:/cli-model@champion", "--dest", str(tmp_path / "c"))
+    assert "flavors" in (tmp_path / "c" / "MLmodel").read_text()
     run_cli(t, "model", "alias", "delete", "cli-model", "champion")
 
     files = json.loads(
@@ -924,6 +938,10 @@ def test_cli(world: World, tmp_path: Path) -> None:
     )
     assert [f["path"] for f in files] == ["notes/deep/b.txt", "notes/empty.txt", "notes/readme.txt"]
     assert "notes" in run_cli(t, "artifact", "list", world.job).stdout
+    everything = json.loads(
+        run_cli(t, "--json", "artifact", "list", world.job, "--recursive").stdout
+    )
+    assert "model/MLmodel" in [f["path"] for f in everything]
     run_cli(t, "artifact", "download", world.job, "notes/deep", "--dest", str(tmp_path / "a"))
     assert (tmp_path / "a" / "notes" / "deep" / "b.txt").read_text() == "deep\n"
 
