@@ -15,7 +15,7 @@ import os
 import posixpath
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +63,11 @@ class Tracking(Protocol):
     async def create_experiment(self, experiment_id: str) -> str: ...
 
     async def create_run(
-        self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]
+        self,
+        mlflow_experiment_id: str,
+        job_id: str,
+        tags: dict[str, str],
+        params: Mapping[str, str],
     ) -> str: ...
 
     async def end_run(self, run_id: str, state: str) -> None: ...
@@ -110,7 +114,13 @@ class NullTracking:
     async def create_experiment(self, experiment_id: str) -> str:
         return ""
 
-    async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]) -> str:
+    async def create_run(
+        self,
+        mlflow_experiment_id: str,
+        job_id: str,
+        tags: dict[str, str],
+        params: Mapping[str, str],
+    ) -> str:
         return ""
 
     async def end_run(self, run_id: str, state: str) -> None:
@@ -338,9 +348,19 @@ class MlflowTracking:
 
         return str(await self._call("create an experiment", create))
 
-    async def create_run(self, mlflow_experiment_id: str, job_id: str, tags: dict[str, str]) -> str:
+    async def create_run(
+        self,
+        mlflow_experiment_id: str,
+        job_id: str,
+        tags: dict[str, str],
+        params: Mapping[str, str],
+    ) -> str:
         def create(client: MlflowClient) -> str:
+            from mlflow.entities import Param
+
             run = client.create_run(mlflow_experiment_id, run_name=f"job-{job_id}", tags=tags)
+            if params:
+                client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
             return str(run.info.run_id)
 
         return str(await self._call("create a run", create))

@@ -35,6 +35,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
 LOG_PAGE = 500
 PROJECT_CACHE_SIZE = 1024
+# A parameter becomes an MLflow param of the job's run: MLflow refuses longer values.
+MAX_PARAMETER_CHARS = 6000
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ class JobManager:
             problems.append(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
         if len(spec.request_id) > 128:
             problems.append("request_id is longer than 128 characters")
+        problems += [
+            f"parameter {k!r}: the value is longer than {MAX_PARAMETER_CHARS} characters"
+            for k, v in spec.parameters.items()
+            if len(v) > MAX_PARAMETER_CHARS
+        ]
         if problems:
             raise InvalidArgument(problems)
         return exp_id, ep_id, queue, max_attempts
@@ -219,9 +226,15 @@ class JobManager:
                 "brinell.entry_point": f"entryPoints/{ep_id}",
                 "brinell.entry_point_digest": checked.digest,
                 "brinell.entry": checked.entry,
-                **{f"brinell.param.{k}": v for k, v in checked.parameters.items()},
+                **{
+                    f"brinell.plugin.{p.plugin_id}": f"{p.version} {p.digest}"
+                    for p in checked.plugins
+                },
             }
-            run_id = await self.tracking.create_run(checked.mlflow_experiment_id, job_id, tags)
+            # The parameters are the run's MLflow params (its Params column, run comparison).
+            run_id = await self.tracking.create_run(
+                checked.mlflow_experiment_id, job_id, tags, checked.parameters
+            )
         job = self._new_job(job_id, checked, spec, queue, max_attempts, run_id)
         try:
             await self.db.batch(lambda s: Jobs.add(s, job, fingerprint))

@@ -1,9 +1,9 @@
 """hello-world: the smallest Brinell entry point.
 
 A Prefect flow of three tasks: two independent measurements run concurrently, a third
-combines them. Parameters and the resulting ``score`` are logged to MLflow. Under Brinell the
-agent sets ``MLFLOW_RUN_ID`` (the job's run, created by the control plane), so
-``mlflow.start_run()`` resumes that run; by hand it creates a run in MLflow's default local
+combines them; the resulting ``score`` is logged to MLflow. Under Brinell the agent sets
+``MLFLOW_RUN_ID`` (the job's run, created by the control plane with the job's parameters as its
+params), so ``mlflow.start_run()`` resumes that run; by hand it creates a run in MLflow's default local
 store (``./mlflow.db`` with MLflow 3; ``./mlruns`` with older versions) or wherever
 ``MLFLOW_TRACKING_URI`` points. Without ``PREFECT_API_URL`` Prefect starts a temporary server
 of its own, which works but takes ~10 s.
@@ -61,7 +61,6 @@ def main() -> None:
         f"hello-world: start {job} attempt={runtime.attempt()} run={runtime.run_id()}", flush=True
     )
     with mlflow.start_run() as run, runtime.prefect_flow_settings():
-        mlflow.log_params({"name": args.name, "rounds": args.rounds, "scale": args.scale})
         started = time.perf_counter()
         score = hello(args.name, args.rounds, args.scale)
         elapsed = time.perf_counter() - started

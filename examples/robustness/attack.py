@@ -108,17 +108,10 @@ def main() -> None:
         f"attack: job={runtime.job()} attempt={runtime.attempt()} run={runtime.run_id()}",
         flush=True,
     )
-    params: dict[str, Any] = {
-        "model_uri": args.model_uri,
-        "attack": args.attack,
-        "defense": args.defense,
-        "eps_values": ",".join(f"{e:g}" for e in args.eps_values),
-        "seed": args.seed,
-        "n_test": args.n_test,
-    }
-    params.update({f"defense_{k}": v for k, v in args.defense_params.items()})
     with mlflow.start_run(), runtime.prefect_flow_settings():
-        mlflow.log_params(params)
+        # The entry point's parameters are the run's params already (Brinell logs them at
+        # submit); the parsed defense overrides are logged one by one beside them.
+        mlflow.log_params({f"defense_{k}": v for k, v in args.defense_params.items()})
         started = time.perf_counter()
         rows = attack_flow(
             args.model_uri,

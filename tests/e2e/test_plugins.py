@@ -189,6 +189,16 @@ def test_new_plugin_version_reaches_new_jobs_without_any_restart(
     assert f"plugin demo-plugin 1.0.0 ({v1.digest}): already extracted" in lines_c
     assert c.jobs.get(job_c).plugins == (pin_v1,)
 
+    # The MLflow run says which plugin versions and which entry point revision ran, and has
+    # the parameters as its params.
+    from mlflow.tracking import MlflowClient
+
+    ml = MlflowClient(tracking_uri=f"sqlite:///{cluster['data'] / 'mlflow.db'}")
+    run_b = ml.get_run(c.jobs.get(job_b).mlflow_run_id)
+    assert run_b.data.tags["brinell.plugin.demo-plugin"] == f"2.0.0 {v2.digest}"
+    assert run_b.data.tags["brinell.entry_point_digest"] == job_b.entry_point_digest
+    assert run_b.data.params == {"who": "B", "release": ""}
+
     # One agent process throughout, never reconnected; each bundle extracted once.
     assert agent_proc.pid == agent_pid and agent_proc.poll() is None
     agent = c.agents.get("e2e-agent")

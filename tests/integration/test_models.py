@@ -204,6 +204,29 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert server.stop() == 0, f"see {server.log}"
 
 
+def test_a_jobs_parameters_are_its_runs_mlflow_params(world: World) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(world.tracking_uri).get_run(world.run_id)
+    job = world.stubs.job.GetJob(job_pb.GetJobRequest(name=world.job)).job
+    # Resolved at submit: what was given and the defaults, exactly as the command gets them.
+    assert run.data.params == dict(job.parameters)
+    assert run.data.params["label"] == "x" and run.data.params["data"] == "data.csv"
+    assert run.data.tags["brinell.entry_point_digest"] == job.entry_point_digest
+    assert not any(k.startswith("brinell.param.") for k in run.data.tags)
+
+    # A value MLflow would refuse as a param is refused at submit, naming the parameter.
+    code, msg = code_of(
+        world.stubs.job.SubmitJob,
+        job_pb.SubmitJobRequest(
+            experiment="experiments/exp",
+            entry_point="entryPoints/sleepy",
+            parameters={"label": "x" * 6001},
+        ),
+    )
+    assert code == OK.INVALID_ARGUMENT and "'label'" in msg and "6000 characters" in msg
+
+
 # -- registry ------------------------------------------------------------------------------
 
 
