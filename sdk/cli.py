@@ -776,9 +776,30 @@ def job_wait(
     _exit_for(final)
 
 
+def _hoist_root_options(argv: list[str]) -> list[str]:
+    """Moves ``-t/--target`` and ``--json`` in front of the subcommand, wherever they stand,
+    so ``brinell job list -t HOST:PORT`` works like ``brinell -t HOST:PORT job list``. What
+    follows ``--`` is left alone."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in ("-t", "--target") and i + 1 < len(argv):
+            front += argv[i : i + 2]
+            i += 2
+            continue
+        (front if arg == "--json" or arg.startswith("--target=") else rest).append(arg)
+        i += 1
+    return front + rest
+
+
 def main() -> None:
     """Console-script entry point (``brinell``)."""
-    app(prog_name="brinell")
+    app(args=_hoist_root_options(sys.argv[1:]), prog_name="brinell")
 
 
 if __name__ == "__main__":

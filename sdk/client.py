@@ -39,9 +39,11 @@ from brinell.v1 import (
 )
 
 from .errors import (
+    AlreadyExistsError,
     BrinellError,
     DeadlineExceededError,
     InvalidArgumentError,
+    NotFoundError,
     UnavailableError,
     from_rpc_error,
 )
@@ -204,6 +206,21 @@ class Experiments(_Service):
             experiment_id=_id(id, "experiments", "experiment") if id else "",
         )
         return Experiment.from_proto(self._unary(self._stub.CreateExperiment, request).experiment)
+
+    def get_or_create(
+        self, id: str, description: str = "", labels: Mapping[str, str] | None = None
+    ) -> Experiment:
+        """The experiment with this id, created first if there is none (``create`` stays
+        strict). An existing experiment is returned as it is: ``description`` and ``labels``
+        apply only when it is created; change them with ``update``."""
+        try:
+            return self.get(id)
+        except NotFoundError:
+            pass
+        try:
+            return self.create(id, description, labels)
+        except AlreadyExistsError:  # created meanwhile, by another client
+            return self.get(id)
 
     def get(self, id_or_name: str | Experiment) -> Experiment:
         request = experiment_service_pb2.GetExperimentRequest(

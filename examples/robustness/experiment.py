@@ -106,9 +106,7 @@ def run(
     results = Results()
     plugin, version, _ = client.plugins.push(PLUGIN)
     say(f"plugin {plugin.id} {version.version} ({len(version.tasks)} tasks)")
-    existing = {e.id for e in client.experiments.list()}
-    if experiment not in existing:
-        client.experiments.create(experiment, description="FGSM/PGD vs defenses on digits")
+    client.experiments.get_or_create(experiment, description="FGSM/PGD vs defenses on digits")
     ep, _rev = client.entry_points.push(HERE, id="robustness")
 
     say("training the model (entry `train`)")

@@ -46,6 +46,12 @@ def test_sdk_round_trip(srv: ServerThread, project: Path) -> None:
         assert exp.id == "sdk" and exp.labels == {"k": "v"}
         with pytest.raises(AlreadyExistsError):
             c.experiments.create("sdk")
+        # get_or_create returns the existing one untouched, and creates what is missing.
+        assert c.experiments.get_or_create("sdk", description="other") == exp
+        made = c.experiments.get_or_create("sdk-new", description="n", labels={"a": "b"})
+        assert (made.id, made.description, made.labels) == ("sdk-new", "n", {"a": "b"})
+        assert c.experiments.get("sdk-new") == made
+        c.experiments.delete("sdk-new")
         with pytest.raises(NotFoundError):
             c.experiments.get("missing")
         assert c.experiments.update("sdk", description="new").description == "new"
@@ -107,6 +113,14 @@ def test_cli_commands(srv: ServerThread, project: Path) -> None:
     assert name in json.dumps(listed)
     got = json.loads(run_cli(srv.target, "--json", "job", "get", name).stdout)
     assert got["state"] in ("QUEUED", "JOB_STATE_QUEUED")
+    # The root options work after the subcommand too (BRINELL_TARGET points nowhere here).
+    for args in (["-t", srv.target, "--json"], [f"--target={srv.target}", "--json"]):
+        after = run_cli("127.0.0.1:1", "job", "get", name, *args).stdout
+        assert json.loads(after)["name"] == name
+    exps = json.loads(
+        run_cli("127.0.0.1:1", "experiment", "list", "--target", srv.target, "--json").stdout
+    )
+    assert "cli" in [e["id"] for e in exps]
     run_cli(srv.target, "job", "cancel", name, "--reason", "cli test")
     waited = run_cli(srv.target, "job", "wait", name, check=False)
     assert waited.returncode == 1  # cancelled is not success
