@@ -22,7 +22,6 @@ Prefect and MLflow are imported only when a graph runs.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import inspect
 import json
@@ -37,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from .mlproject import EntrySpec, MLprojectError, ProjectSpec
+from .mlproject import EntrySpec, MLprojectError, ProjectSpec, did_you_mean
 from .mlproject import parse as parse_mlproject
 from .mlproject import resolve as resolve_parameters
 from .plugin import TaskInfo, describe, registered_tasks
@@ -207,7 +206,7 @@ def parse(text: str | bytes) -> Graph:
                 elif other not in names:
                     problems.append(
                         f"{where}: `after` names {other!r}, which is not a step"
-                        f"{_suggest(other, names)}"
+                        f"{did_you_mean(other, names)}"
                     )
                 else:
                     after.append(other)
@@ -248,11 +247,6 @@ def _refs(value: Any) -> Iterator[Ref]:
             yield from _refs(v)
 
 
-def _suggest(name: str, candidates: Sequence[str] | set[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 # --- validation -------------------------------------------------------------------------
 
 
@@ -276,7 +270,7 @@ def validate(
             elif other not in graph.steps:
                 problems.append(
                     f"{where}: `after` names {other!r}, which is not a step"
-                    f"{_suggest(other, graph.steps.keys() - {step.name})}"
+                    f"{did_you_mean(other, graph.steps.keys() - {step.name})}"
                 )
         for arg, value in step.args.items():
             for ref in _refs(value):
@@ -305,7 +299,9 @@ def _check_ref(
         )
     if ref.name not in graph.steps and ref.name not in parameters:
         known = sorted(set(parameters) | (graph.steps.keys() - {step.name}))
-        return f"{where}: ${ref.name} is neither a parameter nor a step{_suggest(ref.name, known)}"
+        return (
+            f"{where}: ${ref.name} is neither a parameter nor a step{did_you_mean(ref.name, known)}"
+        )
     return None
 
 
@@ -332,9 +328,8 @@ def _lookup(task: str, signatures: list[TaskSignature]) -> tuple[TaskSignature |
     if not signatures:
         return None, f"unknown task {task!r} (no tasks are available)"
     names = sorted({s.name for s in signatures} | {s.qualified_name for s in signatures})
-    close = difflib.get_close_matches(task, names, n=1)
-    if close:
-        return None, f"unknown task {task!r} (did you mean {close[0]!r}?)"
+    if hint := did_you_mean(task, names):
+        return None, f"unknown task {task!r}{hint}"
     shown = sorted({s.name for s in signatures})
     more = f", … {len(shown) - 20} more" if len(shown) > 20 else ""
     return None, f"unknown task {task!r} (tasks: {', '.join(shown[:20])}{more})"
@@ -355,7 +350,7 @@ def _check_call(
             takes = ", ".join(inputs) or "no arguments"
             problems.append(
                 f"{where}: argument {arg!r} is not an input of task {sig.name!r} "
-                f"(it takes: {takes}){_suggest(arg, list(inputs))}"
+                f"(it takes: {takes}){did_you_mean(arg, list(inputs))}"
             )
     for name, (_, has_default) in inputs.items():
         if not has_default and name not in step.args:

@@ -10,9 +10,11 @@ a typo in a parameter name must not silently run with the default.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +157,12 @@ def check_value(spec: ParameterSpec, value: str) -> str | None:
     return None
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or nothing when none is close."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def resolve(project: ProjectSpec, entry: str, given: dict[str, str]) -> dict[str, str]:
     """Validates ``given`` against the entry and returns every parameter, defaults filled in.
 
@@ -167,9 +175,10 @@ def resolve(project: ProjectSpec, entry: str, given: dict[str, str]) -> dict[str
     problems: list[str] = []
     declared = {p.name for p in spec.parameters}
     for name in sorted(set(given) - declared):
-        problems.append(
-            f"unknown parameter {name!r} (declared: {', '.join(sorted(declared)) or 'none'})"
+        hint = (
+            did_you_mean(name, declared) or f" (declared: {', '.join(sorted(declared)) or 'none'})"
         )
+        problems.append(f"unknown parameter {name!r}{hint}")
     resolved: dict[str, str] = {}
     for p in spec.parameters:
         if p.name in given:

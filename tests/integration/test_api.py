@@ -356,7 +356,7 @@ def test_submit_validates_every_parameter_problem_at_once(stubs: Any) -> None:
         "'seconds'",
         "'rounds'",
         "missing required parameter 'label'",
-        "unknown parameter 'lables'",
+        "unknown parameter 'lables' (did you mean 'label'?)",
     ):
         assert needle in msg, msg
     status = rpc_status.from_call(err)

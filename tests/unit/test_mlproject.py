@@ -65,11 +65,18 @@ def test_resolve_names_every_problem() -> None:
     for needle in (
         "'lr'",
         "'epochs'",
-        "unknown parameter 'nmae'",
+        "unknown parameter 'nmae' (did you mean 'name'?)",
         "missing required parameter 'name'",
         "empty path",
     ):
         assert needle in text
+
+
+def test_an_unknown_parameter_without_a_close_one_lists_the_declared() -> None:
+    project = mlproject.parse(DOC)
+    with pytest.raises(mlproject.MLprojectError) as info:
+        mlproject.resolve(project, "main", {"name": "x", "zzz": "1"})
+    assert info.value.problems == ["unknown parameter 'zzz' (declared: data, epochs, lr, name, source)"]
 
 
 @pytest.mark.parametrize(
