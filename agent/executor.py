@@ -26,6 +26,8 @@ from .workspace import find_mlproject
 
 # Lines longer than this are split, so one runaway line cannot exhaust memory or a message.
 MAX_LINE_BYTES = 32 * 1024
+# A failed job's reason quotes its last stderr line, up to this long.
+MAX_REASON_CHARS = 500
 _READ_CHUNK = 64 * 1024
 # How often the exit of a process is checked; asyncio's wait() also waits for the pipes,
 # which a background child may hold open long after the main process exited.
@@ -293,9 +295,10 @@ class ProcessExecutor(Executor):
 
         pgid = proc.pid  # start_new_session makes the child the leader of its own group
         assert proc.stdout is not None and proc.stderr is not None
+        last_error = _LastErrorLine(on_line)
         readers = [
             asyncio.create_task(_read_lines(proc.stdout, Stream.STDOUT, on_line)),
-            asyncio.create_task(_read_lines(proc.stderr, Stream.STDERR, on_line)),
+            asyncio.create_task(_read_lines(proc.stderr, Stream.STDERR, last_error)),
         ]
         try:
             if on_start is not None:
@@ -326,7 +329,10 @@ class ProcessExecutor(Executor):
         if outcome is None:
             if exit_code == 0:
                 return ExecutionResult(Outcome.SUCCEEDED, 0, "")
-            return ExecutionResult(Outcome.FAILED, exit_code, status)
+            # The job's reason: the exit status and the last line the process wrote to
+            # stderr (for a Python script that dies, the exception).
+            reason = f"{status}: {last_error.text}" if last_error.text else status
+            return ExecutionResult(Outcome.FAILED, exit_code, reason)
         return ExecutionResult(outcome, exit_code, message)
 
     async def _supervise(
@@ -424,6 +430,22 @@ async def _drain(readers: list[asyncio.Task[None]], proc: asyncio.subprocess.Pro
     else:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), _DRAIN_WAIT)
+
+
+class _LastErrorLine:
+    """Passes stderr lines on, remembering the last non-blank one (bounded)."""
+
+    def __init__(self, on_line: LineCallback) -> None:
+        self._on_line = on_line
+        self.text = ""
+
+    def __call__(self, stream: Stream, text: str) -> None:
+        if text.strip():
+            line = text.strip()
+            self.text = (
+                line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
+            )
+        self._on_line(stream, text)
 
 
 async def _read_lines(reader: asyncio.StreamReader, stream: Stream, on_line: LineCallback) -> None:

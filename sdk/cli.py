@@ -514,7 +514,8 @@ def _state_line(j: Job) -> str:
     parts = [f"{_time(j.update_time)} {escape(j.name)} {_state_text(j.state)}"]
     if j.agent and j.state in (JobState.ASSIGNED, JobState.RUNNING):
         parts.append(f"on {escape(j.agent)} (attempt {j.attempt})")
-    if j.is_final and j.attempt and j.state is not JobState.CANCELLED:
+    # A failure's reason carries its exit status ("exit code 1: ValueError: …"): once is enough.
+    if j.is_final and j.attempt and j.state is not JobState.CANCELLED and not j.state_reason:
         parts.append(f"exit code {j.exit_code}")
     if j.state_reason:
         parts.append(f"- {escape(j.state_reason)}")

@@ -27,6 +27,8 @@ entry_points:
     command: "sh -c 'echo pid=$$; sleep {seconds} & echo child=$!; wait; echo slept; exit {code}'"
   stubborn:
     command: "sh -c 'trap \\"echo ignoring TERM\\" TERM; echo pid=$$; while true; do sleep 0.1; done'"
+  crash:
+    command: "python -c 'import json; json.loads(\\"{\\")'"
   chatty:
     parameters:
       lines: {type: int, default: 2000}
@@ -265,3 +267,18 @@ def test_cli_submit_watch_shows_states_and_logs(cluster: dict[str, Any], sleeper
         timeout=120,
     )
     assert failing.returncode == 1 and "FAILED" in failing.stdout
+
+    # A Python failure: the job's reason is the exception's line, the exit code said once.
+    crashed = subprocess.run(
+        [sys.executable, "-m", "brinell.cli", "job", "submit", "e2e", sleeper, "--entry", "crash"]
+        + ["--watch"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert crashed.returncode == 1, crashed.stdout + crashed.stderr
+    final = [ln for ln in crashed.stdout.splitlines() if " FAILED" in ln]
+    assert len(final) == 1, crashed.stdout
+    assert "FAILED - exit code 1: json.decoder.JSONDecodeError: Expecting property name" in final[0]
+    assert final[0].count("exit code") == 1

@@ -141,6 +141,24 @@ def test_nonzero_exit_fails_with_code(tmp_path: Path) -> None:
     assert run.text(Stream.SYSTEM)[-1] == "exit code 3"
 
 
+def test_a_failure_says_the_last_error_line(tmp_path: Path) -> None:
+    root = _project(tmp_path, "  main:\n    command: python fail.py\n")
+    (root / "fail.py").write_text(
+        "import sys\nprint('working')\nsys.stderr.write('warning: x\\n\\n')\n"
+        "raise ValueError('boom')\n"
+    )
+    run = Run(root)
+    result = asyncio.run(run.run())
+    assert result == ExecutionResult(Outcome.FAILED, 1, "exit code 1: ValueError: boom")
+    assert run.text(Stream.STDERR)[0] == "warning: x"
+    assert run.text(Stream.SYSTEM)[-1] == "exit code 1"  # the log says it once, plainly
+
+    (tmp_path / "long").mkdir()
+    long = _project(tmp_path / "long", "  main:\n    command: printf %0600d 0 >&2; exit 2\n")
+    result = asyncio.run(Run(long).run())
+    assert result.message == "exit code 2: " + "0" * 499 + "…"
+
+
 def test_bad_parameters_fail_before_start(tmp_path: Path) -> None:
     root = _project(tmp_path, "  main:\n    parameters:\n      n: int\n    command: echo {n}\n")
     run = Run(root, parameters={"n": "many"})

@@ -76,7 +76,9 @@ def test_an_unknown_parameter_without_a_close_one_lists_the_declared() -> None:
     project = mlproject.parse(DOC)
     with pytest.raises(mlproject.MLprojectError) as info:
         mlproject.resolve(project, "main", {"name": "x", "zzz": "1"})
-    assert info.value.problems == ["unknown parameter 'zzz' (declared: data, epochs, lr, name, source)"]
+    assert info.value.problems == [
+        "unknown parameter 'zzz' (declared: data, epochs, lr, name, source)"
+    ]
 
 
 @pytest.mark.parametrize(
