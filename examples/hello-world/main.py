@@ -3,8 +3,8 @@
 A Prefect flow of three tasks: two independent measurements run concurrently, a third
 combines them; the resulting ``score`` is logged to MLflow. Under Brinell the agent sets
 ``MLFLOW_RUN_ID`` (the job's run, created by the control plane with the job's parameters as its
-params), so ``mlflow.start_run()`` resumes that run; by hand it creates a run in MLflow's default local
-store (``./mlflow.db`` with MLflow 3; ``./mlruns`` with older versions) or wherever
+params), so ``mlflow.start_run()`` resumes that run; by hand it creates a run in MLflow's
+default local store (``./mlflow.db`` with MLflow 3; ``./mlruns`` with older versions) or wherever
 ``MLFLOW_TRACKING_URI`` points. Without ``PREFECT_API_URL`` Prefect starts a temporary server
 of its own, which works but takes ~10 s.
 """
