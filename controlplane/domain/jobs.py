@@ -22,7 +22,7 @@ from . import names
 from .entry_points import spec_from_dict
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .filters import job_filter
-from .models import Job, LogLine, PluginPin
+from .models import Job, LogLine, PluginPin, QueuedJob
 from .notify import Notifier
 from .paging import PageTokens, page_size
 from .plugins import PluginManager
@@ -199,12 +199,15 @@ class JobManager:
             return self._check_refs(s, spec, exp_id, ep_id)
 
         job_id = names.new_job_id()
+        # Why it will wait, if no connected agent can take it now (the reason is kept up to
+        # date as agents come and go; an assignment clears it).
+        why = self.scheduler.waiting_reason(QueuedJob(job_id, queue, dict(spec.selector), 0))
         if not self.tracking.enabled:
             # No MLflow run to create between the checks and the insert: one transaction.
             # A repeated request_id is caught by its unique index (the rare, slow path).
             def check_and_add(s: Session) -> Job:
                 checked = self._check_refs(s, spec, exp_id, ep_id)
-                job = self._new_job(job_id, checked, spec, queue, max_attempts, "")
+                job = self._new_job(job_id, checked, spec, queue, max_attempts, "", why)
                 Jobs.add(s, job, fingerprint)
                 return job
 
@@ -235,7 +238,7 @@ class JobManager:
             run_id = await self.tracking.create_run(
                 checked.mlflow_experiment_id, job_id, tags, checked.parameters
             )
-        job = self._new_job(job_id, checked, spec, queue, max_attempts, run_id)
+        job = self._new_job(job_id, checked, spec, queue, max_attempts, run_id, why)
         try:
             await self.db.batch(lambda s: Jobs.add(s, job, fingerprint))
         except IntegrityError:
@@ -254,7 +257,13 @@ class JobManager:
 
     @staticmethod
     def _new_job(
-        job_id: str, checked: _Checked, spec: SubmitSpec, queue: str, max_attempts: int, run_id: str
+        job_id: str,
+        checked: _Checked,
+        spec: SubmitSpec,
+        queue: str,
+        max_attempts: int,
+        run_id: str,
+        waiting_reason: str,
     ) -> Job:
         now = utcnow()
         return Job(
@@ -267,7 +276,7 @@ class JobManager:
             queue=queue,
             selector=dict(spec.selector),
             state=JobState.QUEUED,
-            state_reason="",
+            state_reason=waiting_reason,
             timeout_s=spec.timeout_s,
             max_attempts=max_attempts,
             attempt=0,

@@ -34,6 +34,8 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 ACTIVE = (JobState.ASSIGNED, JobState.RUNNING)
+# Agents that connect or leave together (a control-plane restart) are explained in one pass.
+EXPLAIN_DEBOUNCE = 0.2
 
 
 def _then(future: asyncio.Future[T], fn: Callable[[T], U]) -> asyncio.Future[U]:
@@ -150,6 +152,7 @@ class Scheduler:
         self._job_env = job_env
         self.sessions: dict[str, AgentSession] = {}
         self._wake = asyncio.Event()
+        self._explain = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -168,8 +171,10 @@ class Scheduler:
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
             asyncio.create_task(self._reaper_loop(), name="lease-reaper"),
+            asyncio.create_task(self._explain_loop(), name="queued-reasons"),
         ]
         self._wake.set()
+        self._explain.set()
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -235,6 +240,7 @@ class Scheduler:
                 Cancel(ref.job_id, ref.attempt, reason, self.config.grace_period)
             )
         self.sessions[info.id] = session
+        self._explain.set()
         log.info(
             "agent %s connected (queues=%s, slots=%d, running=%d)",
             info.id,
@@ -249,6 +255,7 @@ class Scheduler:
         if self.sessions.get(session.id) is not session:
             return
         del self.sessions[session.id]
+        self._explain.set()
         log.info(
             "agent %s disconnected; its %d attempts keep their leases",
             session.id,
@@ -276,6 +283,64 @@ class Scheduler:
             Agents.set(s, session.id, last_heartbeat_time=now)
 
         await self.db.batch(beat)
+
+    # -- why queued jobs wait ----------------------------------------------------------
+
+    def waiting_reason(self, job: QueuedJob) -> str:
+        """Why no connected agent takes the job now, or "" when one has a free slot."""
+        serving = [x for x in self.sessions.values() if job.queue in x.info.queues]
+        if not serving:
+            return f"no connected agent serves queue {job.queue!r}"
+        matching = [x for x in serving if x.accepts(job)]
+        if not matching:
+            n = len(serving)
+            who = f"{n} agent serves" if n == 1 else f"{n} agents serve"
+            missing = [
+                f"{k}={v}"
+                for k, v in sorted(job.selector.items())
+                if not any(x.info.labels.get(k) == v for x in serving)
+            ]
+            if missing:
+                return f"{who} queue {job.queue!r} but none has label {', '.join(missing)}"
+            wanted = ", ".join(f"{k}={v}" for k, v in sorted(job.selector.items()))
+            return f"{who} queue {job.queue!r} but none has all the labels {wanted}"
+        if all(x.free <= 0 for x in matching):
+            n = len(matching)
+            return (
+                f"waiting for a free slot: {n} matching agent{'s' if n > 1 else ''}, "
+                "all slots busy or draining"
+            )
+        return ""
+
+    async def _explain_loop(self) -> None:
+        while True:
+            await self._explain.wait()
+            await asyncio.sleep(EXPLAIN_DEBOUNCE)
+            self._explain.clear()
+            try:
+                await self._explain_once()
+            except Exception:
+                log.exception("explaining queued jobs failed")
+
+    async def _explain_once(self) -> None:
+        """Gives every queued job that no agent can take the reason why (agents came or went).
+
+        A job that an agent can take keeps its reason: the dispatcher assigns it and clears it.
+        """
+        waiting = await self.db.run(Jobs.waiting)
+        by_reason: dict[str, list[str]] = {}
+        for job, old in waiting:
+            reason = self.waiting_reason(job)
+            if reason and reason != old:
+                by_reason.setdefault(reason, []).append(job.id)
+        if not by_reason:
+            return
+
+        def apply(s: Session) -> list[str]:
+            return [i for r, ids in by_reason.items() for i in Jobs.set_waiting_reason(s, ids, r)]
+
+        for job_id in await self.db.run(apply):
+            self.notifier.notify(job_id)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -479,6 +544,8 @@ class Scheduler:
 
     def _after_change(self, job: Job | JobHead) -> None:
         self.notifier.notify(job.id)
+        if job.state is JobState.QUEUED:  # requeued: it may wait for a reason now
+            self._explain.set()
         if job.state.is_final and job.mlflow_run_id:
             self.spawn(self.tracking.end_run(job.mlflow_run_id, job.state.value))
 

@@ -76,6 +76,19 @@ _QUEUED = (
     .order_by(J.c.seq)
     .limit(bindparam("limit"))
 )
+_WAITING = select(J.c.id, J.c.queue, J.c.selector, J.c.state_reason).where(
+    J.c.state == JobState.QUEUED.value
+)
+_SET_WAITING_REASON = (
+    update(J)
+    .where(J.c.state == JobState.QUEUED.value, J.c.id.in_(bindparam("w_ids", expanding=True)))
+    .values(
+        state_reason=bindparam("w_reason"),
+        update_time=bindparam("w_now"),
+        version=J.c.version + 1,  # watchers send a job again when its version moves
+    )
+    .returning(J.c.id)
+)
 _ATTEMPT_SET = update(A).where(A.c.job_id == bindparam("w_job"), A.c.number == bindparam("w_n"))
 _LOG_SEEN = select(L.c.sequence).where(
     L.c.job_id == bindparam("job"),
@@ -378,6 +391,22 @@ class Jobs:
             q = q.where(JobRow.seq < before_seq)
         rows = s.scalars(q.order_by(JobRow.seq.desc()).limit(limit)).all()
         return [(r.seq, _job(r)) for r in rows]
+
+    @staticmethod
+    def waiting(s: Session) -> list[tuple[m.QueuedJob, str]]:
+        """Every queued job with its current reason (for saying why it waits)."""
+        rows = s.connection().execute(_WAITING)
+        return [(m.QueuedJob(r.id, r.queue, r.selector, 0), r.state_reason) for r in rows]
+
+    @staticmethod
+    def set_waiting_reason(s: Session, job_ids: Sequence[str], reason: str) -> list[str]:
+        """Sets the reason of those jobs that are still queued; returns their ids."""
+        changed: list[str] = []
+        now = utcnow()
+        for i in range(0, len(job_ids), 500):
+            params = {"w_ids": list(job_ids[i : i + 500]), "w_reason": reason, "w_now": now}
+            changed += [r.id for r in s.connection().execute(_SET_WAITING_REASON, params)]
+        return changed
 
     @staticmethod
     def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.QueuedJob]:

@@ -4,6 +4,7 @@ PostgreSQL, including the error codes."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import queue
 import threading
@@ -566,6 +567,60 @@ def test_queue_selector_and_slots(stubs: Any, server: ServerThread) -> None:
     finally:
         cpu.close()
         gpu.close()
+
+
+def test_a_queued_job_says_what_it_waits_for(stubs: Any, server: ServerThread) -> None:
+    setup_job_world(stubs)
+
+    def reason(job: job_pb2.Job) -> str:
+        return stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job.state_reason
+
+    def reason_becomes(job: job_pb2.Job, want: str) -> None:
+        wait_until(lambda: reason(job) == want, timeout=10)
+
+    plain = submit(stubs)
+    assert plain.state_reason == "no connected agent serves queue 'default'"
+    gpu_job = submit(stubs, queue="gpu", selector={"gpu": "h100"})
+    assert gpu_job.state_reason == "no connected agent serves queue 'gpu'"
+
+    watch = stubs.job.WatchJob(job_pb.WatchJobRequest(name=gpu_job.name), timeout=30)
+    seen: queue.Queue[str] = queue.Queue()
+
+    def read_watch() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end of the test
+            for response in watch:
+                seen.put(response.job.state_reason)
+
+    threading.Thread(target=read_watch, daemon=True).start()
+    a100 = SimAgent(server.target, "a100", queues=["gpu"], labels={"gpu": "a100"})
+    cpu = SimAgent(server.target, "cpu", queues=["gpu"])
+    try:
+        want = "2 agents serve queue 'gpu' but none has label gpu=h100"
+        reason_becomes(gpu_job, want)
+        # The watch is told, as the reason changes: a `--watch` does not go silent.
+        deadline = time.monotonic() + 10
+        while seen.get(timeout=max(0.1, deadline - time.monotonic())) != want:
+            pass
+        assert reason(plain) == "no connected agent serves queue 'default'"
+
+        a100.close()
+        reason_becomes(gpu_job, "1 agent serves queue 'gpu' but none has label gpu=h100")
+
+        # A matching agent without a free slot: the job waits for a slot, and says so.
+        h100 = SimAgent(server.target, "h100", queues=["gpu"], labels={"gpu": "h100"})
+        try:
+            assert h100.next("assignment").job.name == gpu_job.name
+            got = stubs.job.GetJob(job_pb.GetJobRequest(name=gpu_job.name)).job
+            assert got.state == S.JOB_STATE_ASSIGNED and got.state_reason == ""
+            second = submit(stubs, queue="gpu", selector={"gpu": "h100"})
+            assert second.state_reason == (
+                "waiting for a free slot: 1 matching agent, all slots busy or draining"
+            )
+        finally:
+            h100.close()
+    finally:
+        cpu.close()
+        watch.cancel()
 
 
 def test_lease_expiry_requeues_then_fails(stubs: Any, server: ServerThread) -> None:
