@@ -32,6 +32,7 @@ from .cli_common import (
     _kv,
     _limited,
     _print_json,
+    _print_table,
     _seconds,
     _short,
     _size,
@@ -239,7 +240,7 @@ def agent_list(
     table = _table("ID", "STATE", "HOST", "QUEUES", "LABELS", "RUNNING", "GPUS", "HEARTBEAT")
     for a in agents:
         table.add_row(*_agent_row(a))
-    out.print(table)
+    _print_table(table)
 
 
 @agent_app.command("get")
@@ -338,7 +339,7 @@ def experiment_list(
             escape(e.mlflow_experiment_id or "-"),
             _time(e.create_time),
         )
-    out.print(table)
+    _print_table(table)
 
 
 @experiment_app.command("update")
@@ -453,7 +454,7 @@ def entrypoint_list(ctx: typer.Context, json_output: JsonOpt = False) -> None:
             escape(", ".join(e.name for e in rev.entries) if rev else "-"),
             _time(ep.update_time),
         )
-    out.print(table)
+    _print_table(table)
 
 
 @entrypoint_app.command("revisions")
@@ -474,7 +475,7 @@ def entrypoint_revisions(
             escape(", ".join(e.name for e in r.entries) or "-"),
             _time(r.create_time),
         )
-    out.print(table)
+    _print_table(table)
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -679,7 +680,9 @@ def job_list(
     if _want_json(ctx, json_output):
         _print_json(jobs)
         return
-    table = _table("ID", "STATE", "EXPERIMENT", "ENTRY POINT", "AGENT", "CREATED", "DURATION")
+    table = _table(
+        "ID", "STATE", "EXPERIMENT", "ENTRY POINT", "AGENT", "CREATED", "DURATION", "REASON"
+    )
     for j in jobs:
         table.add_row(
             escape(j.id),
@@ -689,8 +692,9 @@ def job_list(
             escape(j.agent.removeprefix("agents/") or "-"),
             _time(j.create_time),
             _seconds(j.duration),
+            escape(j.state_reason or "-"),
         )
-    out.print(table)
+    _print_table(table)
 
 
 @job_app.command("watch")

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .client import DEFAULT_TARGET, Client
 
@@ -115,11 +116,41 @@ def _details(rows: Iterable[tuple[str, object]]) -> None:
     out.print(table)
 
 
-def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
+# In a narrow terminal other columns fold onto more lines; these keep their whole width on
+# one line, so an id can be copied from the screen.
+_WHOLE_COLUMNS = {"ID", "STATE", "DIGEST", "VERSION", "JOB", "TASK"}
+
+
+class _Listing(Table):
+    """A table that remembers its rows, to print them plain where stdout is not a terminal."""
+
+    def __init__(self, *columns: str) -> None:
+        super().__init__(box=None, pad_edge=False, header_style="bold")
+        for column in columns:
+            self.add_column(column, overflow="fold", no_wrap=column in _WHOLE_COLUMNS)
+        self.plain_rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: Any, **options: Any) -> None:
+        self.plain_rows.append(tuple(Text.from_markup(str(c)).plain for c in cells))
+        super().add_row(*cells, **options)
+
+
+def _table(*columns: str) -> _Listing:
+    return _Listing(*columns)
+
+
+def _print_table(table: _Listing) -> None:
+    """A table on a terminal; piped, one tab-separated line per row, nothing cut or wrapped."""
+    if out.is_terminal:
+        for i, column in enumerate(table.columns):
+            if column.header in _WHOLE_COLUMNS:
+                cells = [str(column.header), *(row[i] for row in table.plain_rows)]
+                column.min_width = max(map(len, cells))
+        out.print(table)
+        return
+    lines = [[str(c.header) for c in table.columns], *table.plain_rows]
+    out.file.write("".join("\t".join(cells) + "\n" for cells in lines))
+    out.file.flush()
 
 
 def _kv(values: list[str] | None, option: str) -> dict[str, str]:

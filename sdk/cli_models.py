@@ -20,6 +20,7 @@ from .cli_common import (
     _details,
     _jsonable,
     _print_json,
+    _print_table,
     _size,
     _table,
     _time,
@@ -148,7 +149,7 @@ def model_list(ctx: typer.Context, json_output: JsonOpt = False) -> None:
             escape(m.description or "-"),
             _time(m.update_time),
         )
-    out.print(table)
+    _print_table(table)
 
 
 @model_app.command("versions")
@@ -167,7 +168,7 @@ def model_versions(ctx: typer.Context, model: str, json_output: JsonOpt = False)
             escape(v.artifact_path or "-"),
             _time(v.create_time),
         )
-    out.print(table)
+    _print_table(table)
 
 
 @model_app.command("resolve")
@@ -249,7 +250,7 @@ def artifact_list(
         table.add_row(
             escape(a.path + ("/" if a.is_dir else "")), "-" if a.is_dir else _size(a.size_bytes)
         )
-    out.print(table)
+    _print_table(table)
 
 
 @artifact_app.command("download")

@@ -19,6 +19,7 @@ from .cli_common import (
     _details,
     _jsonable,
     _print_json,
+    _print_table,
     _short,
     _size,
     _table,
@@ -62,7 +63,7 @@ def _print_tasks(tasks: list[Task]) -> None:
         table.add_row(
             escape(t.name), escape(_inputs(t)), escape(t.output_type or "-"), escape(t.summary)
         )
-    out.print(table)
+    _print_table(table)
 
 
 @plugin_app.command("push")
@@ -131,7 +132,7 @@ def plugin_list(ctx: typer.Context, json_output: JsonOpt = False) -> None:
             escape(p.description or "-"),
             _time(p.update_time),
         )
-    out.print(table)
+    _print_table(table)
 
 
 @plugin_app.command("versions")
@@ -151,7 +152,7 @@ def plugin_versions(ctx: typer.Context, plugin: str, json_output: JsonOpt = Fals
             escape(", ".join(v.requirements) or "-"),
             _time(v.create_time),
         )
-    out.print(table)
+    _print_table(table)
 
 
 @plugin_app.command("tasks")

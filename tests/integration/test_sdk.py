@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from brinell import (
     NotFoundError,
 )
 from brinell.v1 import job_pb2
-from tests.conftest import SLEEPY_MLPROJECT, ServerThread, make_server, run_cli
+from tests.conftest import CLI, SLEEPY_MLPROJECT, ServerThread, make_server, run_cli
 from tests.simagent import SimAgent
 
 
@@ -132,3 +134,31 @@ def test_cli_commands(srv: ServerThread, project: Path) -> None:
     assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
     agents = run_cli(srv.target, "agent", "list")
     assert agents.returncode == 0
+
+
+def test_job_list_never_wraps_ids_and_is_plain_when_piped(srv: ServerThread, project: Path) -> None:
+    run_cli(srv.target, "experiment", "create", "wrap")
+    run_cli(srv.target, "entrypoint", "push", str(project))
+    ids = [
+        json.loads(
+            run_cli(srv.target, "--json", "job", "submit", "wrap", "sleepy", "-p", "label=x").stdout
+        )["name"].removeprefix("jobs/")
+        for _ in range(2)
+    ]
+    # Piped: a header, then one tab-separated line per job, nothing cut or wrapped.
+    piped = run_cli(srv.target, "job", "list").stdout.splitlines()
+    assert piped[0].split("\t") == [
+        "ID", "STATE", "EXPERIMENT", "ENTRY POINT", "AGENT", "CREATED", "DURATION", "REASON"
+    ]  # fmt: skip
+    rows = [line.split("\t") for line in piped[1:]]
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    assert all(r[1] == "QUEUED" and r[2] == "wrap" for r in rows)
+    assert all(r[-1] == "no connected agent serves queue 'default'" for r in rows)
+
+    # On an 80-column terminal: a table whose ids stay whole on one line.
+    env = dict(os.environ, BRINELL_TARGET=srv.target, TTY_COMPATIBLE="1", COLUMNS="80")
+    term = subprocess.run([*CLI, "job", "list"], capture_output=True, text=True, env=env)
+    assert term.returncode == 0, term.stderr
+    lines = term.stdout.splitlines()
+    assert all(any(i in line for line in lines) for i in ids), term.stdout
+    assert "\t" not in term.stdout
