@@ -48,6 +48,7 @@ from .cli_models import artifact_app, model_app
 from .cli_plugins import plugin_app
 from .client import DEFAULT_TARGET, Client
 from .errors import BrinellError
+from .pack import default_id_source
 from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
 
 
@@ -398,7 +399,8 @@ def entrypoint_push(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A directory with an MLproject, or an archive.")],
     entry_point_id: Annotated[
-        str | None, typer.Option("--id", help="Entry point id (default: from the path's name).")
+        str | None,
+        typer.Option("--id", help="Entry point id (default: the MLproject's name)."),
     ] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     json_output: JsonOpt = False,
@@ -413,6 +415,8 @@ def entrypoint_push(
         f"pushed {escape(ep.name)} {rev.digest} ({_size(rev.size_bytes)}, entries: "
         f"{escape(entries)}, {ep.revision_count} revision(s))"
     )
+    if entry_point_id is None:
+        out.print(f"  id {escape(ep.id)} from {default_id_source(path)[1]} (--id sets another)")
 
 
 @entrypoint_app.command("get")

@@ -282,7 +282,8 @@ class EntryPoints(_Service):
         """Uploads a directory (packed deterministically) or a .tar.gz/.tgz/.zip file as is.
 
         Pushing unchanged content returns the existing revision, so pushing before every
-        submit is cheap and safe. The default id is the directory or file name, sanitized.
+        submit is cheap and safe. The default id is the MLproject's `name:`, sanitized (else the
+        directory or file name); see ``brinell.pack.default_id_source``.
         """
         p = Path(path)
         digest, size, chunks = _upload_source(p, "a directory")

@@ -18,9 +18,19 @@ import os
 import re
 import stat
 import tarfile
+import zipfile
 from pathlib import Path
 
-__all__ = ["EXCLUDED", "default_id", "is_archive", "pack_directory", "sha256_hex"]
+import yaml
+
+__all__ = [
+    "EXCLUDED",
+    "default_id",
+    "default_id_source",
+    "is_archive",
+    "pack_directory",
+    "sha256_hex",
+]
 
 #: Names (fnmatch patterns, matched against each path component) never packed: caches,
 #: version control, local MLflow stores (from running a script by hand), virtual environments.
@@ -115,18 +125,71 @@ def sha256_hex(data: bytes) -> str:
 
 
 def default_id(path: str | os.PathLike[str]) -> str:
-    """An entry-point id from a directory or archive name: ``My_Attack.tgz`` -> ``my-attack``.
+    """The entry-point id a push uses when none is given; see :func:`default_id_source`."""
+    return default_id_source(path)[0]
+
+
+def default_id_source(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The default entry-point id and where it comes from: the MLproject's ``name:``
+    (``name: failer`` -> ``failer``), else the directory or archive name
+    (``My_Attack.tgz`` -> ``my-attack``).
 
     Ids are 1-63 characters of ``[a-z0-9-]`` starting with a letter (see the API).
     """
     p = Path(path)
+    project = _mlproject_name(p)
+    if project:
+        return _slug(project), "the MLproject's name"
     name = p.resolve().name if p.name in ("", ".", "..") else p.name
     lower = name.lower()
     for suffix in _ARCHIVE_SUFFIXES:
         if lower.endswith(suffix):
-            lower = lower[: -len(suffix)]
-            break
-    slug = re.sub(r"[^a-z0-9]+", "-", lower).strip("-")
+            return _slug(lower[: -len(suffix)]), "the archive's name"
+    return _slug(lower), "the folder's name"
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if not slug or not slug[0].isalpha():
         slug = f"ep-{slug}" if slug else "entry-point"
     return slug[:63].rstrip("-")
+
+
+_MLPROJECT_MAX_BYTES = 1 << 20
+
+
+def _mlproject_name(path: Path) -> str:
+    """``name:`` of the MLproject in a directory, or at the root of an archive (or under its
+    one top-level folder); "" when there is none or it cannot be read (the push reports that)."""
+    try:
+        if path.is_dir():
+            raw = (path / "MLproject").read_bytes()[:_MLPROJECT_MAX_BYTES]
+        elif is_archive(path):
+            raw = _archive_mlproject(path)
+        else:
+            return ""
+        doc = yaml.safe_load(raw)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, yaml.YAMLError):
+        return ""
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _archive_mlproject(path: Path) -> bytes:
+    def wanted(member: str) -> bool:
+        parts = member.strip("/").split("/")
+        return parts[-1] == "MLproject" and len(parts) <= 2
+
+    if path.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if wanted(info.filename) and not info.is_dir():
+                    with zf.open(info) as f:
+                        return f.read(_MLPROJECT_MAX_BYTES)
+        return b""
+    with tarfile.open(path, "r:gz") as tf:
+        for member in tf:
+            if wanted(member.name) and member.isfile():
+                extracted = tf.extractfile(member)
+                return extracted.read(_MLPROJECT_MAX_BYTES) if extracted is not None else b""
+    return b""

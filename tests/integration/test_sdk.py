@@ -136,6 +136,21 @@ def test_cli_commands(srv: ServerThread, project: Path) -> None:
     assert agents.returncode == 0
 
 
+def test_entrypoint_push_takes_the_id_from_the_mlproject_name(
+    srv: ServerThread, tmp_path: Path
+) -> None:
+    folder = tmp_path / "fail"
+    folder.mkdir()
+    (folder / "MLproject").write_text(
+        "name: failer\nentry_points:\n  main:\n    command: 'false'\n"
+    )
+    pushed = run_cli(srv.target, "entrypoint", "push", str(folder)).stdout
+    assert "pushed entryPoints/failer " in pushed
+    assert "id failer from the MLproject's name (--id sets another)" in pushed
+    explicit = run_cli(srv.target, "entrypoint", "push", str(folder), "--id", "fail").stdout
+    assert "pushed entryPoints/fail " in explicit and "--id sets another" not in explicit
+
+
 def test_job_list_never_wraps_ids_and_is_plain_when_piped(srv: ServerThread, project: Path) -> None:
     run_cli(srv.target, "experiment", "create", "wrap")
     run_cli(srv.target, "entrypoint", "push", str(project))

@@ -6,11 +6,12 @@ import gzip
 import io
 import os
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from brinell.pack import default_id, is_archive, pack_directory, sha256_hex
+from brinell.pack import default_id, default_id_source, is_archive, pack_directory, sha256_hex
 
 
 def _project(root: Path) -> Path:
@@ -128,6 +129,30 @@ def test_default_id() -> None:
     assert default_id("/x/fgsm.tar.gz") == "fgsm"
     assert default_id("/x/3d-model") == "ep-3d-model"
     assert len(default_id("/x/" + "a" * 100)) == 63
+
+
+def test_default_id_is_the_mlproject_name(tmp_path: Path) -> None:
+    folder = tmp_path / "fail"
+    folder.mkdir()
+    (folder / "MLproject").write_text("name: Failer_2\nentry_points: {}\n")
+    assert default_id_source(folder) == ("failer-2", "the MLproject's name")
+
+    tgz = tmp_path / "upload.tgz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(folder, arcname="top")  # under one top-level folder
+    assert default_id_source(tgz) == ("failer-2", "the MLproject's name")
+    zipped = tmp_path / "upload.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("MLproject", "name: zipped\n")
+    assert default_id(zipped) == "zipped"
+
+    # No usable name: the folder's or the archive's.
+    (folder / "MLproject").write_text("entry_points: {}\n")
+    assert default_id_source(folder) == ("fail", "the folder's name")
+    (folder / "MLproject").write_text(": not yaml: [")
+    assert default_id(folder) == "fail"
+    (tmp_path / "broken.tgz").write_bytes(b"not gzip")
+    assert default_id_source(tmp_path / "broken.tgz") == ("broken", "the archive's name")
 
 
 def test_is_archive() -> None:
