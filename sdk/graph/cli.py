@@ -13,6 +13,7 @@ from typing import Any
 from ..mlproject import EntrySpec, MLprojectError, ProjectSpec
 from ..mlproject import parse as parse_mlproject
 from ..mlproject import resolve as resolve_parameters
+from . import outputs
 from .model import PARAMETERS_ENV, GraphError
 from .parsing import parse
 from .plugins import _import_problems, _signature_of, load_plugins
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import mlflow
 
             with mlflow.start_run() as active:
-                run(
+                results = run(
                     graph,
                     values,
                     tasks,
@@ -132,8 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     on_step_done=done,
                     mlflow_run_id=active.info.run_id,
                 )
+                shown = outputs.outputs(results)
+                outputs.log_to_mlflow(shown)
         else:
-            run(graph, values, tasks, types=types, on_step_done=done)
+            shown = outputs.outputs(run(graph, values, tasks, types=types, on_step_done=done))
+        for line in outputs.lines(shown):
+            print(line, flush=True)
     except GraphError as exc:
         return fail(exc.problems)
     except Exception as exc:

@@ -87,6 +87,19 @@ def test_graph_entry_point_runs_on_an_agent(cluster: dict[str, Any], tmp_path: P
     for step in ("values", "total", "largest", "out"):
         assert any(t.startswith(f"step {step} done") for t in texts), (step, texts)
 
+    # What the steps returned is visible: at the end of the log, and in the job's MLflow run
+    # (numbers as metrics, text as tags); the list of values is neither a scalar nor a dict.
+    end = texts[texts.index("outputs:") :]
+    assert "  total = 45" in end and "  largest = 9" in end
+    assert "  out = 'graph result total=45 largest=9'" in end
+    assert not any("values" in t for t in end)
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{cluster['data'] / 'mlflow.db'}").get_run(final.mlflow_run_id)
+    assert run.data.metrics == {"total": 45.0, "largest": 9.0}
+    assert run.data.tags["brinell.output.out"] == "graph result total=45 largest=9"
+    assert run.data.params == {"n": "10", "delay": "2.0"}
+
     with pytest.raises(InvalidArgumentError) as info:
         c.jobs.submit("graphs", ep, {"n": 1.5})
     assert "'n'" in str(info.value)

@@ -776,3 +776,35 @@ def test_load_plugins_imports_submodules(project: Path, monkeypatch: pytest.Monk
     assert errors == {"plug.broken": "ImportError: needs a package this host lacks"}
     for name in [n for n in sys.modules if n == "plug" or n.startswith("plug.")]:
         monkeypatch.delitem(sys.modules, name)
+
+
+# --- outputs (what steps returned, shown and logged) -------------------------------------
+
+
+def test_outputs_keep_scalars_and_dicts_of_scalars() -> None:
+    from brinell.graph import outputs
+
+    found = outputs.outputs(
+        {
+            "report": {"clean_accuracy": 0.9, "n": 300, "note": "ok", "nested": {"x": 1}},
+            "total": 45,
+            "flag": True,
+            "model": object(),
+            "values": [1, 2],
+            "odd name!": 1.5,
+        }
+    )
+    assert found == {
+        "report.clean_accuracy": 0.9,
+        "report.n": 300,
+        "report.note": "ok",
+        "total": 45,
+        "flag": True,
+        "odd name_": 1.5,
+    }
+    assert outputs.lines({"total": 45, "note": "ok"}) == [
+        "outputs:",
+        "  total = 45",
+        "  note = 'ok'",
+    ]
+    assert outputs.lines({}) == []
