@@ -534,6 +534,7 @@ class _Printer:
         # With --json, stdout carries only JSON, so progress goes to stderr.
         self.console = err if quiet else out
         self.lock = threading.Lock()
+        self.attempt = 0  # of the last log line shown
 
     def state(self, j: Job) -> None:
         with self.lock:
@@ -541,6 +542,9 @@ class _Printer:
 
     def log(self, line: LogLine) -> None:
         with self.lock:
+            if line.attempt != self.attempt:
+                self.console.out(_attempt_mark(line.attempt), highlight=False)
+                self.attempt = line.attempt
             self.console.out(line.text, highlight=False)
 
     def warn(self, text: str) -> None:
@@ -722,15 +726,24 @@ def job_logs(
         bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")
     ] = False,
     offset: Annotated[int, typer.Option(help="First line to show (0-based).")] = 0,
+    attempt: Annotated[
+        int, typer.Option(help="Only this attempt's lines (1, 2, ...; 0: every attempt).")
+    ] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Print the job's log."""
+    """Print the job's log; a line "--- attempt N ---" marks where each attempt's lines begin."""
     as_json = _want_json(ctx, json_output)
+    shown = 0  # the attempt of the last line shown
     try:
-        for line in _client(ctx).jobs.logs(job, follow=follow, start_offset=offset):
+        for line in _client(ctx).jobs.logs(
+            job, follow=follow, start_offset=offset, attempt=attempt
+        ):
             if as_json:
                 sys.stdout.write(json.dumps(_jsonable(line)) + "\n")
             else:
+                if line.attempt != shown:
+                    sys.stdout.write(_attempt_mark(line.attempt) + "\n")
+                    shown = line.attempt
                 sys.stdout.write(line.text + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -738,6 +751,10 @@ def job_logs(
     except BrokenPipeError:  # `brinell job logs X | head`: the reader is done, so are we
         _silence_stdout()
         raise typer.Exit(0) from None
+
+
+def _attempt_mark(attempt: int) -> str:
+    return f"--- attempt {attempt} ---"
 
 
 def _silence_stdout() -> None:

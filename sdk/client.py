@@ -510,9 +510,10 @@ class Jobs(_Service):
         return last if last is not None else self.get(job)
 
     def logs(
-        self, job: str | Job, follow: bool = False, start_offset: int = 0
+        self, job: str | Job, follow: bool = False, start_offset: int = 0, attempt: int = 0
     ) -> Iterator[LogLine]:
-        """Yields the job's log lines from ``start_offset``, one by one.
+        """Yields the job's log lines from ``start_offset``, one by one (with ``attempt``, only
+        that attempt's lines; each line says its attempt).
 
         With ``follow``, keeps yielding new lines until the job has ended and every line was
         sent. A dropped stream is resumed after the last line received, so no line is lost or
@@ -523,7 +524,7 @@ class Jobs(_Service):
         failures = 0
         while True:
             request = job_service_pb2.StreamJobLogsRequest(
-                name=name, start_offset=next_offset, follow=follow
+                name=name, start_offset=next_offset, follow=follow, attempt=attempt
             )
             call = self._stub.StreamJobLogs(request)
             try:

@@ -218,7 +218,9 @@ class JobServicer(job_grpc.JobServiceServicer):
     async def StreamJobLogs(
         self, request: job_pb.StreamJobLogsRequest, context: Ctx
     ) -> AsyncIterator[job_pb.StreamJobLogsResponse]:
-        async for lines in self.jobs.logs(request.name, request.start_offset, request.follow):
+        async for lines in self.jobs.logs(
+            request.name, request.start_offset, request.follow, request.attempt
+        ):
             yield job_pb.StreamJobLogsResponse(lines=[convert.log_line(ln) for ln in lines])
 
     @unary

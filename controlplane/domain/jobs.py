@@ -344,14 +344,18 @@ class JobManager:
                 return
             await changed.wait()
 
-    async def logs(self, name: str, start: int, follow: bool) -> AsyncIterator[list[LogLine]]:
+    async def logs(
+        self, name: str, start: int, follow: bool, attempt: int = 0
+    ) -> AsyncIterator[list[LogLine]]:
         job_id = names.job_id(name)
         if start < 0:
-            raise InvalidArgument("start_offset must not be negative")
+            raise InvalidArgument("start_offset must not be negative", field="start_offset")
+        if attempt < 0:
+            raise InvalidArgument("attempt must not be negative", field="attempt")
         offset = start
 
         def read(s: Session) -> tuple[Job | None, list[LogLine]]:
-            return Jobs.get(s, job_id), Logs.read(s, job_id, offset, LOG_PAGE)
+            return Jobs.get(s, job_id), Logs.read(s, job_id, offset, LOG_PAGE, attempt)
 
         while True:
             changed = self.notifier.event(job_id)

@@ -107,6 +107,7 @@ _LOG_READ = (
     .order_by(L.c.offset)
     .limit(bindparam("limit"))
 )
+_LOG_READ_ATTEMPT = _LOG_READ.where(L.c.attempt == bindparam("attempt"))
 
 
 def _experiment(r: Row[Any] | ExperimentRow) -> m.Experiment:
@@ -578,8 +579,10 @@ class Logs:
         return len(fresh)
 
     @staticmethod
-    def read(s: Session, job_id: str, start: int, limit: int) -> list[m.LogLine]:
-        rows = s.connection().execute(_LOG_READ, {"job": job_id, "start": start, "limit": limit})
+    def read(s: Session, job_id: str, start: int, limit: int, attempt: int = 0) -> list[m.LogLine]:
+        """Lines from offset ``start`` on; with ``attempt``, only that attempt's."""
+        params = {"job": job_id, "start": start, "limit": limit, "attempt": attempt}
+        rows = s.connection().execute(_LOG_READ_ATTEMPT if attempt else _LOG_READ, params)
         return [m.LogLine(r.offset, r.attempt, r.sequence, r.stream, r.text, r.time) for r in rows]
 
 

@@ -48,7 +48,7 @@ from brinell.v1 import (
 from brinell.v1 import (
     job_service_pb2_grpc as job_grpc,
 )
-from tests.conftest import SLEEPY_MLPROJECT, ServerThread, tar_gz, wait_until
+from tests.conftest import SLEEPY_MLPROJECT, ServerThread, run_cli, tar_gz, wait_until
 from tests.simagent import SimAgent
 
 S = job_pb2
@@ -659,6 +659,50 @@ def test_lease_expiry_requeues_then_fails(stubs: Any, server: ServerThread) -> N
         )
     )
     assert "no attempts left" in failed.state_reason
+
+
+def test_logs_mark_and_select_attempts(stubs: Any, server: ServerThread) -> None:
+    setup_job_world(stubs)
+    job = submit(stubs, max_attempts=2)
+
+    def logs(**kwargs: Any) -> list[tuple[int, str]]:
+        request = job_pb.StreamJobLogsRequest(name=job.name, **kwargs)
+        return [(ln.attempt, ln.text) for r in stubs.job.StreamJobLogs(request) for ln in r.lines]
+
+    lost = SimAgent(server.target, "lost")
+    assert lost.next("assignment").attempt == 1
+    lost.update(job.name, 1, S.JOB_STATE_RUNNING)
+    lost.logs(job.name, 1, [(1, "first try"), (2, "still first")])
+    wait_until(lambda: len(logs()) == 2)
+    lost.close()  # lost: the lease requeues the job
+    second = SimAgent(server.target, "second")
+    try:
+        assert second.next("assignment").attempt == 2
+        second.update(job.name, 2, S.JOB_STATE_RUNNING)
+        second.logs(job.name, 2, [(1, "second try")])
+        second.update(job.name, 2, S.JOB_STATE_SUCCEEDED, exit_code=0)
+        wait_until(lambda: len(logs()) == 3)
+    finally:
+        second.close()
+
+    assert logs() == [(1, "first try"), (1, "still first"), (2, "second try")]
+    assert logs(attempt=2) == [(2, "second try")]
+    assert logs(attempt=1, start_offset=1) == [(1, "still first")]
+    code, msg = code_of(
+        stubs.job.StreamJobLogs, job_pb.StreamJobLogsRequest(name=job.name, attempt=-1)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "attempt" in msg
+
+    plain = run_cli(server.target, "job", "logs", job.name).stdout.splitlines()
+    assert plain == [
+        "--- attempt 1 ---",
+        "first try",
+        "still first",
+        "--- attempt 2 ---",
+        "second try",
+    ]
+    only = run_cli(server.target, "job", "logs", job.name, "--attempt", "2").stdout
+    assert only.splitlines() == ["--- attempt 2 ---", "second try"]
 
 
 def test_cancel_running_job_reaches_the_agent(stubs: Any, server: ServerThread) -> None:

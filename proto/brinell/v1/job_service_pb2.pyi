@@ -308,21 +308,25 @@ class StreamJobLogsRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     START_OFFSET_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     start_offset: _builtins.int
     """The first line to send."""
     follow: _builtins.bool
     """Keep streaming until the job has ended."""
+    attempt: _builtins.int
+    """Only the lines of this attempt (1, 2, ...); 0 sends every attempt's lines."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         start_offset: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "start_offset", b"start_offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "name", b"name", "start_offset", b"start_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
