@@ -227,7 +227,8 @@ def _domain_error(exc: BaseException) -> DomainError | None:
     if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
         return NotFound(message)
     if code in ("INVALID_PARAMETER_VALUE", "INVALID_ARGUMENT", "BAD_REQUEST"):
-        return InvalidArgument(message)
+        # MLflow refused a value it was handed: the model (version) the request names.
+        return InvalidArgument(message, field="name")
     if code == "RESOURCE_ALREADY_EXISTS":
         return AlreadyExists(message)
     return None
@@ -264,7 +265,9 @@ def _check_inside(root: Path, rel: str) -> None:
     while stack:
         p = stack.pop()
         if not inside(p):
-            raise InvalidArgument(f"artifact {where!r} links outside the artifact root")
+            raise InvalidArgument(
+                f"artifact {where!r} links outside the artifact root", field="path"
+            )
         real = p.resolve()
         if real in seen or not p.is_dir():
             continue

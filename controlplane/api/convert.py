@@ -248,12 +248,14 @@ async def split_upload(
     """An upload stream's metadata (its first message) and then its bytes, chunk by chunk."""
     first = await anext(aiter(requests), None)
     if first is None or not first.HasField("metadata"):
-        raise InvalidArgument("the first message of an upload must carry metadata")
+        raise InvalidArgument(
+            "the first message of an upload must carry metadata", field="metadata"
+        )
 
     async def chunks() -> AsyncIterator[bytes]:
         async for msg in requests:
             if msg.HasField("metadata"):
-                raise InvalidArgument("metadata may only be sent once, first")
+                raise InvalidArgument("metadata may only be sent once, first", field="metadata")
             yield msg.chunk
 
     return first.metadata, chunks()

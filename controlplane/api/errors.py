@@ -45,8 +45,8 @@ def _status(exc: DomainError) -> grpc.Status:
     if isinstance(exc, InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=p)
-                for p in exc.problems
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=p)
+                for field, p in exc.violations
             ]
         )
         packed = any_pb2.Any()

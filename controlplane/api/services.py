@@ -275,9 +275,11 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or not first.HasField("register"):
-            raise InvalidArgument("the first message on Connect must be Register")
+            raise InvalidArgument("the first message on Connect must be Register", field="register")
         reg = first.register
-        agent_id = names.check_id(reg.agent_id, "agent", names.AGENT_ID_RE)
+        agent_id = names.check_id(
+            reg.agent_id, "agent", names.AGENT_ID_RE, field="register.agent_id"
+        )
         info = m.AgentInfo(
             id=agent_id,
             hostname=reg.hostname,

@@ -41,7 +41,7 @@ class AgentDirectory:
         query = "agents:" + " ".join(sorted(filter_text.split()))
         after = self.tokens.decode(query, token) or ""
         if not isinstance(after, str):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
 
         def keep(a: AgentInfo) -> bool:

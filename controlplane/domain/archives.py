@@ -11,6 +11,9 @@ from pathlib import Path
 
 from .errors import InvalidArgument
 
+#: The request field of an upload's bytes: what a problem with the archive's content is about.
+UPLOAD_FIELD = "chunk"
+
 MAX_FILE_BYTES = 1 << 20
 
 
@@ -31,10 +34,10 @@ class Archive:
 
     def read(self, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
         if name not in self.files:
-            raise InvalidArgument(f"the archive has no file {name}")
+            raise InvalidArgument(f"the archive has no file {name}", field=UPLOAD_FIELD)
         size, read = self.files[name]
         if size > limit:
-            raise InvalidArgument(f"{name} is larger than {limit} bytes")
+            raise InvalidArgument(f"{name} is larger than {limit} bytes", field=UPLOAD_FIELD)
         return read()
 
 
@@ -68,7 +71,7 @@ def open_archive(path: Path) -> Iterator[Archive]:
             )
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise InvalidArgument(
-            f"the upload is not a readable tar.gz, tar or zip archive ({exc})"
+            f"the upload is not a readable tar.gz, tar or zip archive ({exc})", field=UPLOAD_FIELD
         ) from None
 
 
@@ -81,7 +84,8 @@ def read_project(
         if root is None:
             raise InvalidArgument(
                 "the archive has no MLproject file at its root (or under its "
-                "single top-level folder)"
+                "single top-level folder)",
+                field=UPLOAD_FIELD,
             )
         text = archive.read(root + "MLproject")
         named = extra(text) if extra else []
@@ -94,5 +98,5 @@ def read_project(
             else:
                 files[rel] = archive.read(root + rel)
         if problems:
-            raise InvalidArgument(problems)
+            raise InvalidArgument(problems, field=UPLOAD_FIELD)
         return text, files

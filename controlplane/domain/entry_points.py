@@ -15,7 +15,7 @@ from ..store.db import Database
 from ..store.models import utcnow
 from ..store.repositories import EntryPoints
 from . import names
-from .archives import read_project
+from .archives import UPLOAD_FIELD, read_project
 from .errors import InvalidArgument, NotFound
 from .models import EntryPoint, Revision
 from .paging import PageTokens, page_size
@@ -63,7 +63,9 @@ def _parse_mlproject(text: bytes) -> mlproject.ProjectSpec:
     try:
         return mlproject.parse(text)
     except mlproject.MLprojectError as exc:
-        raise InvalidArgument([f"MLproject: {p}" for p in exc.problems]) from None
+        raise InvalidArgument(
+            [f"MLproject: {p}" for p in exc.problems], field=UPLOAD_FIELD
+        ) from None
 
 
 def inspect_project(path: Path) -> tuple[mlproject.ProjectSpec, dict[str, str]]:
@@ -83,7 +85,7 @@ def inspect_project(path: Path) -> tuple[mlproject.ProjectSpec, dict[str, str]]:
             continue
         graphs[rel] = data.decode()
     if problems:
-        raise InvalidArgument(problems)
+        raise InvalidArgument(problems, field=UPLOAD_FIELD)
     return project, graphs
 
 
@@ -99,7 +101,7 @@ class EntryPointManager:
     async def upload(
         self, ep_id: str, description: str, expected_sha256: str, chunks: AsyncIterator[bytes]
     ) -> tuple[EntryPoint, Revision, bool]:
-        names.check_id(ep_id, "entry point")
+        names.check_id(ep_id, "entry point", field="metadata.entry_point_id")
         async with receive(
             self.blobs, chunks, self.max_archive_bytes, expected_sha256, "archive"
         ) as upload:
@@ -126,7 +128,7 @@ class EntryPointManager:
     async def page(self, size: int, token: str) -> tuple[list[EntryPoint], str]:
         after = self.tokens.decode("entry_points", token) or 0
         if not isinstance(after, int):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
         rows = await self.db.run(lambda s: EntryPoints.page(s, after, n + 1))
         nxt = self.tokens.encode("entry_points", rows[n - 1][0]) if len(rows) > n else ""
@@ -137,7 +139,7 @@ class EntryPointManager:
         query = f"revisions:{ep_id}"
         before = self.tokens.decode(query, token)
         if before is not None and not isinstance(before, int):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
 
         def read(s: Any) -> list[tuple[int, Revision]] | None:

@@ -16,12 +16,25 @@ class NotFound(DomainError):
 
 
 class InvalidArgument(DomainError):
-    """Bad input; ``problems`` lists every problem found, not just the first."""
+    """Bad input: every problem found, not just the first, each with the request field it is
+    about (a path like ``experiment`` or ``metadata.entry_point_id``; the API reports them as
+    ``google.rpc.BadRequest`` field violations, so a field is required)."""
 
-    def __init__(self, problems: list[str] | str, field: str = "") -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        self.field = field
-        super().__init__("; ".join(self.problems))
+    def __init__(self, problems: list[str] | str, field: str) -> None:
+        found = [problems] if isinstance(problems, str) else list(problems)
+        self.violations: list[tuple[str, str]] = [(field, p) for p in found]
+        super().__init__("; ".join(found))
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for _, problem in self.violations]
+
+    @classmethod
+    def of(cls, violations: list[tuple[str, str]]) -> InvalidArgument:
+        """One error of several fields' (field, problem) pairs."""
+        err = cls([p for _, p in violations], field="")
+        err.violations = list(violations)
+        return err
 
 
 class AlreadyExists(DomainError):

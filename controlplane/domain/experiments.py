@@ -28,7 +28,11 @@ class ExperimentManager:
         self.tokens = tokens
 
     async def create(self, exp_id: str, description: str, labels: dict[str, str]) -> Experiment:
-        exp_id = names.check_id(exp_id, "experiment") if exp_id else names.new_id("exp")
+        exp_id = (
+            names.check_id(exp_id, "experiment", field="experiment_id")
+            if exp_id
+            else names.new_id("exp")
+        )
         check_labels(labels)
         if await self.db.run(lambda s: Experiments.exists(s, exp_id)):
             raise AlreadyExists(f"experiment {exp_id!r} already exists")
@@ -55,7 +59,7 @@ class ExperimentManager:
         query = "experiments:" + filter_text.strip()
         after = self.tokens.decode(query, token) or 0
         if not isinstance(after, int):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
         rows = await self.db.run(lambda s: Experiments.page(s, after, n + 1, labels))
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""

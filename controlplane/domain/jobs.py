@@ -92,38 +92,45 @@ class JobManager:
         self._tasks: dict[str, list[task_graph.TaskSignature]] = {}
 
     def _check_shape(self, spec: SubmitSpec) -> tuple[str, str, str, int]:
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []  # (field, problem)
         exp_id = ep_id = ""
         try:
-            exp_id = names.experiment_id(spec.experiment)
+            exp_id = names.experiment_id(spec.experiment, field="experiment")
         except InvalidArgument as exc:
-            problems += exc.problems
+            problems += exc.violations
         try:
-            ep_id = names.entry_point_id(spec.entry_point)
+            ep_id = names.entry_point_id(spec.entry_point, field="entry_point")
         except InvalidArgument as exc:
-            problems += exc.problems
+            problems += exc.violations
         if spec.digest:
             try:
-                names.check_digest(spec.digest)
+                names.check_digest(spec.digest, field="entry_point_digest")
             except InvalidArgument as exc:
-                problems += exc.problems
+                problems += exc.violations
         queue = spec.queue or "default"
         if not names.QUEUE_RE.match(queue):
-            problems.append(f"queue {queue!r} is invalid: use up to 63 of [A-Za-z0-9._-]")
+            problems.append(
+                ("queue", f"queue {queue!r} is invalid: use up to 63 of [A-Za-z0-9._-]")
+            )
         if spec.timeout_s < 0:
-            problems.append("timeout must not be negative")
+            problems.append(("timeout", "timeout must not be negative"))
         max_attempts = spec.max_attempts or DEFAULT_MAX_ATTEMPTS
         if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-            problems.append(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+            problems.append(
+                ("max_attempts", f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+            )
         if len(spec.request_id) > 128:
-            problems.append("request_id is longer than 128 characters")
+            problems.append(("request_id", "request_id is longer than 128 characters"))
         problems += [
-            f"parameter {k!r}: the value is longer than {MAX_PARAMETER_CHARS} characters"
+            (
+                "parameters",
+                f"parameter {k!r}: the value is longer than {MAX_PARAMETER_CHARS} characters",
+            )
             for k, v in spec.parameters.items()
             if len(v) > MAX_PARAMETER_CHARS
         ]
         if problems:
-            raise InvalidArgument(problems)
+            raise InvalidArgument.of(problems)
         return exp_id, ep_id, queue, max_attempts
 
     def _check_refs(self, s: Session, spec: SubmitSpec, exp_id: str, ep_id: str) -> _Checked:
@@ -250,7 +257,9 @@ class JobManager:
         """Two submits with one request_id raced and the other won: answer with its job."""
         found = await self.db.run(lambda s: Jobs.by_request_id(s, spec.request_id))
         if found is None:
-            raise InvalidArgument("the job could not be stored; retry the submit")
+            raise InvalidArgument(
+                "the job could not be stored; retry the submit", field="request_id"
+            )
         if run_id:
             self.scheduler.spawn(self.tracking.end_run(run_id, "CANCELLED"))
         return self._same_request(found, fingerprint)
@@ -315,7 +324,7 @@ class JobManager:
         query = "jobs:" + " ".join(sorted(filter_text.split()))
         before = self.tokens.decode(query, token)
         if before is not None and not isinstance(before, int):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
         rows = await self.db.run(lambda s: Jobs.page(s, f, before, n + 1))
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""

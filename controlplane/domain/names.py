@@ -14,47 +14,56 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
-def check_id(value: str, what: str, pattern: re.Pattern[str] = ID_RE) -> str:
+def check_id(value: str, what: str, pattern: re.Pattern[str] = ID_RE, *, field: str) -> str:
     if not pattern.match(value):
         raise InvalidArgument(
             f"{what} id {value!r} is invalid: use 1-63 characters of lower-case letters, digits "
             "and '-', starting with a letter"
             if pattern is ID_RE
-            else f"{what} id {value!r} is invalid"
+            else f"{what} id {value!r} is invalid",
+            field=field,
         )
     return value
 
 
-def parse(name: str, collection: str, what: str, pattern: re.Pattern[str] = ID_RE) -> str:
-    """``collection/{id}`` -> id; a bare id is accepted too, for humans typing names."""
+def parse(
+    name: str, collection: str, what: str, pattern: re.Pattern[str] = ID_RE, *, field: str = "name"
+) -> str:
+    """``collection/{id}`` -> id; a bare id is accepted too, for humans typing names.
+
+    ``field`` is the request field the name came in (``name`` for Get/Update/Delete)."""
     prefix = collection + "/"
     raw = name[len(prefix) :] if name.startswith(prefix) else name
     if not raw:
-        raise InvalidArgument(f"{what} name is required (`{collection}/{{id}}`)")
+        raise InvalidArgument(f"{what} name is required (`{collection}/{{id}}`)", field=field)
     if not pattern.match(raw):
-        raise InvalidArgument(f"{what} name {name!r} is malformed (want `{collection}/{{id}}`)")
+        raise InvalidArgument(
+            f"{what} name {name!r} is malformed (want `{collection}/{{id}}`)", field=field
+        )
     return raw
 
 
-def experiment_id(name: str) -> str:
-    return parse(name, "experiments", "experiment")
+def experiment_id(name: str, field: str = "name") -> str:
+    return parse(name, "experiments", "experiment", field=field)
 
 
-def entry_point_id(name: str) -> str:
-    return parse(name, "entryPoints", "entry point")
+def entry_point_id(name: str, field: str = "name") -> str:
+    return parse(name, "entryPoints", "entry point", field=field)
 
 
-def job_id(name: str) -> str:
-    return parse(name, "jobs", "job", JOB_ID_RE)
+def job_id(name: str, field: str = "name") -> str:
+    return parse(name, "jobs", "job", JOB_ID_RE, field=field)
 
 
-def agent_id(name: str) -> str:
-    return parse(name, "agents", "agent", AGENT_ID_RE)
+def agent_id(name: str, field: str = "name") -> str:
+    return parse(name, "agents", "agent", AGENT_ID_RE, field=field)
 
 
-def check_digest(digest: str) -> str:
+def check_digest(digest: str, field: str = "digest") -> str:
     if not DIGEST_RE.match(digest):
-        raise InvalidArgument(f"digest {digest!r} is malformed (want `sha256:<64 hex digits>`)")
+        raise InvalidArgument(
+            f"digest {digest!r} is malformed (want `sha256:<64 hex digits>`)", field=field
+        )
     return digest
 
 
@@ -63,9 +72,10 @@ def revision_name(name: str) -> tuple[str, str]:
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "entryPoints" or parts[2] != "revisions":
         raise InvalidArgument(
-            f"revision name {name!r} is malformed (want `entryPoints/{{id}}/revisions/{{digest}}`)"
+            f"revision name {name!r} is malformed (want `entryPoints/{{id}}/revisions/{{digest}}`)",
+            field="name",
         )
-    return check_id(parts[1], "entry point"), check_digest(parts[3])
+    return check_id(parts[1], "entry point", field="name"), check_digest(parts[3], field="name")
 
 
 def new_job_id() -> str:

@@ -16,7 +16,9 @@ MAX_PAGE_SIZE = 1000
 
 def page_size(requested: int) -> int:
     if requested < 0:
-        raise InvalidArgument(f"page_size must not be negative (got {requested})")
+        raise InvalidArgument(
+            f"page_size must not be negative (got {requested})", field="page_size"
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -44,7 +46,11 @@ class PageTokens:
         except (ValueError, TypeError):
             valid, data = False, None
         if not valid or not isinstance(data, dict):
-            raise InvalidArgument("page_token is invalid (tampered with or truncated)")
+            raise InvalidArgument(
+                "page_token is invalid (tampered with or truncated)", field="page_token"
+            )
         if data.get("q") != query:
-            raise InvalidArgument("page_token belongs to a different query or filter")
+            raise InvalidArgument(
+                "page_token belongs to a different query or filter", field="page_token"
+            )
         return data.get("c")

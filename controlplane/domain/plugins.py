@@ -30,9 +30,10 @@ def version_name(name: str) -> tuple[str, str]:
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "plugins" or parts[2] != "versions" or not parts[3]:
         raise InvalidArgument(
-            f"plugin version name {name!r} is malformed (want `plugins/{{id}}/versions/{{v}}`)"
+            f"plugin version name {name!r} is malformed (want `plugins/{{id}}/versions/{{v}}`)",
+            field="name",
         )
-    return names.check_id(parts[1], "plugin"), parts[3]
+    return names.check_id(parts[1], "plugin", field="name"), parts[3]
 
 
 def plugin_id(name: str) -> str:
@@ -108,7 +109,7 @@ class PluginManager:
     async def page(self, size: int, token: str) -> tuple[list[Plugin], str]:
         after = self.tokens.decode("plugins", token) or 0
         if not isinstance(after, int):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
         rows = await self.db.run(lambda s: Plugins.page(s, after, n + 1))
         nxt = self.tokens.encode("plugins", rows[n - 1][0]) if len(rows) > n else ""
@@ -119,7 +120,7 @@ class PluginManager:
         query = f"plugin_versions:{pid}"
         start = self.tokens.decode(query, token) or 0
         if not isinstance(start, int):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
 
         def read(s: Session) -> list[PluginVersion] | None:

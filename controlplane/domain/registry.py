@@ -71,12 +71,14 @@ def version_name(name: str) -> tuple[str, str, str]:
     """`models/{id}/versions/{n}` -> (id, n, ""); `models/{id}@{alias}` -> (id, "", alias)."""
     want = "want `models/{id}/versions/{n}` or `models/{id}@{alias}`"
     if not name.startswith("models/"):
-        raise InvalidArgument(f"model version name {name!r} is malformed ({want})")
+        raise InvalidArgument(f"model version name {name!r} is malformed ({want})", field="name")
     rest = name[len("models/") :]
     if "@" in rest:
         mid, _, alias = rest.partition("@")
         if not names.ID_RE.match(mid) or not ALIAS_RE.match(alias):
-            raise InvalidArgument(f"model version name {name!r} is malformed ({want})")
+            raise InvalidArgument(
+                f"model version name {name!r} is malformed ({want})", field="name"
+            )
         return mid, "", alias
     parts = rest.split("/")
     if (
@@ -85,7 +87,7 @@ def version_name(name: str) -> tuple[str, str, str]:
         or not names.ID_RE.match(parts[0])
         or not VERSION_RE.match(parts[2])
     ):
-        raise InvalidArgument(f"model version name {name!r} is malformed ({want})")
+        raise InvalidArgument(f"model version name {name!r} is malformed ({want})", field="name")
     return parts[0], parts[2], ""
 
 
@@ -168,27 +170,29 @@ class ModelRegistry:
     async def register(self, model: str, job: str, path: str, description: str) -> ModelVersion:
         """A new version of ``model`` (created when new, with ``description``) from the files
         the job logged at ``path``."""
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []  # (field, problem)
         mid = ""
         if not model:
-            problems.append("model_id is required")
+            problems.append(("model_id", "model_id is required"))
         else:
             try:
-                mid = names.check_id(model, "model")
+                mid = names.check_id(model, "model", field="model_id")
             except InvalidArgument as exc:
-                problems += exc.problems
+                problems += exc.violations
         try:
-            names.job_id(job)
+            names.job_id(job, field="job")
         except InvalidArgument as exc:
-            problems += exc.problems
+            problems += exc.violations
         try:
             rel = artifact_path(path or DEFAULT_ARTIFACT_PATH, "artifact_path")
             if not rel:
-                problems.append("artifact_path must name a file or folder, not the root")
+                problems.append(
+                    ("artifact_path", "artifact_path must name a file or folder, not the root")
+                )
         except InvalidArgument as exc:
-            problems += exc.problems
+            problems += exc.violations
         if problems:
-            raise InvalidArgument(problems)
+            raise InvalidArgument.of(problems)
         self._require_mlflow()
         found, run_id = await self._run_of(job)
         if await self.tracking.stat_artifact(run_id, rel) is None:
@@ -217,7 +221,7 @@ class ModelRegistry:
         query = "models:"
         after = self.tokens.decode(query, token)
         if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         self._require_mlflow()
         models = [m for m in await self.tracking.list_models() if after is None or m.id > after]
         nxt = self.tokens.encode(query, models[n - 1].id) if len(models) > n else ""
@@ -230,7 +234,7 @@ class ModelRegistry:
         query = f"versions:{mid}"
         before = self.tokens.decode(query, token)
         if before is not None and not isinstance(before, int):
-            raise InvalidArgument("page_token is invalid")
+            raise InvalidArgument("page_token is invalid", field="page_token")
         self._require_mlflow()
         versions = [
             v
@@ -259,19 +263,19 @@ class ModelRegistry:
         return await self._version(*parse_uri(uri))
 
     async def set_alias(self, name: str, alias: str, version: str) -> RegisteredModel:
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []  # (field, problem)
         mid = ""
         try:
             mid = model_id(name)
         except InvalidArgument as exc:
-            problems += exc.problems
+            problems += exc.violations
         for check, value in ((check_alias, alias), (check_version, version)):
             try:
                 check(value)
             except InvalidArgument as exc:
-                problems += exc.problems
+                problems += exc.violations
         if problems:
-            raise InvalidArgument(problems)
+            raise InvalidArgument.of(problems)
         self._require_mlflow()
         return await self.tracking.set_model_alias(mid, alias, version)
 

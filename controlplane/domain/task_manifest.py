@@ -15,7 +15,7 @@ import yaml
 from packaging.version import InvalidVersion, Version
 
 from . import names
-from .archives import Archive, open_archive
+from .archives import UPLOAD_FIELD, Archive, open_archive
 from .errors import InvalidArgument
 
 MANIFEST = "brinell-plugin.yaml"
@@ -35,13 +35,13 @@ def _read(archive: Archive) -> dict[str, Any]:
     files = archive.files
     root = archive.root(MANIFEST)
     if root is None:
-        raise InvalidArgument(f"the bundle has no {MANIFEST} at its root")
+        raise InvalidArgument(f"the bundle has no {MANIFEST} at its root", field=UPLOAD_FIELD)
     try:
         doc = yaml.safe_load(archive.read(root + MANIFEST))
     except yaml.YAMLError as exc:
-        raise InvalidArgument(f"{MANIFEST} is not valid YAML: {exc}") from None
+        raise InvalidArgument(f"{MANIFEST} is not valid YAML: {exc}", field=UPLOAD_FIELD) from None
     if not isinstance(doc, dict):
-        raise InvalidArgument(f"{MANIFEST} must be a mapping")
+        raise InvalidArgument(f"{MANIFEST} must be a mapping", field=UPLOAD_FIELD)
     problems: list[str] = []
     name = str(doc.get("name") or "")
     if not names.ID_RE.match(name):
@@ -81,7 +81,7 @@ def _read(archive: Archive) -> dict[str, Any]:
             continue
         tasks.extend(tasks_in(tree, module))
     if problems:
-        raise InvalidArgument(problems)
+        raise InvalidArgument(problems, field=UPLOAD_FIELD)
     return {
         "name": name,
         "version": version,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..store.blobs import BlobStore
+from .archives import UPLOAD_FIELD
 from .errors import InvalidArgument
 
 
@@ -40,17 +41,19 @@ async def receive(
                 size += len(chunk)
                 if size > max_bytes:
                     raise InvalidArgument(
-                        f"the {what} is larger than the limit of {max_bytes} bytes"
+                        f"the {what} is larger than the limit of {max_bytes} bytes",
+                        field=UPLOAD_FIELD,
                     )
                 hasher.update(chunk)
                 f.write(chunk)
         if size == 0:
-            raise InvalidArgument(f"the upload carried no {what} bytes")
+            raise InvalidArgument(f"the upload carried no {what} bytes", field=UPLOAD_FIELD)
         hexdigest = hasher.hexdigest()
         if expected_sha256 and expected_sha256.removeprefix("sha256:") != hexdigest:
             raise InvalidArgument(
                 f"sha256 mismatch: the client said {expected_sha256}, the bytes hash to "
-                f"{hexdigest} (the upload was damaged)"
+                f"{hexdigest} (the upload was damaged)",
+                field="metadata.sha256",
             )
         upload = Upload(tmp, "sha256:" + hexdigest, size)
         yield upload

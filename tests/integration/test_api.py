@@ -392,6 +392,54 @@ def test_submit_validates_every_parameter_problem_at_once(stubs: Any) -> None:
     assert job.max_attempts == 3 and job.queue == "default" and job.entry == "main"
 
 
+def _violations(call: Any) -> list[tuple[str, str]]:
+    """The (field, description) pairs of the INVALID_ARGUMENT a call ends with."""
+    with pytest.raises(grpc.RpcError) as info:
+        result = call()
+        if hasattr(result, "__iter__") and not hasattr(result, "ByteSize"):
+            list(result)
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    status = rpc_status.from_call(err)
+    assert status is not None, err.details()
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    return [(v.field, v.description) for v in bad.field_violations]
+
+
+def test_every_violation_names_its_field(stubs: Any) -> None:
+    setup_job_world(stubs)
+    garbage = iter([
+        ep_pb.UploadEntryPointRequest(metadata=ep_pb.UploadEntryPointMetadata(entry_point_id="g")),
+        ep_pb.UploadEntryPointRequest(chunk=b"not an archive"),
+    ])  # fmt: skip
+    cases: list[tuple[Any, set[str]]] = [
+        (lambda: stubs.exp.CreateExperiment(
+            exp_pb.CreateExperimentRequest(experiment_id="Bad Name!")), {"experiment_id"}),
+        (lambda: stubs.exp.GetExperiment(exp_pb.GetExperimentRequest(name="x/Bad!")), {"name"}),
+        (lambda: stubs.exp.ListExperiments(exp_pb.ListExperimentsRequest(page_size=-1)),
+         {"page_size"}),
+        (lambda: stubs.job.ListJobs(job_pb.ListJobsRequest(page_token="forged")), {"page_token"}),
+        (lambda: stubs.job.SubmitJob(job_pb.SubmitJobRequest(
+            experiment="Bad!", entry_point="", queue="a queue", max_attempts=1000)),
+         {"experiment", "entry_point", "queue", "max_attempts"}),
+        (lambda: stubs.job.SubmitJob(job_pb.SubmitJobRequest(
+            experiment="experiments/exp", entry_point="entryPoints/sleepy",
+            parameters={"lables": "x"})), {"parameters"}),
+        (lambda: stubs.job.StreamJobLogs(
+            job_pb.StreamJobLogsRequest(name="jobs/0123456789abcdef", attempt=-1)), {"attempt"}),
+        (lambda: stubs.ep.UploadEntryPoint(iter([ep_pb.UploadEntryPointRequest(chunk=b"x")])),
+         {"metadata"}),
+        (lambda: stubs.ep.UploadEntryPoint(garbage), {"chunk"}),
+        (lambda: stubs.agent.DownloadBlob(agent_pb.DownloadBlobRequest(digest="nope")),
+         {"digest"}),
+    ]  # fmt: skip
+    for call, fields in cases:
+        violations = _violations(call)
+        assert violations and all(field for field, _ in violations), violations
+        assert {field for field, _ in violations} == fields, violations
+
+
 def test_submit_is_idempotent_by_request_id(stubs: Any) -> None:
     setup_job_world(stubs)
     a = submit(stubs, request_id="req-1")

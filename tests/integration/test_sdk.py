@@ -130,6 +130,9 @@ def test_cli_commands(srv: ServerThread, project: Path) -> None:
     assert bad.returncode == 2
     assert "INVALID_ARGUMENT" in bad.stderr and "rounds" in bad.stderr
     assert "Traceback" not in bad.stderr
+    named = run_cli(srv.target, "experiment", "create", "Bad Name!", check=False)
+    assert named.returncode == 2
+    assert "  experiment_id: experiment id 'Bad Name!' is invalid" in named.stderr  # never "  : "
     missing = run_cli(srv.target, "experiment", "get", "nope", check=False)
     assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
     agents = run_cli(srv.target, "agent", "list")
