@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import AgentConfig
-from .daemon import run_forever
+from brinell.extras import needs
+
+with needs("agent", "python -m brinell.agent"):
+    from .config import AgentConfig
+    from .daemon import run_forever
 
 
 def _label(text: str) -> tuple[str, str]:

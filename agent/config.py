@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import socket
 from dataclasses import dataclass, field
@@ -88,3 +89,17 @@ class AgentConfig:
         if value in ("auto", "none"):
             return value
         return "url"
+
+    def missing_runtime(self) -> str:
+        """Why this host cannot run the jobs the agent would take, or "" when it can.
+
+        Jobs run in the agent's Python environment; with Prefect on (the default), their flows
+        need it there, and without it every job would fail one by one after starting.
+        """
+        if self.prefect_mode != "none" and importlib.util.find_spec("prefect") is None:
+            return (
+                "the agent's jobs need Prefect, which is not installed here: "
+                "pip install 'brinell[agent]' (or start the agent with --prefect-api-url none "
+                "for jobs that do not use Prefect)"
+            )
+        return ""

@@ -1032,6 +1032,9 @@ async def _serve(config: AgentConfig) -> None:
 
 
 def run_forever(config: AgentConfig) -> None:
-    """Runs the agent until SIGINT/SIGTERM, then shuts down gracefully and returns."""
+    """Runs the agent until SIGINT/SIGTERM, then shuts down gracefully and returns; refuses
+    to start (exit status 1) on a host that lacks what its jobs need."""
+    if missing := config.missing_runtime():
+        sys.exit(f"brinell agent: {missing}")
     configure_logging(config)
     asyncio.run(_serve(config))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .server import ServerConfig, serve_forever
+from brinell.extras import needs
+
+with needs("server", "python -m brinell.controlplane"):
+    from .server import ServerConfig, serve_forever
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ from .cli_models import artifact_app, model_app
 from .cli_plugins import plugin_app
 from .client import DEFAULT_TARGET, Client
 from .errors import BrinellError
+from .extras import needs
 from .pack import default_id_source
 from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
 
@@ -151,7 +152,8 @@ def server(
     ] = None,
 ) -> None:
     """Run the control plane (gRPC API, scheduler, MLflow tracking) in the foreground."""
-    from brinell.controlplane.server import ServerConfig, serve_forever
+    with needs("server", "brinell server"):
+        from brinell.controlplane.server import ServerConfig, serve_forever
 
     serve_forever(
         ServerConfig(
@@ -196,8 +198,9 @@ def agent(
     """Run the agent daemon: take jobs from the control plane and run them on this host."""
     if ctx.invoked_subcommand is not None:
         return
-    from brinell.agent.config import AgentConfig
-    from brinell.agent.daemon import run_forever
+    with needs("agent", "brinell agent"):
+        from brinell.agent.config import AgentConfig
+        from brinell.agent.daemon import run_forever
 
     config = AgentConfig(
         control_plane=control_plane or _state(ctx).target,
