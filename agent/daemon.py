@@ -21,10 +21,8 @@ import signal
 import socket
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -33,9 +31,10 @@ from google.protobuf import duration_pb2
 
 from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2, plugin_pb2
 
+from .attempts import AttemptKey, AttemptState, PendingUpdate
+from .channel import Backoff, channel_options
 from .config import AgentConfig
 from .executor import (
-    CancelSignal,
     ExecutionResult,
     Executor,
     Outcome,
@@ -44,6 +43,7 @@ from .executor import (
     RunSpec,
     Stream,
 )
+from .host import agent_version, discover_gpus, memory_bytes
 from .prefect_server import PrefectServer
 from .workspace import (
     BlobCache,
@@ -64,9 +64,6 @@ LOG_FLUSH_LINES = 100
 # One LogBatch stays well below gRPC's 4 MiB default message limit.
 MAX_BATCH_LINES = 1000
 MAX_BATCH_CHARS = 256 * 1024
-# Per attempt, while disconnected; the oldest lines are dropped beyond it (the control plane
-# sees a gap in the sequence numbers, and a SYSTEM line says so).
-MAX_BUFFERED_LINES = 100_000
 # A finished attempt whose updates were delivered but whose lines are never acknowledged
 # (e.g. the control plane fenced it) is forgotten after this long.
 UNACKED_LINES_TTL = 60.0
@@ -92,13 +89,6 @@ _STATES = {
     Outcome.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
     Outcome.TIMED_OUT: job_pb2.JOB_STATE_TIMED_OUT,
 }
-_STREAMS = {
-    Stream.STDOUT: job_pb2.LOG_STREAM_STDOUT,
-    Stream.STDERR: job_pb2.LOG_STREAM_STDERR,
-    Stream.SYSTEM: job_pb2.LOG_STREAM_SYSTEM,
-}
-
-AttemptKey = tuple[str, int]
 #: What goes on the stream after Register; None ends the request side.
 Outbox: TypeAlias = asyncio.Queue[agent_service_pb2.ConnectRequest | None]
 #: Writes a SYSTEM line to the attempt's log.
@@ -109,128 +99,8 @@ if TYPE_CHECKING:
     ]
 
 
-# --------------------------------------------------------------------------- host facts
-
-
-def discover_gpus() -> list[agent_pb2.Gpu]:
-    """GPUs of this host as ``brinell.v1.Gpu`` messages.
-
-    Empty for now: GPU discovery (NVML / nvidia-smi, by UUID) is a later issue.
-    """
-    return []
-
-
-def memory_bytes() -> int:
-    """Physical memory of the host, from /proc/meminfo where there is one."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def agent_version() -> str:
-    try:
-        return metadata.version("brinell")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
-
-
-def channel_options(config: AgentConfig) -> list[tuple[str, int]]:
-    """Keepalive that a server allowing pings every 10 s accepts, and channel reconnects
-    no slower than the agent's own backoff."""
-    return [
-        ("grpc.keepalive_time_ms", 20000),
-        ("grpc.keepalive_timeout_ms", 10000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.initial_reconnect_backoff_ms", max(100, int(config.reconnect_min * 1000))),
-        ("grpc.max_reconnect_backoff_ms", max(1000, int(config.reconnect_max * 1000))),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ]
-
-
 def _seconds(duration: duration_pb2.Duration) -> float:
     return float(duration.seconds) + float(duration.nanos) / 1e9
-
-
-class Backoff:
-    """Exponential backoff with full jitter, never below ``low`` nor above ``high``."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low = low
-        self.high = high
-        self.failures = 0
-
-    def next(self) -> float:
-        cap = min(self.high, self.low * (2 ** min(self.failures, 30)))
-        self.failures += 1
-        return random.uniform(self.low, max(self.low, cap))
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-# --------------------------------------------------------------------------- per-attempt state
-
-
-@dataclass
-class _PendingUpdate:
-    message: agent_service_pb2.AttemptUpdate
-    # The last log sequence number written before the update: replay keeps that order.
-    after_seq: int
-    # Connection generation and heartbeat count when it was put on a stream.
-    sent_gen: int | None = None
-    sent_heartbeat: int = 0
-
-
-@dataclass
-class _Attempt:
-    job: str  # `jobs/{id}`
-    attempt: int
-    grace_period: float
-    cancel: CancelSignal = field(default_factory=CancelSignal)
-    task: asyncio.Task[None] | None = None
-    lines: deque[job_pb2.LogLine] = field(default_factory=deque)  # unacknowledged
-    next_seq: int = 1
-    sent_upto: int = 0  # highest sequence put on the current stream
-    acked: int = 0
-    dropped: int = 0
-    updates: list[_PendingUpdate] = field(default_factory=list)
-    finished: bool = False
-    delivered_at: float | None = None
-    # False for the record made to answer a Cancel for an attempt this agent never had.
-    assigned: bool = True
-
-    @property
-    def key(self) -> AttemptKey:
-        return (self.job, self.attempt)
-
-    @property
-    def job_id(self) -> str:
-        return self.job.removeprefix("jobs/")
-
-    def running_message(self) -> agent_service_pb2.RunningAttempt:
-        return agent_service_pb2.RunningAttempt(job=self.job, attempt=self.attempt)
-
-    def add_line(self, stream: Stream, text: str) -> None:
-        ns = time.time_ns()
-        line = job_pb2.LogLine(
-            attempt=self.attempt, sequence=self.next_seq, stream=_STREAMS[stream], text=text
-        )
-        line.time.seconds = ns // 1_000_000_000
-        line.time.nanos = ns % 1_000_000_000
-        self.next_seq += 1
-        self.lines.append(line)
-        if len(self.lines) > MAX_BUFFERED_LINES:
-            self.lines.popleft()
-            self.dropped += 1
 
 
 class _StreamEnded(Exception):
@@ -257,7 +127,7 @@ class Agent:
         self.prefect: PrefectServer | None = None
         if config.prefect_mode == "auto":
             self.prefect = PrefectServer(config.work_dir / "prefect")
-        self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._attempts: dict[AttemptKey, AttemptState] = {}
         self._recently_finished: OrderedDict[AttemptKey, None] = OrderedDict()
         self._channel: grpc.aio.Channel | None = None
         self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
@@ -590,13 +460,13 @@ class Agent:
                     st.lines.clear()
             self._maybe_forget(st)
 
-    def _maybe_forget(self, st: _Attempt) -> None:
+    def _maybe_forget(self, st: AttemptState) -> None:
         if st.finished and not st.updates and not st.lines:
             self._attempts.pop(st.key, None)
 
     # ------------------------------------------------------------------ outbound
 
-    def _put_update(self, pending: _PendingUpdate) -> None:
+    def _put_update(self, pending: PendingUpdate) -> None:
         assert self._outbox is not None
         pending.sent_gen = self._gen
         pending.sent_heartbeat = self._heartbeats
@@ -604,7 +474,7 @@ class Agent:
 
     def _post_update(
         self,
-        st: _Attempt,
+        st: AttemptState,
         state: job_pb2.JobState.ValueType,
         exit_code: int | None = None,
         message: str = "",
@@ -615,13 +485,13 @@ class Agent:
         if exit_code is not None:
             update.has_exit_code = True
             update.exit_code = exit_code
-        pending = _PendingUpdate(update, after_seq=st.next_seq - 1)
+        pending = PendingUpdate(update, after_seq=st.next_seq - 1)
         st.updates.append(pending)
         if self._outbox is not None:
             self._send_lines(st, upto=pending.after_seq)
             self._put_update(pending)
 
-    def _send_lines(self, st: _Attempt, upto: int | None = None) -> None:
+    def _send_lines(self, st: AttemptState, upto: int | None = None) -> None:
         """Puts the attempt's unsent lines (up to ``upto``) on the stream, in batches."""
         outbox = self._outbox
         if outbox is None or not st.lines:
@@ -653,7 +523,7 @@ class Agent:
             self._put_batch(outbox, st, batch)
 
     @staticmethod
-    def _put_batch(outbox: Outbox, st: _Attempt, batch: list[job_pb2.LogLine]) -> None:
+    def _put_batch(outbox: Outbox, st: AttemptState, batch: list[job_pb2.LogLine]) -> None:
         outbox.put_nowait(
             agent_service_pb2.ConnectRequest(
                 log_batch=agent_service_pb2.LogBatch(job=st.job, attempt=st.attempt, lines=batch)
@@ -675,7 +545,7 @@ class Agent:
             self._flush_now.clear()
             self._flush_all()
 
-    def _on_line(self, st: _Attempt, stream: Stream, text: str) -> None:
+    def _on_line(self, st: AttemptState, stream: Stream, text: str) -> None:
         st.add_line(stream, text)
         self._lines_pending.set()
         if self._outbox is not None and st.next_seq - 1 - st.sent_upto >= LOG_FLUSH_LINES:
@@ -723,7 +593,7 @@ class Agent:
                 self.config.slots,
             )
         grace = _seconds(assignment.grace_period) or self.config.grace_period
-        st = _Attempt(job=job, attempt=attempt, grace_period=grace)
+        st = AttemptState(job=job, attempt=attempt, grace_period=grace)
         self._attempts[key] = st
         log.info(
             "%s job=%s attempt=%d: assigned (entry %r, digest %s)",
@@ -759,7 +629,7 @@ class Agent:
             cancel.job,
             cancel.attempt,
         )
-        st = _Attempt(
+        st = AttemptState(
             job=cancel.job, attempt=cancel.attempt, grace_period=0.0, finished=True, assigned=False
         )
         self._attempts[key] = st
@@ -785,7 +655,9 @@ class Agent:
 
     # ------------------------------------------------------------------ attempts
 
-    async def _run_attempt(self, st: _Attempt, assignment: agent_service_pb2.Assignment) -> None:
+    async def _run_attempt(
+        self, st: AttemptState, assignment: agent_service_pb2.Assignment
+    ) -> None:
         def system(text: str) -> None:
             self._on_line(st, Stream.SYSTEM, text)
 
@@ -833,7 +705,7 @@ class Agent:
         self._finish(st, result)
 
     async def _prepare(
-        self, st: _Attempt, assignment: agent_service_pb2.Assignment, system: SystemLog
+        self, st: AttemptState, assignment: agent_service_pb2.Assignment, system: SystemLog
     ) -> RunSpec:
         """Fetches and extracts the archive and works out the environment."""
         cfg = self.config
@@ -981,11 +853,11 @@ class Agent:
         )
         return None
 
-    def _on_started(self, st: _Attempt, pid: int) -> None:
+    def _on_started(self, st: AttemptState, pid: int) -> None:
         log.info("%s job=%s attempt=%d: process %d started", self._ctx, st.job, st.attempt, pid)
         self._post_update(st, job_pb2.JOB_STATE_RUNNING)
 
-    def _finish(self, st: _Attempt, result: ExecutionResult) -> None:
+    def _finish(self, st: AttemptState, result: ExecutionResult) -> None:
         st.finished = True
         self._remember_finished(st.key)
         log.info(

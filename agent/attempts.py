@@ -1,0 +1,79 @@
+"""What the agent keeps per attempt until the control plane has it: unacknowledged log lines
+(the replay buffer) and pending updates, with their place in the stream's order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from brinell.v1 import agent_service_pb2, job_pb2
+
+from .executor import CancelSignal, Stream
+
+# Per attempt, while disconnected; the oldest lines are dropped beyond it (the control plane
+# sees a gap in the sequence numbers, and a SYSTEM line says so).
+MAX_BUFFERED_LINES = 100_000
+
+_STREAMS = {
+    Stream.STDOUT: job_pb2.LOG_STREAM_STDOUT,
+    Stream.STDERR: job_pb2.LOG_STREAM_STDERR,
+    Stream.SYSTEM: job_pb2.LOG_STREAM_SYSTEM,
+}
+
+
+AttemptKey = tuple[str, int]
+
+
+@dataclass
+class PendingUpdate:
+    message: agent_service_pb2.AttemptUpdate
+    # The last log sequence number written before the update: replay keeps that order.
+    after_seq: int
+    # Connection generation and heartbeat count when it was put on a stream.
+    sent_gen: int | None = None
+    sent_heartbeat: int = 0
+
+
+@dataclass
+class AttemptState:
+    job: str  # `jobs/{id}`
+    attempt: int
+    grace_period: float
+    cancel: CancelSignal = field(default_factory=CancelSignal)
+    task: asyncio.Task[None] | None = None
+    lines: deque[job_pb2.LogLine] = field(default_factory=deque)  # unacknowledged
+    next_seq: int = 1
+    sent_upto: int = 0  # highest sequence put on the current stream
+    acked: int = 0
+    dropped: int = 0
+    updates: list[PendingUpdate] = field(default_factory=list)
+    finished: bool = False
+    delivered_at: float | None = None
+    # False for the record made to answer a Cancel for an attempt this agent never had.
+    assigned: bool = True
+
+    @property
+    def key(self) -> AttemptKey:
+        return (self.job, self.attempt)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.removeprefix("jobs/")
+
+    def running_message(self) -> agent_service_pb2.RunningAttempt:
+        return agent_service_pb2.RunningAttempt(job=self.job, attempt=self.attempt)
+
+    def add_line(self, stream: Stream, text: str) -> None:
+        ns = time.time_ns()
+        line = job_pb2.LogLine(
+            attempt=self.attempt, sequence=self.next_seq, stream=_STREAMS[stream], text=text
+        )
+        line.time.seconds = ns // 1_000_000_000
+        line.time.nanos = ns % 1_000_000_000
+        self.next_seq += 1
+        self.lines.append(line)
+        if len(self.lines) > MAX_BUFFERED_LINES:
+            self.lines.popleft()
+            self.dropped += 1
