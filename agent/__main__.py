@@ -56,6 +56,16 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         "--grace-period", type=float, help="SIGTERM to SIGKILL seconds (default: 10)"
     )
     parser.add_argument(
+        "--keep-workspaces",
+        type=int,
+        help="finished attempts' workspaces kept, newest first (default: 10)",
+    )
+    parser.add_argument(
+        "--workspace-ttl-hours",
+        type=float,
+        help="finished workspaces older than this are removed (default: 24; 0: no limit)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
@@ -69,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         extra["work_dir"] = args.work_dir
     if args.grace_period is not None:
         extra["grace_period"] = args.grace_period
+    if args.keep_workspaces is not None:
+        extra["keep_workspaces"] = args.keep_workspaces
+    if args.workspace_ttl_hours is not None:
+        extra["workspace_ttl_hours"] = args.workspace_ttl_hours
     try:
         return AgentConfig(
             control_plane=args.control_plane,

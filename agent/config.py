@@ -49,6 +49,10 @@ class AgentConfig:
     max_archive_files: int = 20000
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0
+    # Finished attempts' workspaces: the newest this many are kept, none longer than this
+    # (hours; 0: no age limit). A job's files worth keeping belong in its MLflow run.
+    keep_workspaces: int = 10
+    workspace_ttl_hours: float = 24.0
 
     def __post_init__(self) -> None:
         # Callers may hand in strings (argparse, typer); normalise once here.
@@ -71,6 +75,8 @@ class AgentConfig:
             problems.append("grace_period must not be negative")
         if self.max_archive_bytes < 1 or self.max_archive_files < 1:
             problems.append("archive limits must be positive")
+        if self.keep_workspaces < 0 or self.workspace_ttl_hours < 0:
+            problems.append("keep_workspaces and workspace_ttl_hours must not be negative")
         if self.reconnect_min <= 0 or self.reconnect_max < self.reconnect_min:
             problems.append("need 0 < reconnect_min <= reconnect_max")
         if problems:

@@ -53,6 +53,8 @@ from .workspace import (
     extract_archive,
     plugin_bundle_root,
     prepare_workspace,
+    prune_workspaces,
+    workspace_dir,
 )
 
 log = logging.getLogger("brinell.agent")
@@ -132,6 +134,7 @@ class Agent:
         self._channel: grpc.aio.Channel | None = None
         self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
         self._old_channels: set[asyncio.Task[None]] = set()
+        self._chores: set[asyncio.Task[None]] = set()  # background work kept referenced
         self._call: ConnectCall | None = None
         self._outbox: Outbox | None = None
         self._gen = 0
@@ -172,6 +175,7 @@ class Agent:
         """Runs until stop(); then drains attempts, delivers, closes, stops Prefect."""
         cfg = self.config
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        self._prune_workspaces()  # what earlier runs of the agent left
         log.info(
             "%s: starting (control plane %s, queues %s, slots %d, work dir %s, executor %s)",
             self._ctx,
@@ -870,6 +874,36 @@ class Agent:
             f": {result.message}" if result.message else "",
         )
         self._post_update(st, _STATES[result.outcome], result.exit_code, result.message)
+        self._prune_workspaces(finished=st)
+
+    def _prune_workspaces(self, finished: AttemptState | None = None) -> None:
+        """Removes old finished workspaces (keep_workspaces, workspace_ttl_hours), off the loop;
+        the attempt that just finished counts from now, and running ones are never touched."""
+        cfg = self.config
+        if finished is not None:
+            with contextlib.suppress(OSError, WorkspaceError):
+                os.utime(workspace_dir(cfg.work_dir, finished.job_id, finished.attempt))
+        now = time.time()  # workspaces made after this (new attempts) are left alone
+        busy: list[Path] = []
+        for a in self._attempts.values():
+            if not a.finished and a.assigned:
+                with contextlib.suppress(WorkspaceError):  # a malformed id has no workspace
+                    busy.append(workspace_dir(cfg.work_dir, a.job_id, a.attempt))
+
+        def prune() -> None:
+            try:
+                removed = prune_workspaces(
+                    cfg.work_dir, cfg.keep_workspaces, cfg.workspace_ttl_hours * 3600, busy, now
+                )
+            except Exception:
+                log.exception("%s: removing old workspaces failed", self._ctx)
+                return
+            if removed:
+                log.info("%s: removed %d old workspace(s)", self._ctx, len(removed))
+
+        task = asyncio.create_task(asyncio.to_thread(prune))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
 
 # --------------------------------------------------------------------------- entry point

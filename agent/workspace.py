@@ -9,6 +9,7 @@ outside the workspace (the partial workspace is removed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import lzma
 import os
@@ -18,9 +19,10 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import zipfile
 import zlib
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -72,6 +74,44 @@ def prepare_workspace(work_dir: Path, job_id: str, attempt: int) -> Path:
         remove_tree(dest)
     dest.mkdir(parents=True)
     return dest
+
+
+def prune_workspaces(
+    work_dir: Path,
+    keep: int,
+    max_age: float,
+    busy: Collection[Path] = (),
+    now: float | None = None,
+) -> list[Path]:
+    """Removes finished attempts' workspaces: all but the newest ``keep``, and any last touched
+    more than ``max_age`` seconds ago (0: no age limit). ``busy`` ones (running attempts), and
+    any touched after ``now`` (made since the caller looked), are never removed. Returns what
+    was removed."""
+    root = work_dir / "jobs"
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    held = {Path(p) for p in busy}
+    found: list[tuple[float, Path]] = []
+    for job in root.iterdir():
+        if not job.is_dir() or job.is_symlink():
+            continue
+        for attempt in job.iterdir():
+            with contextlib.suppress(OSError):
+                mtime = attempt.lstat().st_mtime
+                if attempt not in held and mtime <= now:
+                    found.append((mtime, attempt))
+    found.sort(reverse=True)
+    removed = [
+        path
+        for i, (mtime, path) in enumerate(found)
+        if i >= keep or (max_age > 0 and now - mtime > max_age)
+    ]
+    for path in removed:
+        remove_tree(path)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # the job's folder, once its last attempt is gone
+    return removed
 
 
 def remove_tree(path: Path) -> None:

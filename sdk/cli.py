@@ -194,6 +194,12 @@ def agent(
     agent_id: Annotated[
         str | None, typer.Option(help="Agent id (default: the host name).", show_default=False)
     ] = None,
+    keep_workspaces: Annotated[
+        int, typer.Option(help="Finished attempts' workspaces kept, newest first.")
+    ] = 10,
+    workspace_ttl_hours: Annotated[
+        float, typer.Option(help="Finished workspaces older than this are removed (0: never).")
+    ] = 24.0,
 ) -> None:
     """Run the agent daemon: take jobs from the control plane and run them on this host."""
     if ctx.invoked_subcommand is not None:
@@ -210,6 +216,8 @@ def agent(
         slots=slots,
         work_dir=work_dir.expanduser(),
         prefect_api_url=prefect_api_url,
+        keep_workspaces=keep_workspaces,
+        workspace_ttl_hours=workspace_ttl_hours,
     )
     run_forever(config)
 

@@ -34,7 +34,12 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def start_agent(
-    target: str, work: Path, prefect_url: str, agent_id: str = "e2e-agent", slots: int = 2
+    target: str,
+    work: Path,
+    prefect_url: str,
+    agent_id: str = "e2e-agent",
+    slots: int = 2,
+    *args: str,
 ) -> Proc:
     return Proc(
         [
@@ -53,6 +58,7 @@ def start_agent(
             str(slots),
             "--prefect-api-url",
             prefect_url,
+            *args,
         ],
         work.parent / f"{agent_id}.log",
     )

@@ -282,3 +282,28 @@ def test_cli_submit_watch_shows_states_and_logs(cluster: dict[str, Any], sleeper
     assert len(final) == 1, crashed.stdout
     assert "FAILED - exit code 1: json.decoder.JSONDecodeError: Expecting property name" in final[0]
     assert final[0].count("exit code") == 1
+
+
+def test_an_agent_keeps_only_its_newest_workspaces(cluster: dict[str, Any], sleeper: str) -> None:
+    c: Client = cluster["client"]
+    work = cluster["tmp"] / "pruner"
+    agent = start_agent(
+        cluster["target"], work, cluster["prefect"], "pruner", 1, "--queue", "prune",
+        "--keep-workspaces", "2",
+    )  # fmt: skip
+    try:
+        wait_connected(c, "pruner")
+        jobs = [c.jobs.submit("e2e", sleeper, {"seconds": 0}, queue="prune") for _ in range(4)]
+        for job in jobs:
+            assert c.jobs.wait(job, timeout=120).state == JobState.SUCCEEDED
+        # The pruning runs as each attempt ends: give the last one a moment, then check.
+        kept: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            kept = sorted(p.name for p in (work / "jobs").iterdir())
+            if len(kept) == 2:
+                break
+            time.sleep(0.1)
+        assert kept == sorted(j.id for j in jobs[-2:])
+    finally:
+        agent.stop()

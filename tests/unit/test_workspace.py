@@ -22,6 +22,7 @@ from brinell.agent.workspace import (
     extract_archive,
     parse_digest,
     prepare_workspace,
+    prune_workspaces,
     workspace_dir,
 )
 
@@ -343,3 +344,32 @@ def test_blob_cache_verifies_and_reuses(tmp_path: Path) -> None:
         assert leftovers == [digest.split(":")[1]]
 
     asyncio.run(scenario())
+
+
+def test_prune_keeps_the_newest_and_the_busy_and_drops_the_old(tmp_path: Path) -> None:
+    now = 1_000_000.0
+
+    def workspace(job: str, attempt: int, age_hours: float) -> Path:
+        path = tmp_path / "jobs" / job / str(attempt)
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "f").write_text("x")
+        os.chmod(path / "sub", 0o500)  # a job may leave read-only folders behind
+        os.utime(path, (now - age_hours * 3600, now - age_hours * 3600))
+        return path
+
+    newest = workspace("a" * 16, 1, 0.1)
+    second = workspace("b" * 16, 1, 0.2)
+    third = workspace("b" * 16, 2, 0.3)
+    busy = workspace("c" * 16, 1, 50)  # still running: never removed
+    later = workspace("d" * 16, 1, -1)  # made after the caller looked: left alone
+    removed = prune_workspaces(tmp_path, keep=2, max_age=0, busy=[busy], now=now)
+    assert removed == [third]
+    assert newest.exists() and second.exists() and busy.exists() and later.exists()
+
+    # The age limit applies too, and a job's folder goes with its last workspace.
+    removed = prune_workspaces(tmp_path, keep=10, max_age=0.15 * 3600, busy=[busy], now=now)
+    assert removed == [second]
+    assert not (tmp_path / "jobs" / ("b" * 16)).exists()
+    # keep=0: every finished workspace goes (newest first), the later one still stays.
+    assert prune_workspaces(tmp_path, keep=0, max_age=0, now=now) == [newest, busy]
+    assert later.exists() and [p.name for p in (tmp_path / "jobs").iterdir()] == ["d" * 16]
