@@ -44,7 +44,7 @@ from .executor import (
     Stream,
 )
 from .host import agent_version, discover_gpus, memory_bytes
-from .prefect_server import PrefectServer
+from .prefect_server import PrefectServer, serves_ui
 from .workspace import (
     BlobCache,
     BlobError,
@@ -135,6 +135,7 @@ class Agent:
         self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
         self._old_channels: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[None]] = set()  # background work kept referenced
+        self._prefect_ui: dict[str, bool] = {}  # Prefect API URL -> serves its UI
         self._call: ConnectCall | None = None
         self._outbox: Outbox | None = None
         self._gen = 0
@@ -729,6 +730,7 @@ class Agent:
             extract_archive, archive, dest, cfg.max_archive_bytes, cfg.max_archive_files
         )
         plugins = await self._prepare_plugins(job, system)
+        prefect_url = await self._prefect_url(system)
         timeout = _seconds(job.timeout) if job.HasField("timeout") else 0.0
         return RunSpec(
             project_root=root,
@@ -739,7 +741,8 @@ class Agent:
             env=dict(assignment.env),
             timeout=timeout if timeout > 0 else None,
             grace_period=st.grace_period,
-            prefect_api_url=await self._prefect_url(system),
+            prefect_api_url=prefect_url,
+            prefect_ui_url=await self._prefect_ui_url(prefect_url),
             plugins=plugins,
         )
 
@@ -856,6 +859,16 @@ class Agent:
             f"({self.prefect.last_error or 'not started'}); Prefect runs in ephemeral mode"
         )
         return None
+
+    async def _prefect_ui_url(self, api_url: str | None) -> str | None:
+        """ "" (no link) unless the Prefect server serves its UI; asked once per URL."""
+        if api_url is None:
+            return None
+        if api_url not in self._prefect_ui:
+            own = self.prefect is not None and api_url == self.prefect.url  # runs --no-ui
+            served = False if own else await asyncio.to_thread(serves_ui, api_url)
+            self._prefect_ui[api_url] = served
+        return None if self._prefect_ui[api_url] else ""
 
     def _on_started(self, st: AttemptState, pid: int) -> None:
         log.info("%s job=%s attempt=%d: process %d started", self._ctx, st.job, st.attempt, pid)

@@ -102,6 +102,9 @@ class RunSpec:
     grace_period: float = 10.0
     # Handed to the job as PREFECT_API_URL when set.
     prefect_api_url: str | None = None
+    # Handed to the job as PREFECT_UI_URL when set; "" stops Prefect from printing a link to
+    # a UI that is not there. None: Prefect's default (the API URL without /api).
+    prefect_ui_url: str | None = None
     # The plugin versions pinned by the job, in the order their paths go on PYTHONPATH.
     plugins: tuple[PluginBundle, ...] = ()
 
@@ -184,6 +187,8 @@ def build_env(
     env.update(spec.env)
     if spec.prefect_api_url:
         env["PREFECT_API_URL"] = spec.prefect_api_url
+    if spec.prefect_ui_url is not None:
+        env["PREFECT_UI_URL"] = spec.prefect_ui_url
     # `python` in a command means the agent's interpreter, which has prefect and mlflow.
     bin_dir = os.path.dirname(python)
     path = env.get("PATH") or os.defpath

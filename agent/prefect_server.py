@@ -60,6 +60,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def serves_ui(api_url: str) -> bool:
+    """Whether the Prefect server behind ``api_url`` serves its UI (the "View at" links that
+    Prefect prints in a job's log lead there); the agent's own server runs without it."""
+    root = api_url.rstrip("/").removesuffix("/api") + "/"
+    return _healthy(root)
+
+
 class PrefectServer:
     """Owns one ``prefect server start`` process: start, health-wait, restart, stop."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import time
@@ -130,6 +131,9 @@ def test_env_order(tmp_path: Path) -> None:
     assert env["PATH"] == "/venv/bin" + os.pathsep + "/usr/bin"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert (env["BRINELL_JOB"], env["BRINELL_ATTEMPT"]) == ("jobs/j", "1")
+    assert "PREFECT_UI_URL" not in env  # Prefect's default link, for a server with a UI
+    no_ui = dataclasses.replace(spec, prefect_ui_url="")
+    assert build_env(no_ui, base={}, python="/venv/bin/python")["PREFECT_UI_URL"] == ""
 
 
 def test_nonzero_exit_fails_with_code(tmp_path: Path) -> None:
