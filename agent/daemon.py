@@ -190,7 +190,7 @@ class Agent:
         if self.prefect is not None:
             background.append(asyncio.create_task(self.prefect.supervise()))
         background.append(asyncio.create_task(self._flush_loop()))
-        connection = asyncio.create_task(self._connection_loop())
+        connection = asyncio.create_task(self._connect_when_ready())
         try:
             await self._stop_requested.wait()
             log.info("%s: stopping: %s", self._ctx, self._stop_reason)
@@ -256,6 +256,34 @@ class Agent:
                 self._ctx,
                 "connected" if self.connected else "unreachable",
             )
+
+    async def _connect_when_ready(self) -> None:
+        """Registers only once the agent's own Prefect server answers: an agent that took jobs
+        before its runtime was up made them wait (or run Prefect in ephemeral mode)."""
+        if self.prefect is not None and not self.prefect.ready:
+            started = time.monotonic()
+            log.info("%s: starting the local Prefect server before taking jobs", self._ctx)
+            ready = asyncio.create_task(self.prefect.wait_ready(self.prefect.startup_timeout))
+            closing = asyncio.create_task(self._closing_event.wait())
+            done, _ = await asyncio.wait({ready, closing}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (ready, closing):
+                task.cancel()
+            if closing in done:
+                return
+            if ready.result() is not None:
+                log.info(
+                    "%s: local Prefect server ready after %.1f s",
+                    self._ctx,
+                    time.monotonic() - started,
+                )
+            else:
+                log.warning(
+                    "%s: the local Prefect server is not ready (%s); taking jobs anyway, "
+                    "their flows run Prefect in ephemeral mode",
+                    self._ctx,
+                    self.prefect.last_error or "no answer",
+                )
+        await self._connection_loop()
 
     async def _close_stream(self, connection: asyncio.Task[None]) -> None:
         """Half-closes the stream and waits for the control plane to end it."""

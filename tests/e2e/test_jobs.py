@@ -310,3 +310,18 @@ def test_an_agent_keeps_only_its_newest_workspaces(cluster: dict[str, Any], slee
         assert kept == sorted(j.id for j in jobs[-2:])
     finally:
         agent.stop()
+
+
+def test_an_agent_with_its_own_prefect_registers_once_prefect_is_up(
+    cluster: dict[str, Any],
+) -> None:
+    c: Client = cluster["client"]
+    work = cluster["tmp"] / "own-prefect"
+    agent = start_agent(cluster["target"], work, "auto", "own-prefect", 1, "--queue", "own")
+    try:
+        wait_connected(c, "own-prefect", timeout=240)
+        log = (work.parent / "own-prefect.log").read_text()
+        # It took no job (it did not register) before its runtime answered.
+        assert log.index("local Prefect server ready after") < log.index("registered as"), log
+    finally:
+        assert agent.stop() == 0
