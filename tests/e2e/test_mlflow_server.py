@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from brinell import Client, JobState
+from brinell.agent.prefect_server import free_port
 from tests.conftest import Proc, start_server
 from tests.e2e.conftest import start_agent, wait_connected
 
@@ -61,12 +62,6 @@ def _host_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
 def _status(url: str, host: str) -> int:
     """The HTTP status of a GET with this Host header (loopback, no proxy)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -83,7 +78,7 @@ def mlflow_server(tmp_path: Path) -> Any:
     address = _host_address()
     if address is None:
         pytest.skip("this host has no non-loopback IPv4 address for a second host to use")
-    port = _free_port()
+    port = free_port("0.0.0.0")
     store = tmp_path / "mlflow"
     store.mkdir()
     # The README's command for a server other hosts reach.
