@@ -34,8 +34,9 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 ACTIVE = (JobState.ASSIGNED, JobState.RUNNING)
-# Agents that connect or leave together (a control-plane restart) are explained in one pass.
-EXPLAIN_DEBOUNCE = 0.2
+# Agents that connect or leave together (a control-plane restart) are explained in one pass,
+# and a stream of them costs at most one pass over the queued jobs a second.
+EXPLAIN_DEBOUNCE = 1.0
 
 
 def _then(future: asyncio.Future[T], fn: Callable[[T], U]) -> asyncio.Future[U]:
@@ -288,6 +289,9 @@ class Scheduler:
 
     def waiting_reason(self, job: QueuedJob) -> str:
         """Why no connected agent takes the job now, or "" when one has a free slot."""
+        # The common case first, and cheaply (it runs on every submit): someone can take it.
+        if any(x.free > 0 and x.accepts(job) for x in self.sessions.values()):
+            return ""
         serving = [x for x in self.sessions.values() if job.queue in x.info.queues]
         if not serving:
             return f"no connected agent serves queue {job.queue!r}"
@@ -304,13 +308,11 @@ class Scheduler:
                 return f"{who} queue {job.queue!r} but none has label {', '.join(missing)}"
             wanted = ", ".join(f"{k}={v}" for k, v in sorted(job.selector.items()))
             return f"{who} queue {job.queue!r} but none has all the labels {wanted}"
-        if all(x.free <= 0 for x in matching):
-            n = len(matching)
-            return (
-                f"waiting for a free slot: {n} matching agent{'s' if n > 1 else ''}, "
-                "all slots busy or draining"
-            )
-        return ""
+        n = len(matching)
+        return (
+            f"waiting for a free slot: {n} matching agent{'s' if n > 1 else ''}, "
+            "all slots busy or draining"
+        )
 
     async def _explain_loop(self) -> None:
         while True:
