@@ -131,7 +131,9 @@ class _Listing(Table):
         self.plain_rows: list[tuple[str, ...]] = []
 
     def add_row(self, *cells: Any, **options: Any) -> None:
-        self.plain_rows.append(tuple(Text.from_markup(str(c)).plain for c in cells))
+        # Piped, a row is one line: tabs and line breaks inside a cell become spaces.
+        plain = (Text.from_markup(str(c)).plain for c in cells)
+        self.plain_rows.append(tuple(" ".join(c.split("\t")).replace("\n", " ") for c in plain))
         super().add_row(*cells, **options)
 
 
