@@ -138,20 +138,35 @@ def parse(text: str | bytes) -> ProjectSpec:
     return ProjectSpec(str(doc.get("name") or ""), tuple(entries))
 
 
+# A command runs as one argument of `sh -c`; Linux refuses an argument over 128 KiB at exec.
+MAX_COMMAND_BYTES = 100_000
+_SHOWN_CHARS = 40
+
+
+def shown(value: str) -> str:
+    """``value`` as an error message quotes it: repr, cut to a few dozen characters."""
+    return repr(value) if len(value) <= _SHOWN_CHARS else repr(value[:_SHOWN_CHARS]) + "…"
+
+
 def check_value(spec: ParameterSpec, value: str) -> str | None:
-    """Returns a problem description when ``value`` does not fit the parameter's type."""
+    """Returns a problem description when ``value`` does not fit the parameter's type (or
+    could not be run at all: a NUL character cannot be passed to a process)."""
+    if "\x00" in value:
+        return f"parameter {spec.name!r}: a NUL character is not allowed"
     if spec.type == "int":
         try:
             int(value.strip())
         except ValueError:
-            return f"parameter {spec.name!r}: {value!r} is not an int"
+            return f"parameter {spec.name!r}: {shown(value)} is not an int"
     elif spec.type == "float":
         try:
             number = float(value.strip())
         except ValueError:
-            return f"parameter {spec.name!r}: {value!r} is not a float"
+            return f"parameter {spec.name!r}: {shown(value)} is not a float"
         if math.isnan(number):
             return f"parameter {spec.name!r}: NaN is not allowed"
+        if math.isinf(number):
+            return f"parameter {spec.name!r}: infinity is not allowed"
     elif spec.type in ("path", "uri") and not value.strip():
         return f"parameter {spec.name!r}: an empty {spec.type} is not allowed"
     return None
@@ -178,7 +193,7 @@ def resolve(project: ProjectSpec, entry: str, given: dict[str, str]) -> dict[str
         hint = (
             did_you_mean(name, declared) or f" (declared: {', '.join(sorted(declared)) or 'none'})"
         )
-        problems.append(f"unknown parameter {name!r}{hint}")
+        problems.append(f"unknown parameter {shown(name)}{hint}")
     resolved: dict[str, str] = {}
     for p in spec.parameters:
         if p.name in given:
@@ -190,6 +205,13 @@ def resolve(project: ProjectSpec, entry: str, given: dict[str, str]) -> dict[str
             resolved[p.name] = p.default
         else:
             problems.append(f"missing required parameter {p.name!r} ({p.type})")
+    if not problems and spec.command:
+        size = len(build_command(spec, resolved).encode())
+        if size > MAX_COMMAND_BYTES:
+            problems.append(
+                f"the command with these parameters is {size} bytes, more than the "
+                f"{MAX_COMMAND_BYTES} a process can be given"
+            )
     if problems:
         raise MLprojectError(problems)
     return resolved

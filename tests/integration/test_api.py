@@ -426,6 +426,9 @@ def test_every_violation_names_its_field(stubs: Any) -> None:
         (lambda: stubs.job.SubmitJob(job_pb.SubmitJobRequest(
             experiment="experiments/exp", entry_point="entryPoints/sleepy",
             parameters={"lables": "x"})), {"parameters"}),
+        (lambda: stubs.job.SubmitJob(job_pb.SubmitJobRequest(
+            experiment="experiments/exp", entry_point="entryPoints/sleepy",
+            parameters={"label": "a\x00b", "seconds": "inf"})), {"parameters"}),
         (lambda: stubs.job.StreamJobLogs(
             job_pb.StreamJobLogsRequest(name="jobs/0123456789abcdef", attempt=-1)), {"attempt"}),
         (lambda: stubs.ep.UploadEntryPoint(iter([ep_pb.UploadEntryPointRequest(chunk=b"x")])),
@@ -438,6 +441,10 @@ def test_every_violation_names_its_field(stubs: Any) -> None:
         violations = _violations(call)
         assert violations and all(field for field, _ in violations), violations
         assert {field for field, _ in violations} == fields, violations
+    # Values a process could not be given are refused at submit, not at run time.
+    refused = _violations(cases[6][0])
+    assert ("parameters", "parameter 'label': a NUL character is not allowed") in refused
+    assert ("parameters", "parameter 'seconds': infinity is not allowed") in refused
 
 
 def test_submit_is_idempotent_by_request_id(stubs: Any) -> None:

@@ -91,7 +91,7 @@ def test_int_values(value: str, ok: bool) -> None:
 
 @pytest.mark.parametrize(
     "value,ok",
-    [("1", True), ("1e-3", True), ("-.5", True), ("inf", True), ("nan", False), ("one", False)],
+    [("1", True), ("1e-3", True), ("-.5", True), ("inf", False), ("nan", False), ("one", False)],
 )
 def test_float_values(value: str, ok: bool) -> None:
     spec = mlproject.ParameterSpec("x", "float")
@@ -130,3 +130,26 @@ def test_command_quotes_values_against_injection() -> None:
     argv = shlex.split(cmd)
     assert argv[argv.index("--name") + 1] == "x; rm -rf / #"
     assert argv[:2] == ["python", "train.py"]
+
+
+def test_values_that_could_not_run_are_refused_and_not_echoed_whole() -> None:
+    project = mlproject.parse(DOC)
+
+    def problems(**given: str) -> list[str]:
+        with pytest.raises(mlproject.MLprojectError) as info:
+            mlproject.resolve(project, "main", {"name": "x", **given})
+        return info.value.problems
+
+    assert problems(name="a\x00b") == ["parameter 'name': a NUL character is not allowed"]
+    assert problems(lr="inf") == ["parameter 'lr': infinity is not allowed"]
+    assert problems(lr="-Infinity") == ["parameter 'lr': infinity is not allowed"]
+    huge = "9" * 100_000
+    (msg,) = problems(epochs=huge + "x")
+    assert msg.startswith("parameter 'epochs': '9999") and msg.endswith("… is not an int")
+    assert len(msg) < 100  # never the whole input
+    (unknown,) = problems(**{"z" * 5000: "1"})
+    assert len(unknown) < 200
+    # One argument of `sh -c` is at most 128 KiB: a longer command is refused at submit.
+    (long,) = problems(name="n" * 60_000, data="d" * 60_000)
+    assert "more than the 100000 a process can be given" in long
+    assert mlproject.resolve(project, "main", {"name": "n" * 40_000})["name"] == "n" * 40_000
