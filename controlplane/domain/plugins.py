@@ -69,13 +69,19 @@ class PluginManager:
             )
 
             def add(s: Session) -> tuple[Plugin, PluginVersion, bool]:
-                existing = Plugins.version(s, pv.plugin_id, pv.version)
+                # "1.0" and "1.0.0" are one PEP 440 version: the one already stored answers.
+                wanted = Version(pv.version)
+                existing = Plugins.version(s, pv.plugin_id, pv.version) or next(
+                    (v for v in Plugins.versions(s, pv.plugin_id) if Version(v.version) == wanted),
+                    None,
+                )
                 if existing is not None:
                     if existing.digest != pv.digest:
+                        same = "" if existing.version == pv.version else f" (as {existing.version})"
                         raise AlreadyExists(
-                            f"plugin {pv.plugin_id} version {pv.version} already exists with "
-                            f"different content ({existing.digest}); versions are immutable: "
-                            "push it as a new version"
+                            f"plugin {pv.plugin_id} version {pv.version} already exists{same} "
+                            f"with different content ({existing.digest}); versions are "
+                            "immutable: push it as a new version"
                         )
                     plugin = Plugins.get(s, pv.plugin_id)
                     assert plugin is not None

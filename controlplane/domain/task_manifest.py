@@ -37,7 +37,9 @@ def _read(archive: Archive) -> dict[str, Any]:
     if root is None:
         raise InvalidArgument(f"the bundle has no {MANIFEST} at its root", field=UPLOAD_FIELD)
     try:
-        doc = yaml.safe_load(archive.read(root + MANIFEST))
+        # BaseLoader: every scalar stays the text it was written as (`version: 1.10` is "1.10",
+        # not the float 1.1).
+        doc = yaml.load(archive.read(root + MANIFEST), Loader=yaml.BaseLoader)
     except yaml.YAMLError as exc:
         raise InvalidArgument(f"{MANIFEST} is not valid YAML: {exc}", field=UPLOAD_FIELD) from None
     if not isinstance(doc, dict):
@@ -50,7 +52,7 @@ def _read(archive: Archive) -> dict[str, Any]:
         )
     version = str(doc.get("version") or "")
     try:
-        Version(version)
+        version = str(Version(version))  # PEP 440's normal form: "v1.0" is "1.0"
     except InvalidVersion:
         problems.append(f"version {version!r} is not a PEP 440 version (like 1.0.0)")
     package = str(doc.get("package") or "")

@@ -153,6 +153,22 @@ def test_push_versions_and_tasks(plugins: Any) -> None:
         assert code_of(call, req)[0] == code, req
 
 
+def test_versions_are_read_as_text_and_compared_as_pep_440(plugins: Any) -> None:
+    # YAML would read 1.10 as the float 1.1; the manifest's text is the version.
+    ten = push(plugins, bundle("1.10", name="vers")).version
+    assert ten.version == "1.10" and ten.name == "plugins/vers/versions/1.10"
+    one = push(plugins, bundle("1.1", name="vers", body=TASKS + "# 1.1\n"))
+    assert one.created and one.version.version == "1.1"
+    got = plugins.GetPlugin(pb.GetPluginRequest(name="plugins/vers")).plugin
+    assert got.latest_version.version == "1.10"  # 1.10 > 1.1 in PEP 440
+    # "2.0" and "2.0.0" are one version: the second, with other content, is refused.
+    assert push(plugins, bundle("2.0", name="vers")).version.version == "2.0"
+    code, msg = code_of(push, plugins, bundle("2.0.0", name="vers", body=TASKS + "# x\n"))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "already exists (as 2.0)" in msg
+    # PEP 440's normal form is what is stored.
+    assert push(plugins, bundle("v3.0", name="vers")).version.version == "3.0"
+
+
 def test_bad_bundles_are_refused_with_every_problem(plugins: Any) -> None:
     cases = {
         "not an archive": (b"plain bytes", "readable"),
