@@ -22,19 +22,22 @@ class InvalidArgument(DomainError):
 
     def __init__(self, problems: list[str] | str, field: str) -> None:
         found = [problems] if isinstance(problems, str) else list(problems)
-        self.violations: list[tuple[str, str]] = [(field, p) for p in found]
-        super().__init__("; ".join(found))
-
-    @property
-    def problems(self) -> list[str]:
-        return [problem for _, problem in self.violations]
+        self._set([(field, p) for p in found])
 
     @classmethod
     def of(cls, violations: list[tuple[str, str]]) -> InvalidArgument:
         """One error of several fields' (field, problem) pairs."""
-        err = cls([p for _, p in violations], field="")
-        err.violations = list(violations)
+        err = cls.__new__(cls)
+        err._set(list(violations))
         return err
+
+    def _set(self, violations: list[tuple[str, str]]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(problem for _, problem in violations))
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for _, problem in self.violations]
 
 
 class AlreadyExists(DomainError):
