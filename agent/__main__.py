@@ -66,6 +66,14 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         help="finished workspaces older than this are removed (default: 24; 0: no limit)",
     )
     parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the agent's token (default: BRINELL_TOKEN, ~/.brinell/credentials)",
+    )
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate to verify the control plane")
+    parser.add_argument("--tls-cert", type=Path, help="this agent's certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="this agent's private key (mutual TLS)")
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
@@ -83,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         extra["keep_workspaces"] = args.keep_workspaces
     if args.workspace_ttl_hours is not None:
         extra["workspace_ttl_hours"] = args.workspace_ttl_hours
+    if args.token_file is not None:
+        try:
+            extra["token"] = args.token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--token-file: {exc.strerror}: {args.token_file}")
+    extra.update(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
         return AgentConfig(
             control_plane=args.control_plane,

@@ -53,6 +53,14 @@ class AgentConfig:
     # (hours; 0: no age limit). A job's files worth keeping belong in its MLflow run.
     keep_workspaces: int = 10
     workspace_ttl_hours: float = 24.0
+    # The credential: an agent token (`brinell token create --agent ID`) or an admin's token;
+    # None: BRINELL_TOKEN, ~/.brinell/credentials, ... (brinell.credentials.resolve_token).
+    token: str | None = None
+    # TLS: the CA that signed the control plane's certificate (None: plaintext, unless
+    # BRINELL_TLS_CA is set); with mutual TLS, this agent's certificate and key.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         # Callers may hand in strings (argparse, typer); normalise once here.

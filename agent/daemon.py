@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import grpc
 from google.protobuf import duration_pb2
 
+from brinell.credentials import TLS, auth_metadata, resolve_token, tls_from
 from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2, plugin_pb2
 
 from .attempts import AttemptKey, AttemptState, PendingUpdate
@@ -131,6 +132,13 @@ class Agent:
             self.prefect = PrefectServer(config.work_dir / "prefect")
         self._attempts: dict[AttemptKey, AttemptState] = {}
         self._recently_finished: OrderedDict[AttemptKey, None] = OrderedDict()
+        # The credential and TLS settings, resolved once (brinell.credentials).
+        self._metadata = auth_metadata(resolve_token(config.control_plane, config.token))
+        self._tls = (
+            TLS.load(config.tls_ca, config.tls_cert, config.tls_key)
+            if config.tls_ca or config.tls_cert
+            else tls_from(None)
+        )
         self._channel: grpc.aio.Channel | None = None
         self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
         self._old_channels: set[asyncio.Task[None]] = set()
@@ -305,8 +313,15 @@ class Agent:
             task = asyncio.create_task(old.close(grace=30.0))
             self._old_channels.add(task)
             task.add_done_callback(self._old_channels.discard)
-        self._channel = grpc.aio.insecure_channel(
-            self.config.control_plane, options=channel_options(self.config)
+        tls = self._tls
+        self._channel = (
+            grpc.aio.secure_channel(
+                self.config.control_plane, tls.channel_credentials(), channel_options(self.config)
+            )
+            if tls is not None
+            else grpc.aio.insecure_channel(
+                self.config.control_plane, options=channel_options(self.config)
+            )
         )
         self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
 
@@ -361,7 +376,7 @@ class Agent:
         outbox: Outbox = asyncio.Queue()
         register = self._register_message()
         assert self._stub is not None
-        call = self._stub.Connect(self._requests(register, outbox))
+        call = self._stub.Connect(self._requests(register, outbox), metadata=self._metadata)
         self._call = call
         try:
             first = await asyncio.wait_for(call.read(), REGISTER_TIMEOUT)
@@ -861,7 +876,9 @@ class Agent:
 
     async def _download(self, digest: str) -> AsyncGenerator[bytes, None]:
         assert self._stub is not None
-        call = self._stub.DownloadBlob(agent_service_pb2.DownloadBlobRequest(digest=digest))
+        call = self._stub.DownloadBlob(
+            agent_service_pb2.DownloadBlobRequest(digest=digest), metadata=self._metadata
+        )
         try:
             async for response in call:
                 yield response.chunk

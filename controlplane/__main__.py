@@ -21,6 +21,14 @@ def main() -> None:
     p.add_argument("--heartbeat-interval", type=float, default=5.0)
     p.add_argument("--lease-duration", type=float, default=30.0)
     p.add_argument("--grace-period", type=float, default=10.0)
+    p.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="... and this private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="mutual TLS: require client certificates signed by this CA; one with common "
+        "name agents/ID is that agent's credential",
+    )
     a = p.parse_args()
     serve_forever(
         ServerConfig(
@@ -32,6 +40,9 @@ def main() -> None:
             heartbeat_interval=a.heartbeat_interval,
             lease_duration=a.lease_duration,
             grace_period=a.grace_period,
+            tls_cert=a.tls_cert,
+            tls_key=a.tls_key,
+            tls_client_ca=a.tls_client_ca,
         )
     )
 

@@ -20,6 +20,8 @@ from brinell.v1 import (
     agent_service_pb2_grpc,
     artifact_service_pb2,
     artifact_service_pb2_grpc,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
     entry_point_service_pb2,
     entry_point_service_pb2_grpc,
     experiment_service_pb2,
@@ -32,9 +34,12 @@ from brinell.v1 import (
     plugin_service_pb2_grpc,
 )
 
+from .api.accounts import AuthServicer
+from .api.auth import AuthInterceptor, agent_from_certificate
 from .api.models import ArtifactServicer, ModelServicer
 from .api.plugins import PluginServicer
 from .api.services import AgentServicer, EntryPointServicer, ExperimentServicer, JobServicer
+from .domain.accounts import Accounts
 from .domain.agents import AgentDirectory
 from .domain.entry_points import EntryPointManager
 from .domain.experiments import ExperimentManager
@@ -59,6 +64,7 @@ SERVICE_NAMES = [
     plugin_service_pb2.DESCRIPTOR.services_by_name["PluginService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
 ]
 
 SERVER_OPTIONS = [
@@ -88,6 +94,17 @@ class ServerConfig:
     reaper_interval: float = 1.0
     grace_period: float = 10.0
     max_archive_bytes: int = 512 << 20
+    # TLS: PEM certificate and key files (both, or neither for plaintext). With a client CA,
+    # mutual TLS: every client must present a certificate that CA signed; one whose common
+    # name is `agents/{agent_id}` is that agent's credential (others still send a token).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # The first admin's token, used only when the database has no users yet; None: random.
+    # (BRINELL_BOOTSTRAP_TOKEN; for deployments that take it from a secret store.)
+    bootstrap_token: str | None = field(
+        default_factory=lambda: os.environ.get("BRINELL_BOOTSTRAP_TOKEN") or None
+    )
 
 
 class ControlPlane:
@@ -113,14 +130,25 @@ class ControlPlane:
             ),
             self._job_env,
         )
-        self.experiments = ExperimentManager(self.db, self.tracking, self.tokens)
+        self.accounts = Accounts(
+            self.db,
+            self.tokens,
+            lambda token_id: self.scheduler.close_sessions(token_id, "its token was revoked"),
+        )
+        audit = self.accounts.audit
+        self.experiments = ExperimentManager(self.db, self.tracking, self.tokens, audit)
         self.entry_points = EntryPointManager(
             self.db, self.blobs, self.tokens, config.max_archive_bytes
         )
-        self.jobs = JobManager(self.db, self.tracking, self.notifier, self.scheduler, self.tokens)
-        self.agents = AgentDirectory(self.db, self.scheduler, self.tokens)
-        self.plugins = PluginManager(self.db, self.blobs, self.tokens, config.max_archive_bytes)
-        self.registry = ModelRegistry(self.jobs, self.tracking, self.tokens)
+        self.jobs = JobManager(
+            self.db, self.tracking, self.notifier, self.scheduler, self.tokens, audit
+        )
+        self.agents = AgentDirectory(self.db, self.scheduler, self.tokens, self.accounts)
+        self.plugins = PluginManager(
+            self.db, self.blobs, self.tokens, config.max_archive_bytes, audit
+        )
+        self.registry = ModelRegistry(self.jobs, self.tracking, self.tokens, audit)
+        self.admin_token_file: Path | None = None
         self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -144,6 +172,20 @@ class ControlPlane:
                 f.write(secrets.token_bytes(32))
         return path.read_bytes()
 
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        c = self.config
+        if not (c.tls_cert or c.tls_key or c.tls_client_ca):
+            return None
+        if not (c.tls_cert and c.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        return grpc.ssl_server_credentials(
+            [(c.tls_key.read_bytes(), c.tls_cert.read_bytes())],
+            root_certificates=c.tls_client_ca.read_bytes() if c.tls_client_ca else None,
+            # gRPC Python can require and verify a client certificate, or not ask for one:
+            # there is no "verify if presented", so a client CA means mutual TLS for all.
+            require_client_auth=c.tls_client_ca is not None,
+        )
+
     def _job_env(self, job: Job) -> dict[str, str]:
         env = {"BRINELL_EXPERIMENT": f"experiments/{job.experiment_id}"}
         if job.mlflow_run_id:
@@ -153,7 +195,17 @@ class ControlPlane:
 
     async def start(self) -> int:
         await asyncio.to_thread(self.db.migrate)
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.admin_token_file = await asyncio.to_thread(
+            self.accounts.bootstrap, self.data_dir, self.config.bootstrap_token
+        )
+        client_ca = self.config.tls_client_ca
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[
+                AuthInterceptor(self.accounts, agent_from_certificate if client_ca else None)
+            ],
+        )
+        auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.accounts), server)
         experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(
             ExperimentServicer(self.experiments), server
         )
@@ -177,7 +229,13 @@ class ControlPlane:
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        credentials = self._tls_credentials()
+        self.port = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
         await self.scheduler.start()
@@ -206,6 +264,13 @@ async def _serve(config: ServerConfig) -> None:
     cp = ControlPlane(config)
     await cp.start()
     print(f"brinell control plane listening on {config.host}:{cp.port}", flush=True)
+    if cp.admin_token_file is not None:
+        print(
+            f"first start: created user 'admin'; its token is in {cp.admin_token_file} "
+            "(readable only by you). `brinell login --token-file PATH` stores it for the CLI "
+            "and SDK (with the default --data-dir they find it there by themselves).",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

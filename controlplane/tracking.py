@@ -52,6 +52,7 @@ FINAL_STATUS = {
 #: MLflow model-version tags that record where a version came from.
 JOB_TAG = "brinell.job"
 PATH_TAG = "brinell.artifact_path"
+CREATOR_TAG = "brinell.creator"
 MLFLOW_OFF = "MLflow is turned off on this control plane (started with --mlflow-tracking-uri none)"
 
 

@@ -89,6 +89,15 @@ def main() -> int:
             return 1
         target = match.group(1)
         print(f"   listening on {target}")
+        # First start: the server made user `admin` and wrote its token here (mode 0600).
+        admin_token = (DEMO / "server" / "admin.token").read_text().strip()
+        client = Client(target, token=admin_token)
+        # The agent gets a credential of its own: an enrollment token bound to its id.
+        enrolled = client.tokens.create(agent_id="demo-agent", description="make demo")
+        token_file = DEMO / "agent.token"
+        token_file.touch(0o600)
+        token_file.write_text(enrolled.secret)
+        print(f"   admin token: .demo/server/admin.token; agent token {enrolled.token.id}")
         print("== starting an agent (it starts a local Prefect server: ~20 s)")
         agent = start(
             [
@@ -105,10 +114,12 @@ def main() -> int:
                 "demo-agent",
                 "--slots",
                 "2",
+                "--token-file",
+                str(token_file),
             ],
             DEMO / "agent.log",
         )
-        with Client(target) as client:
+        with client:
             deadline = time.monotonic() + 180
             while not list(client.agents.list(filter="state=CONNECTED")):
                 if agent.poll() is not None or time.monotonic() > deadline:

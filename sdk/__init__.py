@@ -24,6 +24,7 @@ from .errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .models import Artifact, Model, ModelVersion
@@ -75,6 +76,7 @@ __all__ = [
     "NotFoundError",
     "Parameter",
     "PermissionDeniedError",
+    "UnauthenticatedError",
     "Plugin",
     "PluginPin",
     "PluginVersion",

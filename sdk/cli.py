@@ -22,6 +22,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from .cli_auth import audit_app, login, token_app, user_app, whoami
 from .cli_common import (
     EXIT_ERROR,
     EXIT_FAILED,
@@ -94,6 +95,11 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(plugin_app, name="plugin")
 app.add_typer(model_app, name="model")
 app.add_typer(artifact_app, name="artifact")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+app.command("login")(login)
+app.command("whoami")(whoami)
 
 
 @app.callback()
@@ -108,8 +114,24 @@ def _root(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print JSON on get/list/submit commands.")
     ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BRINELL_TOKEN",
+            help="API token (default: ~/.brinell/credentials, see `brinell login`).",
+            show_default=False,
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BRINELL_TLS_CA",
+            help="Use TLS, verifying the control plane with this CA certificate file.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    ctx.obj = _State(target=target, json=json_output)
+    ctx.obj = _State(target=target, json=json_output, token=token, tls_ca=tls_ca)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -150,6 +172,17 @@ def server(
     mlflow_tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default: a store in --data-dir).")
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Serve TLS with this PEM certificate.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="... and this PEM private key.")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="Mutual TLS: require client certificates this CA signed (CN agents/ID: "
+            "that agent's credential)."
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane (gRPC API, scheduler, MLflow tracking) in the foreground."""
     with needs("server", "brinell server"):
@@ -162,6 +195,9 @@ def server(
             data_dir=data_dir.expanduser(),
             database_url=database_url,
             mlflow_tracking_uri=mlflow_tracking_uri,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
         )
     )
 
@@ -200,6 +236,14 @@ def agent(
     workspace_ttl_hours: Annotated[
         float, typer.Option(help="Finished workspaces older than this are removed (0: never).")
     ] = 24.0,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the agent's token (default: --token, BRINELL_TOKEN)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="This agent's certificate, for mutual TLS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
 ) -> None:
     """Run the agent daemon: take jobs from the control plane and run them on this host."""
     if ctx.invoked_subcommand is not None:
@@ -218,6 +262,10 @@ def agent(
         prefect_api_url=prefect_api_url,
         keep_workspaces=keep_workspaces,
         workspace_ttl_hours=workspace_ttl_hours,
+        token=token_file.expanduser().read_text().strip() if token_file else _state(ctx).token,
+        tls_ca=Path(tls_ca) if (tls_ca := _state(ctx).tls_ca) else None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     run_forever(config)
 
@@ -814,9 +862,9 @@ def job_wait(
 
 
 def _hoist_root_options(argv: list[str]) -> list[str]:
-    """Moves ``-t/--target`` and ``--json`` in front of the subcommand, wherever they stand,
-    so ``brinell job list -t HOST:PORT`` works like ``brinell -t HOST:PORT job list``. What
-    follows ``--`` is left alone."""
+    """Moves ``-t/--target``, ``--token``, ``--tls-ca`` and ``--json`` in front of the
+    subcommand, wherever they stand, so ``brinell job list -t HOST:PORT`` works like
+    ``brinell -t HOST:PORT job list``. What follows ``--`` is left alone."""
     front: list[str] = []
     rest: list[str] = []
     i = 0
@@ -825,11 +873,12 @@ def _hoist_root_options(argv: list[str]) -> list[str]:
         if arg == "--":
             rest += argv[i:]
             break
-        if arg in ("-t", "--target") and i + 1 < len(argv):
+        if arg in ("-t", "--target", "--token", "--tls-ca") and i + 1 < len(argv):
             front += argv[i : i + 2]
             i += 2
             continue
-        (front if arg == "--json" or arg.startswith("--target=") else rest).append(arg)
+        hoisted = arg == "--json" or arg.startswith(("--target=", "--token=", "--tls-ca="))
+        (front if hoisted else rest).append(arg)
         i += 1
     return front + rest
 

@@ -35,6 +35,8 @@ class _State:
     target: str
     json: bool
     client: Client | None = None
+    token: str | None = None
+    tls_ca: str | None = None
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
@@ -51,7 +53,7 @@ def _state(ctx: typer.Context) -> _State:
 def _client(ctx: typer.Context) -> Client:
     state = _state(ctx)
     if state.client is None:
-        client = state.client = Client(state.target)
+        client = state.client = Client(state.target, token=state.token, tls=state.tls_ca)
         ctx.find_root().call_on_close(client.close)
     return state.client
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -38,6 +38,7 @@ from brinell.v1 import (
     job_service_pb2_grpc,
 )
 
+from .credentials import TLS, open_channel, resolve_token, tls_from
 from .errors import (
     AlreadyExistsError,
     BrinellError,
@@ -49,6 +50,9 @@ from .errors import (
 )
 from .pack import default_id, is_archive, pack_directory, sha256_hex
 from .types import Agent, EntryPoint, EntryPointRevision, Experiment, Job, LogLine
+
+if TYPE_CHECKING:
+    from .accounts import WhoAmI
 
 __all__ = ["DEFAULT_TARGET", "Client"]
 
@@ -582,12 +586,25 @@ class Client:
     Use as a context manager, or call ``close()``, to release the connection. Thread-safe.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        tls: bool | str | Path | TLS | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
+        # The token: this argument, else BRINELL_TOKEN, ~/.brinell/credentials, or (for a
+        # control plane on this host) its bootstrap admin token; see brinell.credentials.
+        self.token = resolve_token(target, token)
+        self.tls = tls_from(tls)
+        self._channel = open_channel(
             target,
-            options=[
+            self.token,
+            self.tls,
+            [
                 # Detects a dead control plane on long, quiet streams (watch, logs --follow).
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -607,6 +624,15 @@ class Client:
 
         self.models = Models(self)
         self.artifacts = Artifacts(self)
+        from .accounts import Audit, Tokens, Users  # here too
+
+        self.users = Users(self)
+        self.tokens = Tokens(self)
+        self.audit = Audit(self)
+
+    def whoami(self) -> WhoAmI:
+        """Who this client's credential names: ``users/{id}`` (with its role) or an agent."""
+        return self.audit.whoami()
 
     def close(self) -> None:
         """Closes the connection; calls in progress end with ``CancelledError``."""

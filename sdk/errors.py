@@ -21,6 +21,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
+    "UnauthenticatedError",
     "UnavailableError",
     "from_rpc_error",
 ]
@@ -100,7 +101,17 @@ class DeadlineExceededError(BrinellError, TimeoutError):
 
 
 class PermissionDeniedError(BrinellError):
+    """The credential is valid but its role (or ownership) does not allow the operation."""
+
     default_code = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(BrinellError):
+    """No credential, or one the server refuses (unknown, expired, revoked, disabled user).
+
+    Give a token with ``Client(token=...)``, ``BRINELL_TOKEN`` or ``brinell login``."""
+
+    default_code = "UNAUTHENTICATED"
 
 
 class CancelledError(BrinellError):
@@ -125,6 +136,7 @@ _BY_CODE: dict[str, type[BrinellError]] = {
         UnavailableError,
         DeadlineExceededError,
         PermissionDeniedError,
+        UnauthenticatedError,
         CancelledError,
         InternalError,
     )

@@ -114,6 +114,8 @@ class PluginVersion:
     package: str = ""
     tasks: tuple[Task, ...] = ()
     create_time: datetime | None = None
+    #: Who created it (``users/{id}``; empty for what predates users).
+    creator: str = ""
 
     @property
     def plugin(self) -> str:
@@ -139,6 +141,7 @@ class PluginVersion:
             package=str(msg.package),
             tasks=tuple(Task.from_proto(t) for t in msg.tasks),
             create_time=_time(msg, "create_time"),
+            creator=str(msg.creator),
         )
 
 

@@ -136,6 +136,8 @@ class Experiment:
     mlflow_experiment_id: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
+    #: Who created it (``users/{id}``; empty for what predates users).
+    creator: str = ""
 
     @property
     def id(self) -> str:
@@ -150,6 +152,7 @@ class Experiment:
             mlflow_experiment_id=str(msg.mlflow_experiment_id),
             create_time=_time(msg, "create_time"),
             update_time=_time(msg, "update_time"),
+            creator=str(msg.creator),
         )
 
 
@@ -201,6 +204,8 @@ class EntryPointRevision:
     project_name: str = ""
     entries: tuple[Entry, ...] = ()
     create_time: datetime | None = None
+    #: Who created it (``users/{id}``; empty for what predates users).
+    creator: str = ""
 
     @property
     def entry_point(self) -> str:
@@ -219,6 +224,7 @@ class EntryPointRevision:
             project_name=str(msg.project_name),
             entries=tuple(Entry.from_proto(e) for e in msg.entries),
             create_time=_time(msg, "create_time"),
+            creator=str(msg.creator),
         )
 
 
@@ -232,6 +238,8 @@ class EntryPoint:
     revision_count: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
+    #: Who created it (``users/{id}``; empty for what predates users).
+    creator: str = ""
 
     @property
     def id(self) -> str:
@@ -250,6 +258,7 @@ class EntryPoint:
             revision_count=int(msg.revision_count),
             create_time=_time(msg, "create_time"),
             update_time=_time(msg, "update_time"),
+            creator=str(msg.creator),
         )
 
 
@@ -307,6 +316,8 @@ class Job:
     update_time: datetime | None = None
     #: The plugin versions the job runs with, pinned at submit.
     plugins: tuple[PluginPin, ...] = ()
+    #: Who created it (``users/{id}``; empty for what predates users).
+    creator: str = ""
 
     @property
     def id(self) -> str:
@@ -353,6 +364,7 @@ class Job:
             end_time=_time(msg, "end_time"),
             update_time=_time(msg, "update_time"),
             plugins=tuple(PluginPin.from_proto(p) for p in msg.plugins),
+            creator=str(msg.creator),
         )
 
 

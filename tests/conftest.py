@@ -24,8 +24,17 @@ import grpc
 import pytest
 
 from brinell.controlplane.server import ControlPlane, ServerConfig
+from brinell.credentials import open_channel
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Every control plane a test starts (thread or process) bootstraps its admin with this token,
+#: and every client, CLI and agent the tests start sends it (through the environment), so
+#: tests that are not about credentials need no set-up. Tests about credentials create their
+#: own users and tokens, or send none.
+ADMIN_TOKEN = "brn_test-admin-token-0123456789abcdef"
+os.environ["BRINELL_BOOTSTRAP_TOKEN"] = ADMIN_TOKEN
+os.environ["BRINELL_TOKEN"] = ADMIN_TOKEN
 
 
 class ServerThread:
@@ -67,6 +76,11 @@ class ServerThread:
         self.call(self.cp.stop(grace=1))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def admin_channel(target: str) -> grpc.Channel:
+    """A raw channel that sends the tests' admin token on every call."""
+    return open_channel(target, ADMIN_TOKEN, None, [])
 
 
 def free_port() -> int:
@@ -244,7 +258,7 @@ def server(tmp_path: Path, database_url: str) -> Iterator[ServerThread]:
 
 @pytest.fixture
 def channel(server: ServerThread) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.target) as ch:
+    with admin_channel(server.target) as ch:
         yield ch
 
 

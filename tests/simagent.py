@@ -10,7 +10,9 @@ from typing import Any
 
 import grpc
 
+from brinell.credentials import open_channel
 from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
+from tests.conftest import ADMIN_TOKEN
 
 _END = object()
 
@@ -24,8 +26,13 @@ class SimAgent:
         slots: int = 1,
         labels: dict[str, str] | None = None,
         running: list[tuple[str, int]] | None = None,
+        token: str = ADMIN_TOKEN,
+        hostname: str = "sim",
+        wait: bool = True,
     ) -> None:
-        self.channel = grpc.insecure_channel(target)
+        """``token``: the credential it connects with (the tests' admin by default);
+        ``wait=False`` returns without waiting for Registered (see ``error``)."""
+        self.channel = open_channel(target, token, None, [])
         self.stub = agent_service_pb2_grpc.AgentServiceStub(self.channel)
         self.outbox: queue.Queue[Any] = queue.Queue()
         self.inbox: queue.Queue[agent_service_pb2.ConnectResponse] = queue.Queue()
@@ -34,7 +41,7 @@ class SimAgent:
             agent_service_pb2.ConnectRequest(
                 register=agent_service_pb2.Register(
                     agent_id=agent_id,
-                    hostname="sim",
+                    hostname=hostname,
                     queues=queues or ["default"],
                     labels=labels or {},
                     capacity=agent_pb2.Capacity(cpus=1, slots=slots),
@@ -50,7 +57,7 @@ class SimAgent:
         self.call = self.stub.Connect(self._requests())
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
-        self.registered = self.next("registered")
+        self.registered = self.next("registered") if wait else None
 
     def _requests(self) -> Iterator[agent_service_pb2.ConnectRequest]:
         while True:

@@ -8,10 +8,11 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from brinell.v1 import agent_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
+from brinell.v1 import agent_pb2, auth_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
 
 from ..domain import models as m
 from ..domain.errors import InvalidArgument
+from ..domain.identity import Role, Token, User
 from ..domain.states import JobState
 
 PARAM_TYPES = {
@@ -64,6 +65,7 @@ def experiment(e: m.Experiment) -> experiment_pb2.Experiment:
         mlflow_experiment_id=e.mlflow_experiment_id,
         create_time=ts(e.create_time),
         update_time=ts(e.update_time),
+        creator=e.creator,
     )
 
 
@@ -90,6 +92,7 @@ def revision(r: m.Revision) -> entry_point_pb2.EntryPointRevision:
             for e in r.spec["entries"]
         ],
         create_time=ts(r.create_time),
+        creator=r.creator,
     )
 
 
@@ -101,6 +104,7 @@ def entry_point(ep: m.EntryPoint) -> entry_point_pb2.EntryPoint:
         revision_count=ep.revision_count,
         create_time=ts(ep.create_time),
         update_time=ts(ep.update_time),
+        creator=ep.creator,
     )
 
 
@@ -136,6 +140,7 @@ def job(j: m.Job) -> job_pb2.Job:
             )
             for p in j.plugins
         ],
+        creator=j.creator,
     )
 
 
@@ -150,6 +155,7 @@ def plugin_version(v: m.PluginVersion) -> plugin_pb2.PluginVersion:
         package=v.package,
         tasks=[task(t) for t in v.tasks],
         create_time=ts(v.create_time),
+        creator=v.creator,
     )
 
 
@@ -259,3 +265,48 @@ async def split_upload(
             yield msg.chunk
 
     return first.metadata, chunks()
+
+
+ROLES = {r: auth_pb2.Role.Value(f"ROLE_{r.name}") for r in Role}
+TOKEN_KINDS = {"user": auth_pb2.TOKEN_KIND_USER, "agent": auth_pb2.TOKEN_KIND_AGENT}
+
+
+def role_from(value: int) -> Role | None:
+    return next((r for r, v in ROLES.items() if v == value), None)
+
+
+def user(u: User) -> auth_pb2.User:
+    return auth_pb2.User(
+        name=u.name,
+        role=ROLES[u.role],
+        disabled=u.disabled,
+        create_time=ts(u.create_time),
+        creator=u.creator,
+    )
+
+
+def token(t: Token) -> auth_pb2.Token:
+    return auth_pb2.Token(
+        name=t.name,
+        kind=TOKEN_KINDS[t.kind],
+        user=f"users/{t.user_id}" if t.user_id else "",
+        agent_id=t.agent_id,
+        queues=list(t.queues),
+        labels=t.labels,
+        description=t.description,
+        create_time=ts(t.create_time),
+        expire_time=ts(t.expire_time),
+        revoke_time=ts(t.revoke_time),
+        creator=t.creator,
+    )
+
+
+def audit_event(e: m.AuditEvent) -> auth_pb2.AuditEvent:
+    return auth_pb2.AuditEvent(
+        name=f"auditEvents/{e.seq}",
+        time=ts(e.time),
+        actor=e.actor,
+        action=e.action,
+        resource=e.resource,
+        detail=e.detail,
+    )

@@ -20,6 +20,7 @@ from ..domain.errors import (
     NotFound,
     Unavailable,
 )
+from ..domain.identity import PermissionDenied, Unauthenticated
 
 log = logging.getLogger("brinell.controlplane.api")
 
@@ -29,6 +30,8 @@ CODES: dict[type[DomainError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 #: What every servicer method receives; requests and responses are typed by the method.
@@ -40,7 +43,7 @@ Resp = TypeVar("Resp")
 
 
 def _status(exc: DomainError) -> grpc.Status:
-    code = CODES.get(type(exc), grpc.StatusCode.INTERNAL)
+    code = next((CODES[c] for c in type(exc).__mro__ if c in CODES), grpc.StatusCode.INTERNAL)
     details: list[any_pb2.Any] = []
     if isinstance(exc, InvalidArgument):
         bad = error_details_pb2.BadRequest(
@@ -57,10 +60,15 @@ def _status(exc: DomainError) -> grpc.Status:
     )
 
 
+async def abort_with(context: Ctx, exc: DomainError) -> None:
+    """Ends the call with the error's status (raises grpc.aio.AbortError)."""
+    status = _status(exc)  # what abort_with_status (experimental, not in the stubs) does:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
 async def _abort(context: Ctx, exc: Exception) -> None:
     if isinstance(exc, DomainError):
-        status = _status(exc)  # what abort_with_status (experimental, not in the stubs) does:
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        await abort_with(context, exc)
     log.exception("internal error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 

@@ -14,6 +14,7 @@ from brinell.v1 import model_service_pb2_grpc as model_grpc
 
 from ..domain.registry import ModelRegistry
 from ..domain.registry_types import Artifact, ModelVersion, RegisteredModel
+from .auth import current
 from .convert import ts
 from .errors import Ctx, streaming, unary
 
@@ -62,7 +63,7 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         self, request: model_pb.RegisterModelRequest, context: Ctx
     ) -> model_pb.RegisterModelResponse:
         v = await self.registry.register(
-            request.model_id, request.job, request.artifact_path, request.description
+            request.model_id, request.job, request.artifact_path, request.description, current()
         )
         return model_pb.RegisterModelResponse(version=model_version(v))
 
@@ -101,14 +102,14 @@ class ModelServicer(model_grpc.ModelServiceServicer):
     async def SetModelAlias(
         self, request: model_pb.SetModelAliasRequest, context: Ctx
     ) -> model_pb.SetModelAliasResponse:
-        m = await self.registry.set_alias(request.name, request.alias, request.version)
+        m = await self.registry.set_alias(request.name, request.alias, request.version, current())
         return model_pb.SetModelAliasResponse(model=model(m))
 
     @unary
     async def DeleteModelAlias(
         self, request: model_pb.DeleteModelAliasRequest, context: Ctx
     ) -> model_pb.DeleteModelAliasResponse:
-        m = await self.registry.delete_alias(request.name, request.alias)
+        m = await self.registry.delete_alias(request.name, request.alias, current())
         return model_pb.DeleteModelAliasResponse(model=model(m))
 
     @unary

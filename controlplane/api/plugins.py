@@ -9,6 +9,7 @@ from brinell.v1 import plugin_service_pb2_grpc as pb_grpc
 
 from ..domain.plugins import PluginManager
 from . import convert
+from .auth import current
 from .errors import Ctx, unary
 
 
@@ -21,7 +22,7 @@ class PluginServicer(pb_grpc.PluginServiceServicer):
         self, request_iterator: AsyncIterator[pb.UploadPluginRequest], context: Ctx
     ) -> pb.UploadPluginResponse:
         meta, chunks = await convert.split_upload(request_iterator)
-        plugin, version, created = await self.plugins.upload(meta.sha256, chunks)
+        plugin, version, created = await self.plugins.upload(meta.sha256, chunks, current())
         return pb.UploadPluginResponse(
             plugin=convert.plugin(plugin), version=convert.plugin_version(version), created=created
         )

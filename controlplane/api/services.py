@@ -40,8 +40,9 @@ from ..domain import models as m
 from ..domain import names
 from ..domain.agents import AgentDirectory
 from ..domain.entry_points import EntryPointManager
-from ..domain.errors import InvalidArgument, NotFound
+from ..domain.errors import DomainError, InvalidArgument, NotFound
 from ..domain.experiments import ExperimentManager
+from ..domain.identity import PermissionDenied
 from ..domain.jobs import JobManager, SubmitSpec
 from ..domain.scheduler import (
     AgentSession,
@@ -55,6 +56,7 @@ from ..domain.scheduler import (
 )
 from ..store.blobs import BlobStore
 from . import convert
+from .auth import current
 from .errors import Ctx, streaming, unary
 
 log = logging.getLogger("brinell.controlplane.api")
@@ -69,7 +71,9 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
         self, request: exp_pb.CreateExperimentRequest, context: Ctx
     ) -> exp_pb.CreateExperimentResponse:
         e = request.experiment
-        exp = await self.experiments.create(request.experiment_id, e.description, dict(e.labels))
+        exp = await self.experiments.create(
+            request.experiment_id, e.description, dict(e.labels), current()
+        )
         return exp_pb.CreateExperimentResponse(experiment=convert.experiment(exp))
 
     @unary
@@ -109,6 +113,7 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
             e.name,
             e.description if "description" in paths else None,
             dict(e.labels) if "labels" in paths else None,
+            current(),
         )
         return exp_pb.UpdateExperimentResponse(experiment=convert.experiment(exp))
 
@@ -116,7 +121,7 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
     async def DeleteExperiment(
         self, request: exp_pb.DeleteExperimentRequest, context: Ctx
     ) -> exp_pb.DeleteExperimentResponse:
-        await self.experiments.delete(request.name)
+        await self.experiments.delete(request.name, current())
         return exp_pb.DeleteExperimentResponse()
 
 
@@ -130,7 +135,7 @@ class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
     ) -> ep_pb.UploadEntryPointResponse:
         meta, chunks = await convert.split_upload(request_iterator)
         ep, rev, created = await self.entry_points.upload(
-            meta.entry_point_id, meta.description, meta.sha256, chunks
+            meta.entry_point_id, meta.description, meta.sha256, chunks, current()
         )
         return ep_pb.UploadEntryPointResponse(
             entry_point=convert.entry_point(ep), revision=convert.revision(rev), created=created
@@ -192,7 +197,9 @@ class JobServicer(job_grpc.JobServiceServicer):
                 max_attempts=request.max_attempts,
                 request_id=request.request_id,
                 plugin_versions=dict(request.plugin_versions),
-            )
+                creator=current().name,
+            ),
+            current(),
         )
         return job_pb.SubmitJobResponse(job=convert.job(job))
 
@@ -227,7 +234,7 @@ class JobServicer(job_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: job_pb.CancelJobRequest, context: Ctx
     ) -> job_pb.CancelJobResponse:
-        job = await self.jobs.cancel(request.name, request.reason)
+        job = await self.jobs.cancel(request.name, request.reason, current())
         return job_pb.CancelJobResponse(job=convert.job(job))
 
 
@@ -290,7 +297,7 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
             version=reg.version,
             executor=reg.executor,
         )
-        session = await self.scheduler.register(info, _refs(reg.running))
+        session = await self.directory.connect(current(), info, _refs(reg.running))
         cfg = self.scheduler.config
         yield agent_pb.ConnectResponse(
             registered=agent_pb.Registered(
@@ -342,48 +349,16 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
         try:
             async for req in requests:
                 kind = req.WhichOneof("message")
-                if kind == "heartbeat":
-                    await self.scheduler.heartbeat(session, _refs(req.heartbeat.running))
-                elif kind == "attempt_update":
-                    u = req.attempt_update
-                    state = convert.job_state_from(u.state)
-                    if state is None:
-                        log.warning("agent %s sent an update without state", session.id)
-                        continue
-                    await in_flight.acquire()
-                    track(
-                        self.scheduler.report_nowait(
-                            session,
-                            AttemptReport(
-                                names.job_id(u.job),
-                                u.attempt,
-                                state,
-                                u.exit_code if u.has_exit_code else None,
-                                u.message,
-                            ),
-                        )
-                    )
-                elif kind == "log_batch":
-                    b = req.log_batch
-                    job_id = names.job_id(b.job)
-                    lines = [
-                        (
-                            ln.sequence,
-                            int(ln.stream),
-                            ln.text,
-                            ln.time.ToDatetime(UTC) if ln.HasField("time") else datetime.now(UTC),
-                        )
-                        for ln in b.lines
-                    ]
-                    await in_flight.acquire()
-                    track(
-                        self.scheduler.logs_nowait(job_id, b.attempt, lines),
-                        lambda seq, j=job_id, a=b.attempt: session.outbox.put_nowait(
-                            LogAck(j, a, seq)
-                        ),
-                    )
-                else:
-                    log.warning("agent %s sent an unexpected %s", session.id, kind)
+                try:
+                    if kind == "heartbeat":
+                        refs = _refs(req.heartbeat.running)
+                        await self.scheduler.heartbeat(session, refs)
+                    elif kind in ("attempt_update", "log_batch"):
+                        await self._apply(session, req, in_flight, track)
+                    else:
+                        log.warning("agent %s sent an unexpected %s", session.id, kind)
+                except DomainError as exc:  # one bad message is dropped, not the stream
+                    log.warning("agent %s: %s refused: %s", session.id, kind, exc.message)
             if pending:  # the agent closed its side: let what it sent land first
                 await asyncio.wait(pending)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -392,11 +367,68 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
             log.exception("agent %s stream failed", session.id)
             raise
 
+    async def _apply(
+        self,
+        session: AgentSession,
+        req: agent_pb.ConnectRequest,
+        in_flight: asyncio.Semaphore,
+        track: Any,
+    ) -> None:
+        """An AttemptUpdate or LogBatch, only for an attempt this session was given."""
+        if req.HasField("attempt_update"):
+            u = req.attempt_update
+            job_id = names.job_id(u.job, field="attempt_update.job")
+            if not session.holds(job_id, u.attempt):
+                raise PermissionDenied(
+                    f"attempt {u.attempt} of jobs/{job_id} is not this session's"
+                )
+            state = convert.job_state_from(u.state)
+            if state is None:
+                raise InvalidArgument("an update needs a state", field="attempt_update.state")
+            await in_flight.acquire()
+            track(
+                self.scheduler.report_nowait(
+                    session,
+                    AttemptReport(
+                        job_id,
+                        u.attempt,
+                        state,
+                        u.exit_code if u.has_exit_code else None,
+                        u.message,
+                    ),
+                )
+            )
+        else:
+            b = req.log_batch
+            job_id = names.job_id(b.job, field="log_batch.job")
+            if not session.holds(job_id, b.attempt):
+                # Acked, so the agent lets go of lines nobody will store.
+                top = max((ln.sequence for ln in b.lines), default=0)
+                session.outbox.put_nowait(LogAck(job_id, b.attempt, top))
+                raise PermissionDenied(
+                    f"attempt {b.attempt} of jobs/{job_id} is not this session's"
+                )
+            lines = [
+                (
+                    ln.sequence,
+                    int(ln.stream),
+                    ln.text,
+                    ln.time.ToDatetime(UTC) if ln.HasField("time") else datetime.now(UTC),
+                )
+                for ln in b.lines
+            ]
+            await in_flight.acquire()
+            track(
+                self.scheduler.logs_nowait(job_id, b.attempt, lines),
+                lambda seq, j=job_id, a=b.attempt: session.outbox.put_nowait(LogAck(j, a, seq)),
+            )
+
     @streaming
     async def DownloadBlob(
         self, request: agent_pb.DownloadBlobRequest, context: Ctx
     ) -> AsyncIterator[agent_pb.DownloadBlobResponse]:
         digest = names.check_digest(request.digest)
+        await self.directory.may_download(current(), digest)
         if not self.blobs.exists(digest):
             raise NotFound(f"blob {digest} not found")
         size = self.blobs.size(digest)

@@ -5,21 +5,101 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+from brinell.mlproject import shown
+
 from ..store.db import Database
-from ..store.repositories import Agents
+from ..store.repositories import Agents, Blobs
 from . import names
+from .accounts import Accounts
 from .errors import InvalidArgument, NotFound
 from .filters import terms
-from .models import AgentInfo
+from .identity import PermissionDenied, Principal
+from .models import AgentInfo, AttemptRef
 from .paging import PageTokens, page_size
-from .scheduler import Scheduler
+from .scheduler import AgentSession, Scheduler
+
+MAX_LABELS = 32
+MAX_QUEUES = 32
+MAX_RUNNING = 10_000
+MAX_HOSTNAME = 255
+
+
+def check_registration(info: AgentInfo, running: int) -> None:
+    """Bounds what an agent may register with (each problem reported, values cut short)."""
+    problems: list[tuple[str, str]] = []
+    if len(info.hostname) > MAX_HOSTNAME:
+        problems.append(("register.hostname", f"hostname is over {MAX_HOSTNAME} characters"))
+    if len(info.labels) > MAX_LABELS:
+        problems.append(("register.labels", f"at most {MAX_LABELS} labels"))
+    problems += [
+        ("register.labels", f"label {shown(k)} is invalid (key 1-63, value 0-255 characters)")
+        for k, v in info.labels.items()
+        if not k or len(k) > 63 or len(v) > 255
+    ]
+    if len(info.queues) > MAX_QUEUES:
+        problems.append(("register.queues", f"at most {MAX_QUEUES} queues"))
+    problems += [
+        ("register.queues", f"queue {shown(q)} is invalid")
+        for q in info.queues
+        if not names.QUEUE_RE.match(q)
+    ]
+    if len(info.version) > 64 or len(info.executor) > 32:
+        problems.append(("register.version", "version (64) or executor (32) is too long"))
+    if running > MAX_RUNNING:
+        problems.append(("register.running", f"at most {MAX_RUNNING} running attempts"))
+    if info.capacity.slots < 0 or info.capacity.slots > 10_000:
+        problems.append(("register.capacity.slots", "slots must be 0-10000"))
+    if problems:
+        raise InvalidArgument.of(problems)
+
+
+def admit(info: AgentInfo, who: Principal) -> AgentInfo:
+    """What ``who`` may register as: an agent credential only under its own id and queues,
+    with its labels; an admin as anything."""
+    if who.kind != "agent":
+        return info
+    if who.id != info.id:
+        raise PermissionDenied(f"this credential is for agent {who.id!r}, not {shown(info.id)}")
+    extra = sorted(set(info.queues) - set(who.queues)) if who.queues else []
+    if extra:
+        raise PermissionDenied(
+            f"this credential may serve queues {', '.join(who.queues)}, not {', '.join(extra)}"
+        )
+    return replace(info, labels={**info.labels, **who.labels})
 
 
 class AgentDirectory:
-    def __init__(self, db: Database, scheduler: Scheduler, tokens: PageTokens) -> None:
+    def __init__(
+        self, db: Database, scheduler: Scheduler, tokens: PageTokens, accounts: Accounts
+    ) -> None:
         self.db = db
         self.scheduler = scheduler
         self.tokens = tokens
+        self.accounts = accounts
+
+    async def may_download(self, who: Principal, digest: str) -> None:
+        """Agents download what their active assignments reference (the entry point and the
+        pinned plugins); users what belongs to an entry point revision or plugin version (all
+        of which a viewer may read); admins anything. Otherwise NOT_FOUND, which says nothing
+        about whether the blob exists."""
+        if who.is_admin:
+            return
+        if who.kind == "agent":
+            allowed = await self.db.run(lambda s: Blobs.assigned_to(s, who.id, digest))
+        else:
+            allowed = await self.db.run(lambda s: Blobs.published(s, digest))
+        if not allowed:
+            raise NotFound(f"blob {digest} not found")
+
+    async def connect(
+        self, who: Principal, info: AgentInfo, running: list[AttemptRef]
+    ) -> AgentSession:
+        """Opens the agent's session, if its credential allows this registration."""
+        check_registration(info, len(running))
+        if who.kind == "agent" and not who.id:  # an unbound token binds to its first id
+            who = await self.accounts.bind_agent(who, info.id)
+        info = admit(info, who)
+        return await self.scheduler.register(info, running, who.token_id or who.name)
 
     def _live(self, a: AgentInfo) -> AgentInfo:
         session = self.scheduler.sessions.get(a.id)

@@ -17,6 +17,7 @@ from ..store.repositories import EntryPoints
 from . import names
 from .archives import UPLOAD_FIELD, read_project
 from .errors import InvalidArgument, NotFound
+from .identity import Principal, may_act_on
 from .models import EntryPoint, Revision
 from .paging import PageTokens, page_size
 from .uploads import receive
@@ -99,15 +100,31 @@ class EntryPointManager:
         self.max_archive_bytes = max_archive_bytes
 
     async def upload(
-        self, ep_id: str, description: str, expected_sha256: str, chunks: AsyncIterator[bytes]
+        self,
+        ep_id: str,
+        description: str,
+        expected_sha256: str,
+        chunks: AsyncIterator[bytes],
+        who: Principal,
     ) -> tuple[EntryPoint, Revision, bool]:
+        """A new revision; of an existing entry point only by its creator or an admin (so
+        nobody can replace the code another user's next submit runs)."""
         names.check_id(ep_id, "entry point", field="metadata.entry_point_id")
+        existing = await self.db.run(lambda s: EntryPoints.get(s, ep_id, with_latest=False))
+        if existing is not None:
+            may_act_on(who, existing.creator, f"entryPoints/{ep_id}")
         async with receive(
             self.blobs, chunks, self.max_archive_bytes, expected_sha256, "archive"
         ) as upload:
             project, graphs = await asyncio.to_thread(inspect_project, upload.path)
         rev = Revision(
-            ep_id, upload.digest, upload.size, project.name, spec_to_dict(project, graphs), utcnow()
+            ep_id,
+            upload.digest,
+            upload.size,
+            project.name,
+            spec_to_dict(project, graphs),
+            utcnow(),
+            who.name,
         )
         return await self.db.run(lambda s: EntryPoints.add_revision(s, ep_id, description, rev))
 

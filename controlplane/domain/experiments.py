@@ -11,6 +11,7 @@ from ..store.repositories import Experiments, Jobs
 from ..tracking import Tracking
 from . import names
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .identity import AuditFn, Principal, may_act_on
 from .models import Experiment
 from .paging import PageTokens, page_size
 
@@ -22,12 +23,17 @@ def check_labels(labels: dict[str, str]) -> None:
 
 
 class ExperimentManager:
-    def __init__(self, db: Database, tracking: Tracking, tokens: PageTokens) -> None:
+    def __init__(
+        self, db: Database, tracking: Tracking, tokens: PageTokens, audit: AuditFn
+    ) -> None:
+        self.audit = audit
         self.db = db
         self.tracking = tracking
         self.tokens = tokens
 
-    async def create(self, exp_id: str, description: str, labels: dict[str, str]) -> Experiment:
+    async def create(
+        self, exp_id: str, description: str, labels: dict[str, str], who: Principal
+    ) -> Experiment:
         exp_id = (
             names.check_id(exp_id, "experiment", field="experiment_id")
             if exp_id
@@ -38,7 +44,7 @@ class ExperimentManager:
             raise AlreadyExists(f"experiment {exp_id!r} already exists")
         mlflow_id = await self.tracking.create_experiment(exp_id)
         now = utcnow()
-        exp = Experiment(exp_id, description, labels, mlflow_id, now, now)
+        exp = Experiment(exp_id, description, labels, mlflow_id, now, now, who.name)
         try:
             await self.db.run(lambda s: Experiments.add(s, exp))
         except IntegrityError:
@@ -66,9 +72,10 @@ class ExperimentManager:
         return [e for _, e in rows[:n]], nxt
 
     async def update(
-        self, name: str, description: str | None, labels: dict[str, str] | None
+        self, name: str, description: str | None, labels: dict[str, str] | None, who: Principal
     ) -> Experiment:
         exp_id = names.experiment_id(name)
+        may_act_on(who, (await self.get(name)).creator, f"experiments/{exp_id}")
         if labels is not None:
             check_labels(labels)
         exp = await self.db.run(lambda s: Experiments.update(s, exp_id, description, labels))
@@ -76,8 +83,9 @@ class ExperimentManager:
             raise NotFound(f"experiment {exp_id!r} not found")
         return exp
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, who: Principal) -> None:
         exp_id = names.experiment_id(name)
+        may_act_on(who, (await self.get(name)).creator, f"experiments/{exp_id}")
 
         def apply(s: Session) -> None:
             if not Experiments.exists(s, exp_id):
@@ -91,3 +99,4 @@ class ExperimentManager:
             Experiments.delete(s, exp_id)
 
         await self.db.run(apply)
+        await self.audit(who, "experiment.delete", f"experiments/{exp_id}", "")

@@ -22,6 +22,7 @@ from . import names
 from .entry_points import spec_from_dict
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .filters import job_filter
+from .identity import AuditFn, Principal, may_act_on
 from .models import Job, LogLine, PluginPin, QueuedJob
 from .notify import Notifier
 from .paging import PageTokens, page_size
@@ -52,6 +53,9 @@ class SubmitSpec:
     max_attempts: int = 0
     request_id: str = ""
     plugin_versions: dict[str, str] = field(default_factory=dict)
+    # Who submits it (`users/{id}`); part of the fingerprint, so another user's request_id
+    # is never answered with this user's job.
+    creator: str = ""
 
     def fingerprint(self) -> str:
         """What makes two submits with one request_id "the same request"."""
@@ -78,7 +82,9 @@ class JobManager:
         notifier: Notifier,
         scheduler: Scheduler,
         tokens: PageTokens,
+        audit: AuditFn,
     ) -> None:
+        self.audit = audit
         self.db = db
         self.tracking = tracking
         self.notifier = notifier
@@ -194,7 +200,15 @@ class JobManager:
         if problems:
             raise InvalidArgument([f"{entry.graph}: {p}" for p in problems], field="graph")
 
-    async def submit(self, spec: SubmitSpec) -> Job:
+    async def submit(self, spec: SubmitSpec, who: Principal) -> Job:
+        job, created = await self._submit(spec)
+        if created:  # not the earlier job of a repeated request_id
+            await self.audit(
+                who, "job.submit", f"jobs/{job.id}", f"experiments/{job.experiment_id}"
+            )
+        return job
+
+    async def _submit(self, spec: SubmitSpec) -> tuple[Job, bool]:
         exp_id, ep_id, queue, max_attempts = self._check_shape(spec)
         fingerprint = spec.fingerprint()
 
@@ -221,13 +235,13 @@ class JobManager:
             try:
                 job = await self.db.batch(check_and_add)
             except IntegrityError:
-                return await self._lost_race(spec, fingerprint, "")
+                return await self._lost_race(spec, fingerprint, ""), False
             self.scheduler.wake()
-            return job
+            return job, True
 
         checked = await self.db.batch(check)
         if isinstance(checked, Job):
-            return checked
+            return checked, False
         run_id = ""
         if checked.mlflow_experiment_id:
             tags = {
@@ -249,9 +263,9 @@ class JobManager:
         try:
             await self.db.batch(lambda s: Jobs.add(s, job, fingerprint))
         except IntegrityError:
-            return await self._lost_race(spec, fingerprint, run_id)
+            return await self._lost_race(spec, fingerprint, run_id), False
         self.scheduler.wake()
-        return job
+        return job, True
 
     async def _lost_race(self, spec: SubmitSpec, fingerprint: str, run_id: str) -> Job:
         """Two submits with one request_id raced and the other won: answer with its job."""
@@ -300,6 +314,7 @@ class JobManager:
             update_time=now,
             request_id=spec.request_id,
             plugins=checked.plugins,
+            creator=spec.creator,
         )
 
     @staticmethod
@@ -330,11 +345,13 @@ class JobManager:
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [j for _, j in rows[:n]], nxt
 
-    async def cancel(self, name: str, reason: str) -> Job:
-        job_id = names.job_id(name)
-        job = await self.scheduler.cancel(job_id, reason)
+    async def cancel(self, name: str, reason: str, who: Principal) -> Job:
+        found = await self.get(name)
+        may_act_on(who, found.creator, f"jobs/{found.id}")
+        job = await self.scheduler.cancel(found.id, reason)
         if job is None:
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {found.id!r} not found")
+        await self.audit(who, "job.cancel", f"jobs/{job.id}", reason[:200])
         return job
 
     async def watch(self, name: str) -> AsyncIterator[Job]:

@@ -17,6 +17,7 @@ class Experiment:
     mlflow_experiment_id: str
     create_time: datetime
     update_time: datetime
+    creator: str = ""
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Revision:
     # Parsed MLproject: {"entries": [{"name", "command", "parameters": [{name,type,default}]}]}
     spec: dict[str, Any]
     create_time: datetime
+    creator: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class EntryPoint:
     create_time: datetime
     update_time: datetime
     latest: Revision | None = None
+    creator: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class PluginVersion:
     #   "doc"}], read from the source.
     tasks: list[dict[str, Any]]
     create_time: datetime
+    creator: str = ""
 
     @property
     def pin(self) -> PluginPin:
@@ -105,6 +109,7 @@ class Job:
     update_time: datetime
     request_id: str = ""
     plugins: tuple[PluginPin, ...] = ()
+    creator: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,3 +186,13 @@ class JobFilter:
     entry_point_id: str | None = None
     queue: str | None = None
     agent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    seq: int  # 0 until stored
+    time: datetime
+    actor: str  # users/{id} | agents/{id}
+    action: str  # job.submit, job.cancel, experiment.delete, plugin.push, ...
+    resource: str
+    detail: str = ""

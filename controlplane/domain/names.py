@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 
+from brinell.mlproject import shown
+
 from .errors import InvalidArgument
 
 ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -12,15 +14,16 @@ AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+TOKEN_ID_RE = re.compile(r"^tok-[0-9a-f]{12}$")
 
 
 def check_id(value: str, what: str, pattern: re.Pattern[str] = ID_RE, *, field: str) -> str:
     if not pattern.match(value):
         raise InvalidArgument(
-            f"{what} id {value!r} is invalid: use 1-63 characters of lower-case letters, digits "
-            "and '-', starting with a letter"
+            f"{what} id {shown(value)} is invalid: use 1-63 characters of lower-case letters, "
+            "digits and '-', starting with a letter"
             if pattern is ID_RE
-            else f"{what} id {value!r} is invalid",
+            else f"{what} id {shown(value)} is invalid",
             field=field,
         )
     return value
@@ -38,7 +41,7 @@ def parse(
         raise InvalidArgument(f"{what} name is required (`{collection}/{{id}}`)", field=field)
     if not pattern.match(raw):
         raise InvalidArgument(
-            f"{what} name {name!r} is malformed (want `{collection}/{{id}}`)", field=field
+            f"{what} name {shown(name)} is malformed (want `{collection}/{{id}}`)", field=field
         )
     return raw
 
@@ -62,7 +65,7 @@ def agent_id(name: str, field: str = "name") -> str:
 def check_digest(digest: str, field: str = "digest") -> str:
     if not DIGEST_RE.match(digest):
         raise InvalidArgument(
-            f"digest {digest!r} is malformed (want `sha256:<64 hex digits>`)", field=field
+            f"digest {shown(digest)} is malformed (want `sha256:<64 hex digits>`)", field=field
         )
     return digest
 
@@ -72,7 +75,8 @@ def revision_name(name: str) -> tuple[str, str]:
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "entryPoints" or parts[2] != "revisions":
         raise InvalidArgument(
-            f"revision name {name!r} is malformed (want `entryPoints/{{id}}/revisions/{{digest}}`)",
+            f"revision name {shown(name)} is malformed "
+            "(want `entryPoints/{id}/revisions/{digest}`)",
             field="name",
         )
     return check_id(parts[1], "entry point", field="name"), check_digest(parts[3], field="name")

@@ -19,6 +19,7 @@ from ..store.models import utcnow
 from ..store.repositories import Plugins
 from . import names
 from .errors import AlreadyExists, InvalidArgument, NotFound
+from .identity import AuditFn, Principal
 from .models import Plugin, PluginPin, PluginVersion
 from .paging import PageTokens, page_size
 from .task_manifest import read_bundle
@@ -42,15 +43,30 @@ def plugin_id(name: str) -> str:
 
 class PluginManager:
     def __init__(
-        self, db: Database, blobs: BlobStore, tokens: PageTokens, max_bundle_bytes: int
+        self,
+        db: Database,
+        blobs: BlobStore,
+        tokens: PageTokens,
+        max_bundle_bytes: int,
+        audit: AuditFn,
     ) -> None:
+        self.audit = audit
         self.db = db
         self.blobs = blobs
         self.tokens = tokens
         self.max_bundle_bytes = max_bundle_bytes
 
     async def upload(
-        self, expected_sha256: str, chunks: AsyncIterator[bytes]
+        self, expected_sha256: str, chunks: AsyncIterator[bytes], who: Principal
+    ) -> tuple[Plugin, PluginVersion, bool]:
+        plugin, version, created = await self._upload(expected_sha256, chunks, who.name)
+        if created:
+            resource = f"plugins/{plugin.id}/versions/{version.version}"
+            await self.audit(who, "plugin.push", resource, version.digest)
+        return plugin, version, created
+
+    async def _upload(
+        self, expected_sha256: str, chunks: AsyncIterator[bytes], creator: str
     ) -> tuple[Plugin, PluginVersion, bool]:
         async with receive(
             self.blobs, chunks, self.max_bundle_bytes, expected_sha256, "bundle"
@@ -66,6 +82,7 @@ class PluginManager:
                 package=manifest["package"],
                 tasks=manifest["tasks"],
                 create_time=utcnow(),
+                creator=creator,
             )
 
             def add(s: Session) -> tuple[Plugin, PluginVersion, bool]:

@@ -19,9 +19,10 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from ..tracking import JOB_TAG, MLFLOW_OFF, PATH_TAG, Tracking
+from ..tracking import CREATOR_TAG, JOB_TAG, MLFLOW_OFF, PATH_TAG, Tracking
 from . import names
 from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .identity import AuditFn, Principal
 from .jobs import JobManager
 from .models import Job
 from .paging import PageTokens, page_size
@@ -148,7 +149,10 @@ def _files(target: Path) -> list[Path]:
 
 
 class ModelRegistry:
-    def __init__(self, jobs: JobManager, tracking: Tracking, tokens: PageTokens) -> None:
+    def __init__(
+        self, jobs: JobManager, tracking: Tracking, tokens: PageTokens, audit: AuditFn
+    ) -> None:
+        self.audit = audit
         self.jobs = jobs
         self.tracking = tracking
         self.tokens = tokens
@@ -167,7 +171,9 @@ class ModelRegistry:
 
     # -- models
 
-    async def register(self, model: str, job: str, path: str, description: str) -> ModelVersion:
+    async def register(
+        self, model: str, job: str, path: str, description: str, who: Principal
+    ) -> ModelVersion:
         """A new version of ``model`` (created when new, with ``description``) from the files
         the job logged at ``path``."""
         problems: list[tuple[str, str]] = []  # (field, problem)
@@ -198,7 +204,10 @@ class ModelRegistry:
         if await self.tracking.stat_artifact(run_id, rel) is None:
             raise NotFound(f"job {found.id!r} logged nothing at {rel!r}")
         version = await self.tracking.register_model_version(
-            mid, run_id, rel, description, {JOB_TAG: found.id, PATH_TAG: rel}
+            mid, run_id, rel, description, {JOB_TAG: found.id, PATH_TAG: rel, CREATOR_TAG: who.name}
+        )
+        await self.audit(
+            who, "model.register", f"models/{mid}/versions/{version.version}", f"jobs/{found.id}"
         )
         log.info(
             "registered model %s version %s from job %s (run %s, path %s)",
@@ -262,7 +271,9 @@ class ModelRegistry:
     async def resolve(self, uri: str) -> ModelVersion:
         return await self._version(*parse_uri(uri))
 
-    async def set_alias(self, name: str, alias: str, version: str) -> RegisteredModel:
+    async def set_alias(
+        self, name: str, alias: str, version: str, who: Principal
+    ) -> RegisteredModel:
         problems: list[tuple[str, str]] = []  # (field, problem)
         mid = ""
         try:
@@ -277,14 +288,18 @@ class ModelRegistry:
         if problems:
             raise InvalidArgument.of(problems)
         self._require_mlflow()
-        return await self.tracking.set_model_alias(mid, alias, version)
+        model = await self.tracking.set_model_alias(mid, alias, version)
+        await self.audit(who, "model.alias.set", f"models/{mid}", f"{alias} -> {version}")
+        return model
 
-    async def delete_alias(self, name: str, alias: str) -> RegisteredModel:
+    async def delete_alias(self, name: str, alias: str, who: Principal) -> RegisteredModel:
         mid = model_id(name)
         if not ALIAS_RE.match(alias):
             raise InvalidArgument(f"alias {alias!r} is invalid", field="alias")
         self._require_mlflow()
-        return await self.tracking.delete_model_alias(mid, alias)
+        model = await self.tracking.delete_model_alias(mid, alias)
+        await self.audit(who, "model.alias.delete", f"models/{mid}", alias)
+        return model
 
     async def download(self, name: str) -> AsyncIterator[Chunk]:
         """A version's files; paths are relative to the version's folder (`MLmodel`, ...)."""

@@ -24,6 +24,7 @@ from ..store.db import Database
 from ..store.models import utcnow
 from ..store.repositories import Agents, Attempts, Jobs, Logs
 from ..tracking import Tracking
+from .errors import FailedPrecondition
 from .models import AgentInfo, AttemptRef, Job, JobHead, QueuedJob
 from .notify import Notifier
 from .states import JobState, predecessors
@@ -97,6 +98,11 @@ class Close:
 
 
 Outbound = Assign | Cancel | LogAck | Close
+HELD_LIMIT = 4096
+
+
+class SessionConflict(FailedPrecondition):
+    """Another credential already holds a live session for this agent id."""
 
 
 @dataclass
@@ -105,6 +111,21 @@ class AgentSession:
     outbox: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
     running: set[tuple[str, int]] = field(default_factory=set)
     draining: bool = False
+    # The token the session authenticated with ("" for a certificate): a reconnect with the
+    # same credential replaces this session, any other credential is refused.
+    credential: str = ""
+    # Every attempt this session was given (newest HELD_LIMIT): the only ones its updates and
+    # log lines may name. Ended ones stay, so lines that trail the final update still land.
+    held: dict[tuple[str, int], None] = field(default_factory=dict)
+
+    def hold(self, key: tuple[str, int]) -> None:
+        self.running.add(key)
+        self.held[key] = None
+        if len(self.held) > HELD_LIMIT:
+            del self.held[next(iter(self.held))]
+
+    def holds(self, job_id: str, attempt: int) -> bool:
+        return (job_id, attempt) in self.held
 
     @property
     def id(self) -> str:
@@ -204,14 +225,23 @@ class Scheduler:
 
     # -- agents ----------------------------------------------------------------------
 
-    async def register(self, info: AgentInfo, running: Sequence[AttemptRef]) -> AgentSession:
-        """Opens a session; a newer connection for the same id replaces the old one."""
+    async def register(
+        self, info: AgentInfo, running: Sequence[AttemptRef], credential: str = ""
+    ) -> AgentSession:
+        """Opens a session. A newer connection for the same id with the same credential
+        replaces the old one (the agent restarted, or its old stream is half-dead); one with
+        another credential is refused while the old session lives."""
         old = self.sessions.get(info.id)
+        if old is not None and old.credential != credential:
+            raise SessionConflict(
+                f"agent {info.id!r} is connected with another credential; stop that agent or "
+                "revoke its token first"
+            )
         if old is not None:
             old.outbox.put_nowait(Close("a newer connection of this agent took over"))
         now = utcnow()
         info = replace(info, state="CONNECTED", connect_time=now, last_heartbeat_time=now)
-        session = AgentSession(info)
+        session = AgentSession(info, credential=credential)
         until = now + timedelta(seconds=self.config.lease_duration)
 
         def reconcile(s: Session) -> tuple[list[AttemptRef], list[tuple[AttemptRef, str]]]:
@@ -235,7 +265,8 @@ class Scheduler:
             return keep, stale
 
         keep, stale = await self.db.run(reconcile)
-        session.running = {(r.job_id, r.attempt) for r in keep}
+        for r in keep:
+            session.hold((r.job_id, r.attempt))
         for ref, reason in stale:
             session.outbox.put_nowait(
                 Cancel(ref.job_id, ref.attempt, reason, self.config.grace_period)
@@ -251,6 +282,12 @@ class Scheduler:
         )
         self.wake()
         return session
+
+    def close_sessions(self, credential: str, reason: str) -> None:
+        """Ends the live sessions opened with this credential (it was revoked)."""
+        for session in list(self.sessions.values()):
+            if credential and session.credential == credential:
+                session.outbox.put_nowait(Close(reason))
 
     async def disconnect(self, session: AgentSession) -> None:
         if self.sessions.get(session.id) is not session:
@@ -410,7 +447,7 @@ class Scheduler:
 
         claimed, seen = await self.db.batch(claim)
         for target, job in claimed:
-            target.running.add((job.id, job.attempt))
+            target.hold((job.id, job.attempt))
             if self.sessions.get(target.id) is target:
                 target.outbox.put_nowait(Assign(job, job.attempt, self._job_env(job), grace))
             self.notifier.notify(job.id)

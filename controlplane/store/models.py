@@ -56,6 +56,7 @@ class ExperimentRow(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     mlflow_experiment_id: Mapped[str] = mapped_column(String(64), default="")
+    creator: Mapped[str] = mapped_column(String(80), default="")
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
 
@@ -67,6 +68,7 @@ class EntryPointRow(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     latest_digest: Mapped[str] = mapped_column(String(71))
     revision_count: Mapped[int] = mapped_column(Integer, default=0)
+    creator: Mapped[str] = mapped_column(String(80), default="")
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
 
@@ -80,6 +82,7 @@ class RevisionRow(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     project_name: Mapped[str] = mapped_column(String(255), default="")
     spec: Mapped[dict[str, Any]]
+    creator: Mapped[str] = mapped_column(String(80), default="")
     create_time: Mapped[datetime]
 
 
@@ -113,6 +116,7 @@ class JobRow(Base):
     # Pinned plugin versions: [{"plugin", "version", "digest", "package"}].
     plugins: Mapped[list[Any]] = mapped_column(default=list)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    creator: Mapped[str] = mapped_column(String(80), default="")
     create_time: Mapped[datetime]
     start_time: Mapped[datetime | None] = mapped_column(nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -174,6 +178,7 @@ class PluginVersionRow(Base):
     requirements: Mapped[list[Any]]
     package: Mapped[str] = mapped_column(String(255))
     tasks: Mapped[list[Any]]
+    creator: Mapped[str] = mapped_column(String(80), default="")
     create_time: Mapped[datetime]
 
 
@@ -189,3 +194,41 @@ class AgentRow(Base):
     executor: Mapped[str] = mapped_column(String(32), default="")
     connect_time: Mapped[datetime | None] = mapped_column(nullable=True)
     last_heartbeat_time: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(63), unique=True)
+    role: Mapped[int] = mapped_column(Integer)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    creator: Mapped[str] = mapped_column(String(80), default="")
+    create_time: Mapped[datetime]
+
+
+class TokenRow(Base):
+    __tablename__ = "tokens"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    # SHA-256 of the secret, hex; the secret itself is never stored.
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(63), default="", index=True)
+    agent_id: Mapped[str] = mapped_column(String(63), default="")
+    queues: Mapped[list[Any]] = mapped_column(default=list)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    creator: Mapped[str] = mapped_column(String(80), default="")
+    create_time: Mapped[datetime]
+    expire_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoke_time: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class AuditEventRow(Base):
+    __tablename__ = "audit_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(63))
+    resource: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(String(255), default="")

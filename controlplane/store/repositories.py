@@ -112,13 +112,25 @@ _LOG_READ_ATTEMPT = _LOG_READ.where(L.c.attempt == bindparam("attempt"))
 
 def _experiment(r: Row[Any] | ExperimentRow) -> m.Experiment:
     return m.Experiment(
-        r.id, r.description, dict(r.labels), r.mlflow_experiment_id, r.create_time, r.update_time
+        r.id,
+        r.description,
+        dict(r.labels),
+        r.mlflow_experiment_id,
+        r.create_time,
+        r.update_time,
+        r.creator,
     )
 
 
 def _revision(r: Row[Any] | RevisionRow) -> m.Revision:
     return m.Revision(
-        r.entry_point_id, r.digest, r.size_bytes, r.project_name, dict(r.spec), r.create_time
+        r.entry_point_id,
+        r.digest,
+        r.size_bytes,
+        r.project_name,
+        dict(r.spec),
+        r.create_time,
+        r.creator,
     )
 
 
@@ -150,6 +162,7 @@ def _job(r: Row[Any] | JobRow) -> m.Job:
         plugins=tuple(
             m.PluginPin(p["plugin"], p["version"], p["digest"], p["package"]) for p in r.plugins
         ),
+        creator=r.creator,
     )
 
 
@@ -162,6 +175,7 @@ class Experiments:
                 description=exp.description,
                 labels=exp.labels,
                 mlflow_experiment_id=exp.mlflow_experiment_id,
+                creator=exp.creator,
                 create_time=exp.create_time,
                 update_time=exp.update_time,
             )
@@ -244,6 +258,7 @@ class EntryPoints:
             row.create_time,
             row.update_time,
             latest,
+            row.creator,
         )
 
     @staticmethod
@@ -264,6 +279,7 @@ class EntryPoints:
                 description=description,
                 latest_digest=rev.digest,
                 revision_count=0,
+                creator=rev.creator,
                 create_time=now,
                 update_time=now,
             )
@@ -279,6 +295,7 @@ class EntryPoints:
                     size_bytes=rev.size_bytes,
                     project_name=rev.project_name,
                     spec=rev.spec,
+                    creator=rev.creator,
                     create_time=now,
                 )
             )
@@ -343,6 +360,7 @@ class Jobs:
                 request_hash=request_hash,
                 log_count=0,
                 version=1,
+                creator=job.creator,
                 plugins=[
                     {
                         "plugin": p.plugin_id,
@@ -605,6 +623,7 @@ def _plugin_version(r: Row[Any] | PluginVersionRow) -> m.PluginVersion:
         r.package,
         list(r.tasks),
         r.create_time,
+        r.creator,
     )
 
 
@@ -685,6 +704,7 @@ class Plugins:
                 requirements=pv.requirements,
                 package=pv.package,
                 tasks=pv.tasks,
+                creator=pv.creator,
                 create_time=now,
             )
         )
@@ -764,3 +784,29 @@ class Agents:
 
 
 __all__ = ["Agents", "Attempts", "EntryPoints", "Experiments", "Jobs", "Logs", "Plugins"]
+
+
+class Blobs:
+    """Who may read a stored blob (its digest is referenced by ...)."""
+
+    @staticmethod
+    def assigned_to(s: Session, agent_id: str, digest: str) -> bool:
+        rows = s.connection().execute(
+            select(J.c.digest, J.c.plugins).where(
+                J.c.agent_id == agent_id,
+                J.c.state.in_([JobState.ASSIGNED.value, JobState.RUNNING.value]),
+            )
+        )
+        return any(
+            d == digest or any(p.get("digest") == digest for p in plugins) for d, plugins in rows
+        )
+
+    @staticmethod
+    def published(s: Session, digest: str) -> bool:
+        revision = s.scalar(select(RevisionRow.seq).where(RevisionRow.digest == digest).limit(1))
+        if revision is not None:
+            return True
+        version = s.scalar(
+            select(PluginVersionRow.seq).where(PluginVersionRow.digest == digest).limit(1)
+        )
+        return version is not None

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from brinell import Client, JobState
+from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import start_agent, start_server, wait_connected
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,21 +188,29 @@ def test_buf_curl_through_reflection(cluster: dict[str, Any]) -> None:
     ):
         assert svc in listed.stdout
     cluster["client"].experiments.create("via-buf")
-    called = subprocess.run(
-        [
-            buf,
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            "-d",
-            "{}",
-            f"{url}/brinell.v1.ExperimentService/ListExperiments",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def list_experiments(*headers: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                buf,
+                "curl",
+                "--protocol",
+                "grpc",
+                "--http2-prior-knowledge",
+                *headers,
+                "-d",
+                "{}",
+                f"{url}/brinell.v1.ExperimentService/ListExperiments",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # Reflection is open; the API needs the token as a header.
+    anonymous = list_experiments()
+    assert anonymous.returncode != 0 and "unauthenticated" in anonymous.stdout + anonymous.stderr
+    called = list_experiments("-H", f"authorization: Bearer {ADMIN_TOKEN}")
     assert called.returncode == 0, called.stderr
     assert "experiments/via-buf" in called.stdout
 

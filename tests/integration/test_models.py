@@ -55,7 +55,14 @@ from brinell.v1 import (
 from brinell.v1 import (
     model_service_pb2_grpc as model_grpc,
 )
-from tests.conftest import SLEEPY_MLPROJECT, make_server, run_cli, start_server, tar_gz
+from tests.conftest import (
+    SLEEPY_MLPROJECT,
+    admin_channel,
+    make_server,
+    run_cli,
+    start_server,
+    tar_gz,
+)
 
 OK = grpc.StatusCode
 CHUNK = 1 << 20
@@ -188,7 +195,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # tracking URI, set by log_like_a_job) must not make the server's MLflow calls work.
     data = tmp_path_factory.mktemp("models") / "server"
     server, target = start_server(data)
-    channel = grpc.insecure_channel(target)
+    channel = admin_channel(target)
     try:
         stubs = make_stubs(channel)
         setup_world(stubs)
@@ -796,7 +803,7 @@ def test_every_documented_error_code(world: World) -> None:
 def test_mlflow_off_and_jobs_without_a_run(tmp_path: Path) -> None:
     srv = make_server(tmp_path, mlflow_tracking_uri="none")
     try:
-        with grpc.insecure_channel(srv.target) as channel:
+        with admin_channel(srv.target) as channel:
             s = make_stubs(channel)
             setup_world(s)
             job = submit(s)
@@ -831,7 +838,7 @@ def test_mlflow_off_and_jobs_without_a_run(tmp_path: Path) -> None:
     # every server with MLflow on here: MLflow's tracking URI is process-global.)
     server, target = start_server(tmp_path / "server")
     try:
-        with grpc.insecure_channel(target) as channel:
+        with admin_channel(target) as channel:
             s = make_stubs(channel)
             for fn, request in [
                 (s.model.RegisterModel, model_pb.RegisterModelRequest(model_id="m", job=job.name)),
@@ -852,7 +859,7 @@ def test_health_and_reflection_list_the_services(world: World) -> None:
         ProtoReflectionDescriptorDatabase,
     )
 
-    with grpc.insecure_channel(world.target) as channel:
+    with admin_channel(world.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("brinell.v1.ModelService", "brinell.v1.ArtifactService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service)).status

@@ -118,6 +118,7 @@ class EntryPointRevision(_message.Message):
     PROJECT_NAME_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`entryPoints/{entry_point_id}/revisions/{digest}`."""
     digest: _builtins.str
@@ -125,6 +126,8 @@ class EntryPointRevision(_message.Message):
     size_bytes: _builtins.int
     project_name: _builtins.str
     """The MLproject `name`."""
+    creator: _builtins.str
+    """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]: ...
     @_builtins.property
@@ -138,10 +141,11 @@ class EntryPointRevision(_message.Message):
         project_name: _builtins.str = ...,
         entries: _abc.Iterable[Global___Entry] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "digest", b"digest", "entries", b"entries", "name", b"name", "project_name", b"project_name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "digest", b"digest", "entries", b"entries", "name", b"name", "project_name", b"project_name", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -159,10 +163,13 @@ class EntryPoint(_message.Message):
     REVISION_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`entryPoints/{entry_point_id}`."""
     description: _builtins.str
     revision_count: _builtins.int
+    creator: _builtins.str
+    """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
     @_builtins.property
     def latest_revision(self) -> Global___EntryPointRevision:
         """The revision jobs use when they do not name one."""
@@ -180,10 +187,11 @@ class EntryPoint(_message.Message):
         revision_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latest_revision", b"latest_revision", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "latest_revision", b"latest_revision", "name", b"name", "revision_count", b"revision_count", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "description", b"description", "latest_revision", b"latest_revision", "name", b"name", "revision_count", b"revision_count", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -53,12 +53,15 @@ class Experiment(_message.Message):
     MLFLOW_EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `experiments/{experiment_id}`. Output only."""
     description: _builtins.str
     """Free-form description."""
     mlflow_experiment_id: _builtins.str
     """The MLflow experiment that holds this experiment's runs. Output only."""
+    creator: _builtins.str
+    """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """User labels, for filtering and organising."""
@@ -80,10 +83,11 @@ class Experiment(_message.Message):
         mlflow_experiment_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "labels", b"labels", "mlflow_experiment_id", b"mlflow_experiment_id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "description", b"description", "labels", b"labels", "mlflow_experiment_id", b"mlflow_experiment_id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -150,6 +150,7 @@ class Job(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PLUGINS_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job_id}`. Output only."""
     experiment: _builtins.str
@@ -176,6 +177,8 @@ class Job(_message.Message):
     exit_code: _builtins.int
     """The process exit code of the last attempt, when it exited."""
     cancel_requested: _builtins.bool
+    creator: _builtins.str
+    """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The parameters, defaults filled in. Values are strings, validated against their types."""
@@ -225,10 +228,11 @@ class Job(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         plugins: _abc.Iterable[_plugin_pb2.PluginPin] | None = ...,
+        creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "queue", b"queue", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "queue", b"queue", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

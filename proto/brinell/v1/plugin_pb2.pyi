@@ -106,6 +106,7 @@ class PluginVersion(_message.Message):
     PACKAGE_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`plugins/{plugin_id}/versions/{version}`."""
     version: _builtins.str
@@ -115,6 +116,8 @@ class PluginVersion(_message.Message):
     description: _builtins.str
     package: _builtins.str
     """The Python package the bundle provides."""
+    creator: _builtins.str
+    """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Python requirements from the manifest (PEP 508 strings)."""
@@ -135,10 +138,11 @@ class PluginVersion(_message.Message):
         package: _builtins.str = ...,
         tasks: _abc.Iterable[Global___Task] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "digest", b"digest", "name", b"name", "package", b"package", "requirements", b"requirements", "size_bytes", b"size_bytes", "tasks", b"tasks", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "description", b"description", "digest", b"digest", "name", b"name", "package", b"package", "requirements", b"requirements", "size_bytes", b"size_bytes", "tasks", b"tasks", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
