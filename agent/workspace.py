@@ -17,15 +17,14 @@ import posixpath
 import re
 import shutil
 import stat
-import tarfile
 import tempfile
 import time
-import zipfile
 import zlib
-from collections.abc import AsyncIterable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, Collection
 from pathlib import Path
 from typing import IO, Any
+
+from brinell import archives
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -35,7 +34,7 @@ _IGNORED_TOP_LEVEL = {"__MACOSX", ".DS_Store"}
 
 
 class WorkspaceError(Exception):
-    """The job cannot get its files; the message is shown to the user."""
+    """Preparing a job's files failed."""
 
 
 class BlobError(WorkspaceError):
@@ -43,11 +42,11 @@ class BlobError(WorkspaceError):
 
 
 class ArchiveError(WorkspaceError):
-    """The archive is corrupt or of an unsupported format."""
+    """The archive could not be extracted."""
 
 
 class UnsafeArchiveError(ArchiveError):
-    """The archive tries to escape its workspace or exceeds the limits."""
+    """The archive breaks a rule of brinell.archives (shared with the control plane)."""
 
 
 def parse_digest(digest: str) -> str:
@@ -212,71 +211,10 @@ class BlobCache:
 # --------------------------------------------------------------------------- extraction
 
 
-@dataclass
-class _Limits:
-    max_bytes: int
-    max_files: int
-    files: int = 0
-    total: int = 0
-
-    def count_member(self) -> None:
-        self.files += 1
-        if self.files > self.max_files:
-            self.too_many()
-
-    def too_many(self) -> None:
-        raise UnsafeArchiveError(
-            f"archive has more than {self.max_files} entries (limit max_archive_files)"
-        )
-
-    def check_declared(self, size: int, name: str) -> None:
-        """Refuses a member by its declared size before any of its bytes are read."""
-        if self.total + size > self.max_bytes:
-            self.add_bytes(size, name)
-
-    def add_bytes(self, n: int, name: str) -> None:
-        self.total += n
-        if self.total > self.max_bytes:
-            raise UnsafeArchiveError(
-                f"archive expands to more than {self.max_bytes} bytes "
-                f"(reached at {name!r}; limit max_archive_bytes)"
-            )
-
-
-def _clean_name(raw: str) -> str | None:
-    """A member name as a safe relative POSIX path; None for the archive root itself.
-
-    Raises UnsafeArchiveError for absolute paths and ``..`` components. Backslashes are treated
-    as separators too, since Windows zip tools write them and a later consumer might honour them.
-    """
-    if "\x00" in raw:
-        raise UnsafeArchiveError(f"entry name {raw!r} contains a NUL byte")
-    name = raw.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UnsafeArchiveError(f"entry {raw!r} has an absolute path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeArchiveError(f"entry {raw!r} contains '..'")
-    if not parts:
-        return None
-    return "/".join(parts)
-
-
-def _check_link_target(name: str, target: str) -> None:
-    """Rejects symlink targets that are absolute or point above the workspace on their face."""
-    if not target:
-        raise UnsafeArchiveError(f"symlink {name!r} has an empty target")
-    if target.startswith("/") or target.startswith("\\") or re.match(r"^[A-Za-z]:", target):
-        raise UnsafeArchiveError(f"symlink {name!r} points to the absolute path {target!r}")
-    joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-    if joined == ".." or joined.startswith("../"):
-        raise UnsafeArchiveError(f"symlink {name!r} -> {target!r} points outside the workspace")
-
-
 class _Extractor:
     """Writes members below ``root``; symlinks are made last so no write can follow one."""
 
-    def __init__(self, root: Path, limits: _Limits) -> None:
+    def __init__(self, root: Path, limits: archives.Limits) -> None:
         self.root = root
         self.limits = limits
         self.files: set[str] = set()
@@ -324,25 +262,21 @@ class _Extractor:
         os.chmod(path, perm)
         self.files.add(name)
 
-    def hardlink(self, name: str, target_raw: str) -> None:
-        """Materialises a hard link as a copy of an earlier regular member of the archive."""
-        try:
-            target = _clean_name(target_raw)
-        except UnsafeArchiveError as exc:
-            raise UnsafeArchiveError(f"hard link {name!r} -> {target_raw!r}: {exc}") from None
-        if target is None or target == name or target not in self.files:
+    def hardlink(self, name: str, target: str) -> None:
+        """Materialises a hard link as a copy of an earlier regular member of the archive
+        (``target`` is already a clean name of one, see brinell.archives)."""
+        if target not in self.files:
             raise UnsafeArchiveError(
-                f"hard link {name!r} -> {target_raw!r} does not point to a file of the archive"
+                f"hard link {name!r} -> {target!r} does not point to a file of the archive"
             )
         source_path = self._path(target)
         st = os.lstat(source_path)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeArchiveError(f"hard link {name!r} -> {target_raw!r} is not a regular file")
+            raise UnsafeArchiveError(f"hard link {name!r} -> {target!r} is not a regular file")
         with open(source_path, "rb") as source:
             self.file(name, source, st.st_mode)
 
     def symlink(self, name: str, target: str) -> None:
-        _check_link_target(name, target)
         self.files.discard(name)
         self.symlinks[name] = target
 
@@ -377,87 +311,27 @@ class _Extractor:
                 )
 
 
-def _extract_tar(archive: Path, ex: _Extractor) -> None:
+def _extract(archive: Path, ex: _Extractor) -> None:
+    """Writes what ``brinell.archives.members`` lets through (the control plane checked the
+    same rules when the archive was pushed)."""
     try:
-        # Stream mode reads each member once, so a compressed archive is decompressed once.
-        with tarfile.open(archive, mode="r|*") as tf:
-            for member in _iter_tar(tf):
-                ex.limits.count_member()
-                name = _clean_name(member.name)
-                if name is None:
-                    continue
-                if member.isdir():
-                    ex.directory(name)
-                elif member.isreg():
-                    # Declared size first, so a bomb is refused before its bytes are read.
-                    ex.limits.check_declared(member.size, name)
-                    source = tf.extractfile(member)
-                    if source is None:  # pragma: no cover - isreg members always have data
-                        raise ArchiveError(f"cannot read {name!r}")
-                    ex.file(name, source, member.mode)
-                elif member.issym():
-                    ex.symlink(name, member.linkname)
-                elif member.islnk():
-                    ex.hardlink(name, member.linkname)
-                elif member.ischr() or member.isblk():
-                    raise UnsafeArchiveError(f"entry {member.name!r} is a device file")
-                elif member.isfifo():
-                    raise UnsafeArchiveError(f"entry {member.name!r} is a FIFO")
-                else:
-                    raise UnsafeArchiveError(f"entry {member.name!r} has an unsupported type")
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise ArchiveError(f"the archive is not a readable tar archive: {exc}") from exc
-    except OSError as exc:
+        for m in archives.members(archive, ex.limits):
+            if m.kind == "dir":
+                ex.directory(m.name)
+            elif m.kind == "file":
+                assert m.open is not None
+                with m.open() as source:
+                    ex.file(m.name, source, m.mode)
+            elif m.kind == "symlink":
+                ex.symlink(m.name, m.link)
+            else:
+                ex.hardlink(m.name, m.link)
+    except archives.UnsafeArchiveError as exc:
+        raise UnsafeArchiveError(str(exc)) from exc
+    except archives.ArchiveError as exc:
+        raise ArchiveError(str(exc)) from exc
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise ArchiveError(f"cannot extract the archive: {exc}") from exc
-
-
-def _iter_tar(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    while True:
-        member = tf.next()
-        if member is None:
-            return
-        yield member
-
-
-def _extract_zip(archive: Path, ex: _Extractor) -> None:
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            # The central directory lists everything up front: refuse before writing anything.
-            if len(infos) > ex.limits.max_files:
-                ex.limits.too_many()
-            ex.limits.check_declared(sum(i.file_size for i in infos), "(whole archive)")
-            for info in infos:
-                ex.limits.count_member()
-                name = _clean_name(info.filename)
-                if name is None:
-                    continue
-                mode = info.external_attr >> 16
-                if info.is_dir():
-                    ex.directory(name)
-                elif stat.S_ISLNK(mode):
-                    if info.file_size > 4096:
-                        raise UnsafeArchiveError(f"symlink {name!r} has an oversized target")
-                    target = zf.read(info).decode("utf-8", errors="surrogateescape")
-                    ex.symlink(name, target)
-                # Type bits are optional in zips (Windows tools, zipfile.writestr): none = file.
-                elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-                    raise UnsafeArchiveError(
-                        f"entry {info.filename!r} is not a regular file, directory or symlink"
-                    )
-                else:
-                    with zf.open(info) as source:
-                        ex.file(name, source, mode)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as exc:
-        raise ArchiveError(f"the archive is not a readable zip archive: {exc}") from exc
-    except (EOFError, OSError) as exc:
-        raise ArchiveError(f"cannot extract the archive: {exc}") from exc
-
-
-def _is_zip(archive: Path) -> bool:
-    with open(archive, "rb") as f:
-        magic = f.read(4)
-    return magic in (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -> Path:
@@ -472,12 +346,9 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -
     """
     if not dest.is_dir() or any(dest.iterdir()):
         raise ArchiveError(f"workspace {dest} must be an existing empty directory")
-    ex = _Extractor(dest, _Limits(max_bytes=max_bytes, max_files=max_files))
+    ex = _Extractor(dest, archives.Limits(max_bytes=max_bytes, max_files=max_files))
     try:
-        if _is_zip(archive):
-            _extract_zip(archive, ex)
-        else:
-            _extract_tar(archive, ex)
+        _extract(archive, ex)
         ex.finish_symlinks()
     except BaseException:
         for child in list(dest.iterdir()):

@@ -50,6 +50,7 @@ from .domain.paging import PageTokens
 from .domain.plugins import PluginManager
 from .domain.registry import ModelRegistry
 from .domain.scheduler import Scheduler, SchedulerConfig
+from .domain.uploads import Inspector
 from .store.blobs import BlobStore
 from .store.db import Database
 from .tracking import MlflowTracking, NullTracking, Tracking
@@ -137,15 +138,16 @@ class ControlPlane:
         )
         audit = self.accounts.audit
         self.experiments = ExperimentManager(self.db, self.tracking, self.tokens, audit)
+        inspector = Inspector()  # one bound on upload inspections, for both kinds
         self.entry_points = EntryPointManager(
-            self.db, self.blobs, self.tokens, config.max_archive_bytes
+            self.db, self.blobs, self.tokens, config.max_archive_bytes, inspector
         )
         self.jobs = JobManager(
             self.db, self.tracking, self.notifier, self.scheduler, self.tokens, audit
         )
         self.agents = AgentDirectory(self.db, self.scheduler, self.tokens, self.accounts)
         self.plugins = PluginManager(
-            self.db, self.blobs, self.tokens, config.max_archive_bytes, audit
+            self.db, self.blobs, self.tokens, config.max_archive_bytes, audit, inspector
         )
         self.registry = ModelRegistry(self.jobs, self.tracking, self.tokens, audit)
         self.admin_token_file: Path | None = None

@@ -126,6 +126,14 @@ def parse(text: str | bytes) -> ProjectSpec:
                     problems.append(f"entry {entry_name!r}: default of {err}")
             params.append(spec)
         declared = {p.name for p in params}
+        types = {p.name: p.type for p in params}
+        problems += [
+            f"entry {entry_name!r}: command has {{{name}}} inside {quote} quotes, where a "
+            "value could break out of them: write it unquoted, or in $(...) instead of "
+            "backticks (values are shell-quoted for you)"
+            for name, quote in quoted_placeholders(raw["command"])
+            if types.get(name) not in NUMERIC  # a number cannot end a quote
+        ]
         for used in _PLACEHOLDER.findall(raw["command"]):
             if used not in declared:
                 problems.append(
@@ -215,6 +223,35 @@ def resolve(project: ProjectSpec, entry: str, given: dict[str, str]) -> dict[str
     if problems:
         raise MLprojectError(problems)
     return resolved
+
+
+NUMERIC = ("int", "float")
+
+
+def quoted_placeholders(command: str) -> list[tuple[str, str]]:
+    """(name, "single" | "double") of each placeholder the shell would read inside quotes: a
+    value substituted there, quoted by ``build_command``, would end the template's quote and
+    run as shell text (``echo '{x}'`` with ``x = "a'; touch F; '"``); in backticks a value's
+    own backtick ends them. Unquoted placeholders, also inside ``$(...)``, are safe; quoted
+    ones are refused unless numeric."""
+    found: list[tuple[str, str]] = []
+    state = ""  # "" outside quotes, "'" or '"' inside them
+    i = 0
+    while i < len(command):
+        c = command[i]
+        if c == "\\" and state != "'":
+            i += 2  # an escaped character, outside quotes or inside double quotes
+            continue
+        if state == "" and c in "'\"`":
+            state = c
+        elif state and c == state:
+            state = ""
+        elif state and (m := _PLACEHOLDER.match(command, i)):
+            found.append((m.group(1), {"'": "single", '"': "double", "`": "backtick"}[state]))
+            i = m.end()
+            continue
+        i += 1
+    return found
 
 
 def build_command(entry: EntrySpec, parameters: dict[str, str]) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import tarfile
-import zipfile
+import lzma
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from brinell import archives
+from brinell.mlproject import shown
 
 from .errors import InvalidArgument
 
@@ -17,10 +19,17 @@ UPLOAD_FIELD = "chunk"
 MAX_FILE_BYTES = 1 << 20
 
 
-class Archive:
-    """The regular files of an open archive, by name (leading ``./`` removed)."""
+#: What the control plane keeps in memory of an archive while inspecting it: files it may
+#: read (manifests, MLprojects, graphs, Python source), each at most MAX_FILE_BYTES.
+KEPT_SUFFIXES = ("", ".yaml", ".yml", ".py")
+MAX_KEPT_BYTES = 32 << 20
 
-    def __init__(self, files: dict[str, tuple[int, Callable[[], bytes]]]) -> None:
+
+class Archive:
+    """The regular files of an archive that passed the shared rules, by clean name."""
+
+    def __init__(self, files: dict[str, tuple[int, bytes | None]]) -> None:
+        # name -> (size, content, or None for a file not kept: too big or of another kind)
         self.files = files
 
     def root(self, marker: str) -> str | None:
@@ -34,45 +43,47 @@ class Archive:
 
     def read(self, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
         if name not in self.files:
-            raise InvalidArgument(f"the archive has no file {name}", field=UPLOAD_FIELD)
-        size, read = self.files[name]
-        if size > limit:
-            raise InvalidArgument(f"{name} is larger than {limit} bytes", field=UPLOAD_FIELD)
-        return read()
+            raise InvalidArgument(f"the archive has no file {shown(name)}", field=UPLOAD_FIELD)
+        size, data = self.files[name]
+        if size > limit or data is None:
+            raise InvalidArgument(f"{shown(name)} is larger than {limit} bytes", field=UPLOAD_FIELD)
+        return data
+
+
+def walk(path: Path) -> Archive:
+    """Checks every entry with the rules the agent extracts by (brinell.archives, with the
+    agents' default limits), reading the archive once, and keeps the small text files.
+    INVALID_ARGUMENT for an unreadable or unsafe archive."""
+    files: dict[str, tuple[int, bytes | None]] = {}
+    kept = 0
+    try:
+        for m in archives.members(path, archives.Limits()):
+            if m.kind == "hardlink":
+                files[m.name] = files[m.link]
+            elif m.kind != "file":
+                files.pop(m.name, None)
+            else:
+                assert m.open is not None
+                keep = m.size <= MAX_FILE_BYTES and kept + m.size <= MAX_KEPT_BYTES
+                keep = keep and PurePosixPath(m.name).suffix in KEPT_SUFFIXES
+                data = None
+                if keep:
+                    with m.open() as f:
+                        data = f.read(MAX_FILE_BYTES + 1)
+                    kept += len(data)
+                files[m.name] = (m.size, data)
+    except archives.UnsafeArchiveError as exc:
+        raise InvalidArgument(f"the archive is refused: {exc}", field=UPLOAD_FIELD) from None
+    except (archives.ArchiveError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise InvalidArgument(
+            f"the upload is not a readable tar.gz, tar or zip archive ({exc})", field=UPLOAD_FIELD
+        ) from None
+    return Archive(files)
 
 
 @contextmanager
 def open_archive(path: Path) -> Iterator[Archive]:
-    """Opens a tar/tar.gz/zip; INVALID_ARGUMENT when it is none of them or is damaged."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                yield Archive(
-                    {
-                        i.filename.lstrip("./"): (i.file_size, functools.partial(zf.read, i))
-                        for i in zf.infolist()
-                        if not i.is_dir()
-                    }
-                )
-            return
-        with tarfile.open(path, "r:*") as tf:
-
-            def reader(member: tarfile.TarInfo) -> bytes:
-                f = tf.extractfile(member)
-                assert f is not None
-                return f.read()
-
-            yield Archive(
-                {
-                    m.name.lstrip("./"): (m.size, functools.partial(reader, m))
-                    for m in tf.getmembers()
-                    if m.isfile()
-                }
-            )
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise InvalidArgument(
-            f"the upload is not a readable tar.gz, tar or zip archive ({exc})", field=UPLOAD_FIELD
-        ) from None
+    yield walk(path)
 
 
 def read_project(
@@ -92,9 +103,9 @@ def read_project(
         problems, files = [], {}
         for rel in named:
             if rel.startswith("/") or ".." in rel.split("/"):
-                problems.append(f"MLproject names {rel!r}, which leaves the project")
+                problems.append(f"MLproject names {shown(rel)}, which leaves the project")
             elif root + rel not in archive.files:
-                problems.append(f"MLproject names {rel!r}, which is not in the archive")
+                problems.append(f"MLproject names {shown(rel)}, which is not in the archive")
             else:
                 files[rel] = archive.read(root + rel)
         if problems:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from .errors import InvalidArgument, NotFound
 from .identity import Principal, may_act_on
 from .models import EntryPoint, Revision
 from .paging import PageTokens, page_size
-from .uploads import receive
+from .uploads import Inspector, receive
 
 
 def spec_to_dict(
@@ -92,8 +91,14 @@ def inspect_project(path: Path) -> tuple[mlproject.ProjectSpec, dict[str, str]]:
 
 class EntryPointManager:
     def __init__(
-        self, db: Database, blobs: BlobStore, tokens: PageTokens, max_archive_bytes: int
+        self,
+        db: Database,
+        blobs: BlobStore,
+        tokens: PageTokens,
+        max_archive_bytes: int,
+        inspector: Inspector,
     ) -> None:
+        self.inspector = inspector
         self.db = db
         self.blobs = blobs
         self.tokens = tokens
@@ -116,16 +121,16 @@ class EntryPointManager:
         async with receive(
             self.blobs, chunks, self.max_archive_bytes, expected_sha256, "archive"
         ) as upload:
-            project, graphs = await asyncio.to_thread(inspect_project, upload.path)
-        rev = Revision(
-            ep_id,
-            upload.digest,
-            upload.size,
-            project.name,
-            spec_to_dict(project, graphs),
-            utcnow(),
-            who.name,
-        )
+            # The same bytes were inspected before (by any entry point): reuse what was read.
+            known = await self.db.run(lambda s: EntryPoints.any_revision(s, upload.digest))
+            if known is not None:
+                project_name, spec = known.project_name, known.spec
+            else:
+                project, graphs = await self.inspector.run(
+                    upload.digest, inspect_project, upload.path
+                )
+                project_name, spec = project.name, spec_to_dict(project, graphs)
+        rev = Revision(ep_id, upload.digest, upload.size, project_name, spec, utcnow(), who.name)
         return await self.db.run(lambda s: EntryPoints.add_revision(s, ep_id, description, rev))
 
     async def get(self, name: str) -> EntryPoint:

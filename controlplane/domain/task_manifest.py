@@ -15,7 +15,7 @@ import yaml
 from packaging.version import InvalidVersion, Version
 
 from . import names
-from .archives import UPLOAD_FIELD, Archive, open_archive
+from .archives import MAX_FILE_BYTES, UPLOAD_FIELD, Archive, open_archive
 from .errors import InvalidArgument
 
 MANIFEST = "brinell-plugin.yaml"
@@ -70,18 +70,26 @@ def _read(archive: Archive) -> dict[str, Any]:
     tasks: list[dict[str, Any]] = []
     total = 0
     for path_name in sorted(sources):
-        size, read = sources[path_name]
+        size, data = sources[path_name]
         total += size
-        if total > MAX_SOURCE_BYTES:
-            problems.append("the package's Python source is larger than 20 MiB")
+        rel = path_name[len(root) :]
+        if total > MAX_SOURCE_BYTES or data is None:
+            problems.append(
+                f"{rel} is over {MAX_FILE_BYTES} bytes"
+                if data is None
+                else "the package's Python source is larger than 20 MiB"
+            )
             break
         module = path_name[len(root) : -3].replace("/", ".").removesuffix(".__init__")
         try:
-            tree = ast.parse(read(), filename=path_name)
+            tree = ast.parse(data, filename=path_name)
+            tasks.extend(tasks_in(tree, module))
         except SyntaxError as exc:
-            problems.append(f"{path_name[len(root) :]}:{exc.lineno}: {exc.msg}")
-            continue
-        tasks.extend(tasks_in(tree, module))
+            problems.append(f"{rel}:{exc.lineno}: {exc.msg}")
+        except (RecursionError, MemoryError):
+            # Pathological source (200k unary minus signs, a 50k-deep attribute chain): the
+            # parser's own depth limit, reported as the user's problem.
+            problems.append(f"{rel}: too deeply nested for Python's parser")
     if problems:
         raise InvalidArgument(problems, field=UPLOAD_FIELD)
     return {

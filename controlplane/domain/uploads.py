@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..store.blobs import BlobStore
 from .archives import UPLOAD_FIELD
 from .errors import InvalidArgument
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,3 +68,30 @@ async def receive(
             os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class Inspector:
+    """Runs the inspection of uploads off the event loop, at most ``concurrency`` at once
+    (each holds up to archives.MAX_KEPT_BYTES), and remembers the digests it refused: the
+    same refused bytes again cost a hash, not another walk through a bomb."""
+
+    def __init__(self, concurrency: int = 2, remember: int = 1024) -> None:
+        self.concurrency = concurrency
+        self.remember = remember
+        self._semaphore: asyncio.Semaphore | None = None
+        self._refused: OrderedDict[str, InvalidArgument] = OrderedDict()
+
+    async def run(self, digest: str, fn: Callable[[Path], T], path: Path) -> T:
+        refused = self._refused.get(digest)
+        if refused is not None:
+            raise InvalidArgument.of(refused.violations)
+        if self._semaphore is None:  # made on the loop that uses it
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+        async with self._semaphore:
+            try:
+                return await asyncio.to_thread(fn, path)
+            except InvalidArgument as exc:
+                self._refused[digest] = exc
+                while len(self._refused) > self.remember:
+                    self._refused.popitem(last=False)
+                raise

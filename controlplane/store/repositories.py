@@ -267,6 +267,12 @@ class EntryPoints:
         return _revision(row) if row else None
 
     @staticmethod
+    def any_revision(s: Session, digest: str) -> m.Revision | None:
+        """A revision of these bytes, of any entry point (they parse the same everywhere)."""
+        row = s.scalar(select(RevisionRow).where(RevisionRow.digest == digest).limit(1))
+        return _revision(row) if row else None
+
+    @staticmethod
     def add_revision(
         s: Session, ep_id: str, description: str, rev: m.Revision
     ) -> tuple[m.EntryPoint, m.Revision, bool]:
@@ -672,6 +678,11 @@ class Plugins:
         return [
             (r.seq, Plugins._plugin(r, Plugins.version(s, r.id, r.latest_version))) for r in rows
         ]
+
+    @staticmethod
+    def by_digest(s: Session, digest: str) -> m.PluginVersion | None:
+        row = s.scalar(select(PluginVersionRow).where(PluginVersionRow.digest == digest).limit(1))
+        return _plugin_version(row) if row else None
 
     @staticmethod
     def latest_pins(s: Session) -> dict[str, m.PluginPin]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +156,53 @@ def test_values_that_could_not_run_are_refused_and_not_echoed_whole() -> None:
     (long,) = problems(name="n" * 60_000, data="d" * 60_000)
     assert "more than the 100000 a process can be given" in long
     assert mlproject.resolve(project, "main", {"name": "n" * 40_000})["name"] == "n" * 40_000
+
+
+# -- shell injection through placeholders ---------------------------------------------
+
+INJECTIONS = [
+    "a; touch F; echo ",
+    "a'; touch F; echo '",
+    'a"; touch F; echo "',
+    "$(touch F)",
+    "`touch F`",
+    "a\ntouch F",
+    "a' \"$(touch F)\" '",
+]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "echo '{name}'",
+        'echo "{name}"',
+        "echo \"a '{name}' b\"",
+        "echo 'x'\"{name}\"",
+        "echo `echo {name}`",
+    ],
+)
+def test_placeholders_inside_quotes_are_refused(template: str) -> None:
+    doc = f"entry_points:\n  main:\n    parameters: {{name: string}}\n    command: {json.dumps(template)}\n"
+    with pytest.raises(mlproject.MLprojectError, match="inside (single|double|backtick) quotes"):
+        mlproject.parse(doc)
+
+
+def test_numeric_placeholders_may_stand_in_quotes() -> None:
+    doc = (
+        "entry_points:\n  main:\n    parameters: {n: int, f: float}\n"
+        "    command: \"sh -c 'sleep {f}; exit {n}'\"\n"
+    )
+    assert mlproject.parse(doc).entries[0].command == "sh -c 'sleep {f}; exit {n}'"
+
+
+@pytest.mark.parametrize(
+    "template", ["echo {name}", "echo $(echo {name})", "echo \\'{name}", 'x={name}; echo "$x"']
+)
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_unquoted_placeholders_cannot_break_out(template: str, value: str, tmp_path: Path) -> None:
+    doc = f"entry_points:\n  main:\n    parameters: {{name: string}}\n    command: {json.dumps(template)}\n"
+    entry = mlproject.parse(doc).entries[0]
+    command = mlproject.build_command(entry, {"name": value})
+    run = subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=True, text=True)
+    assert not (tmp_path / "F").exists(), (command, run.stdout)
+    assert value.replace("\n", " ").split()[0].strip("'\"") in run.stdout.replace("\n", " ")
