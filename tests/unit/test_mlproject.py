@@ -160,6 +160,12 @@ def test_values_that_could_not_run_are_refused_and_not_echoed_whole() -> None:
 
 # -- shell injection through placeholders ---------------------------------------------
 
+
+def _with_command(template: str) -> str:
+    head = "entry_points:\n  main:\n    parameters: {name: string}\n"
+    return head + f"    command: {json.dumps(template)}\n"
+
+
 INJECTIONS = [
     "a; touch F; echo ",
     "a'; touch F; echo '",
@@ -182,7 +188,7 @@ INJECTIONS = [
     ],
 )
 def test_placeholders_inside_quotes_are_refused(template: str) -> None:
-    doc = f"entry_points:\n  main:\n    parameters: {{name: string}}\n    command: {json.dumps(template)}\n"
+    doc = _with_command(template)
     with pytest.raises(mlproject.MLprojectError, match="inside (single|double|backtick) quotes"):
         mlproject.parse(doc)
 
@@ -200,7 +206,7 @@ def test_numeric_placeholders_may_stand_in_quotes() -> None:
 )
 @pytest.mark.parametrize("value", INJECTIONS)
 def test_unquoted_placeholders_cannot_break_out(template: str, value: str, tmp_path: Path) -> None:
-    doc = f"entry_points:\n  main:\n    parameters: {{name: string}}\n    command: {json.dumps(template)}\n"
+    doc = _with_command(template)
     entry = mlproject.parse(doc).entries[0]
     command = mlproject.build_command(entry, {"name": value})
     run = subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=True, text=True)
