@@ -1,8 +1,10 @@
-"""``client.users``, ``client.tokens``, ``client.audit`` and ``client.whoami()``.
+"""``client.users``, ``client.groups``, ``client.tokens``, ``client.audit``, ``client.whoami()``.
 
 Roles: ``viewer`` reads, ``member`` also creates experiments, pushes entry points, submits
 and cancels its own jobs, ``admin`` does everything (users, tokens, plugins, agents). A
 token's secret is returned once, by ``tokens.create``; the server keeps only its hash.
+Every experiment belongs to a group: users see (and submit to) the experiments of their
+groups; a user created without groups joins ``default``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,18 @@ from .client import Client, _name, _pages, _Service
 from .errors import InvalidArgumentError
 from .types import _time
 
-__all__ = ["AuditEvent", "Audit", "NewToken", "Token", "Tokens", "User", "Users", "WhoAmI"]
+__all__ = [
+    "AuditEvent",
+    "Audit",
+    "Group",
+    "Groups",
+    "NewToken",
+    "Token",
+    "Tokens",
+    "User",
+    "Users",
+    "WhoAmI",
+]
 
 ROLES = ("viewer", "member", "admin")
 
@@ -41,6 +54,8 @@ class User:
     disabled: bool = False
     create_time: datetime | None = None
     creator: str = ""
+    #: ``groups/{id}`` of each group it is in.
+    groups: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -52,6 +67,33 @@ class User:
             str(msg.name),
             _role(msg.role),
             bool(msg.disabled),
+            _time(msg, "create_time"),
+            str(msg.creator),
+            tuple(msg.groups),
+        )
+
+
+@dataclass(frozen=True)
+class Group:
+    """Users who share experiments."""
+
+    name: str
+    description: str = ""
+    #: ``users/{id}`` of each member.
+    members: tuple[str, ...] = ()
+    create_time: datetime | None = None
+    creator: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.name.split("/", 1)[1]
+
+    @classmethod
+    def from_proto(cls, msg: auth_pb2.Group) -> Group:
+        return cls(
+            str(msg.name),
+            str(msg.description),
+            tuple(msg.members),
             _time(msg, "create_time"),
             str(msg.creator),
         )
@@ -143,8 +185,13 @@ class _Auth(_Service):
 class Users(_Auth):
     """``client.users`` (admin, except ``get`` of yourself)."""
 
-    def create(self, id: str, role: str = "member") -> User:
-        request = auth_service_pb2.CreateUserRequest(user_id=id, role=_role_value(role))
+    def create(self, id: str, role: str = "member", groups: list[str] | None = None) -> User:
+        """A new user in ``groups`` (ids or ``groups/{id}``; none: ``default``)."""
+        request = auth_service_pb2.CreateUserRequest(
+            user_id=id,
+            role=_role_value(role),
+            groups=[_name(g, "groups", "group") for g in groups or []],
+        )
         return User.from_proto(self._unary(self._stub.CreateUser, request).user)
 
     def get(self, id_or_name: str) -> User:
@@ -176,6 +223,45 @@ class Users(_Auth):
     def disable(self, id_or_name: str) -> User:
         """Refuses the user's tokens from now on (``update(..., disabled=False)`` undoes it)."""
         return self.update(id_or_name, disabled=True)
+
+
+class Groups(_Auth):
+    """``client.groups``: who sees which experiments (changes: admin)."""
+
+    def create(self, id: str, description: str = "") -> Group:
+        request = auth_service_pb2.CreateGroupRequest(group_id=id, description=description)
+        return Group.from_proto(self._unary(self._stub.CreateGroup, request).group)
+
+    def get(self, id_or_name: str) -> Group:
+        request = auth_service_pb2.GetGroupRequest(name=_name(id_or_name, "groups", "group"))
+        return Group.from_proto(self._unary(self._stub.GetGroup, request).group)
+
+    def list(self, page_size: int | None = None) -> Iterator[Group]:
+        """Every group (an admin), or the groups you are in."""
+
+        def fetch(token: str) -> tuple[list[Group], str]:
+            request = auth_service_pb2.ListGroupsRequest(page_size=page_size or 0, page_token=token)
+            response = self._unary(self._stub.ListGroups, request)
+            return [Group.from_proto(g) for g in response.groups], str(response.next_page_token)
+
+        return _pages(fetch)
+
+    def delete(self, id_or_name: str) -> None:
+        """Deletes a group that holds no experiments."""
+        request = auth_service_pb2.DeleteGroupRequest(name=_name(id_or_name, "groups", "group"))
+        self._unary(self._stub.DeleteGroup, request)
+
+    def add_member(self, group: str, user: str) -> Group:
+        request = auth_service_pb2.AddGroupMemberRequest(
+            group=_name(group, "groups", "group"), user=_name(user, "users", "user")
+        )
+        return Group.from_proto(self._unary(self._stub.AddGroupMember, request).group)
+
+    def remove_member(self, group: str, user: str) -> Group:
+        request = auth_service_pb2.RemoveGroupMemberRequest(
+            group=_name(group, "groups", "group"), user=_name(user, "users", "user")
+        )
+        return Group.from_proto(self._unary(self._stub.RemoveGroupMember, request).group)
 
 
 class Tokens(_Auth):

@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from .cli_auth import audit_app, login, token_app, user_app, whoami
+from .cli_auth import audit_app, group_app, login, token_app, user_app, whoami
 from .cli_common import (
     EXIT_ERROR,
     EXIT_FAILED,
@@ -96,6 +96,7 @@ app.add_typer(plugin_app, name="plugin")
 app.add_typer(model_app, name="model")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(user_app, name="user")
+app.add_typer(group_app, name="group")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.command("login")(login)
@@ -340,6 +341,7 @@ def _show_experiment(e: Experiment) -> None:
     _details(
         [
             ("name", e.name),
+            ("group", e.group or "-"),
             ("description", e.description or "-"),
             ("labels", _pairs(e.labels)),
             ("mlflow experiment", e.mlflow_experiment_id or "-"),
@@ -357,11 +359,15 @@ def experiment_create(
     ] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Its group (default: your only group; an admin's: default)."),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Create an experiment."""
     e = _client(ctx).experiments.create(
-        experiment_id, description=description, labels=_kv(label, "--label")
+        experiment_id, description=description, labels=_kv(label, "--label"), group=group
     )
     if _want_json(ctx, json_output):
         _print_json(e)
@@ -390,10 +396,11 @@ def experiment_list(
     if _want_json(ctx, json_output):
         _print_json(experiments)
         return
-    table = _table("ID", "DESCRIPTION", "LABELS", "MLFLOW", "CREATED")
+    table = _table("ID", "GROUP", "DESCRIPTION", "LABELS", "MLFLOW", "CREATED")
     for e in experiments:
         table.add_row(
             escape(e.id),
+            escape(e.group.removeprefix("groups/") or "-"),
             escape(e.description or "-"),
             escape(_pairs(e.labels)),
             escape(e.mlflow_experiment_id or "-"),

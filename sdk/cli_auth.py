@@ -1,4 +1,4 @@
-"""``brinell login``, ``whoami``, ``user ...``, ``token ...`` and ``audit list``.
+"""``brinell login``, ``whoami``, ``user ...``, ``group ...``, ``token ...``, ``audit list``.
 
 Mounted by ``brinell.cli``; the shared helpers come from ``brinell.cli_common``.
 """
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from .accounts import ROLES, AuditEvent, Token, User
+from .accounts import ROLES, AuditEvent, Group, Token, User
 from .cli_common import (
     JsonOpt,
     _client,
@@ -30,9 +30,12 @@ from .cli_common import (
 from .client import Client
 from .credentials import save_token
 
-__all__ = ["audit_app", "login", "token_app", "user_app", "whoami"]
+__all__ = ["audit_app", "group_app", "login", "token_app", "user_app", "whoami"]
 
 user_app = typer.Typer(help="Manage users and their roles (admin).", no_args_is_help=True)
+group_app = typer.Typer(
+    help="Groups: who sees which experiments (changes: admin).", no_args_is_help=True
+)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read the audit log (admin).", no_args_is_help=True)
 
@@ -80,11 +83,12 @@ def whoami(ctx: typer.Context, json_output: JsonOpt = False) -> None:
 
 
 def _user_rows(users: list[User]) -> None:
-    table = _table("USER", "ROLE", "DISABLED", "CREATED", "CREATOR")
+    table = _table("USER", "ROLE", "GROUPS", "DISABLED", "CREATED", "CREATOR")
     for u in users:
         table.add_row(
             escape(u.id),
             u.role,
+            escape(",".join(g.removeprefix("groups/") for g in u.groups) or "-"),
             "yes" if u.disabled else "no",
             _time(u.create_time),
             escape(u.creator or "-"),
@@ -103,10 +107,14 @@ def user_create(
     ctx: typer.Context,
     user_id: Annotated[str, typer.Argument(help="1-63 characters of [a-z0-9-].")],
     role: Annotated[str, typer.Option(help="viewer, member or admin.")] = "member",
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="A group it joins (repeat).")
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Create a user (then `brinell token create --user ID` gives it a token)."""
-    user = _client(ctx).users.create(user_id, _role_option(role))
+    """Create a user (then `brinell token create --user ID` gives it a token). Without
+    --group it joins the group `default`."""
+    user = _client(ctx).users.create(user_id, _role_option(role), group or [])
     if _want_json(ctx, json_output):
         _print_json(user)
     else:
@@ -250,3 +258,71 @@ def audit_list(ctx: typer.Context, json_output: JsonOpt = False) -> None:
             escape(e.detail or "-"),
         )
     _print_table(table)
+
+
+def _group_rows(groups: list[Group]) -> None:
+    table = _table("GROUP", "MEMBERS", "DESCRIPTION", "CREATED")
+    for g in groups:
+        table.add_row(
+            escape(g.id),
+            escape(",".join(m.removeprefix("users/") for m in g.members) or "-"),
+            escape(g.description or "-"),
+            _time(g.create_time),
+        )
+    _print_table(table)
+
+
+@group_app.command("create")
+def group_create(
+    ctx: typer.Context,
+    group_id: Annotated[str, typer.Argument(help="1-63 characters of [a-z0-9-].")],
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    json_output: JsonOpt = False,
+) -> None:
+    """Create a group (then `brinell group add GROUP USER`)."""
+    group = _client(ctx).groups.create(group_id, description)
+    if _want_json(ctx, json_output):
+        _print_json(group)
+    else:
+        out.print(f"created group {escape(group.id)}")
+
+
+@group_app.command("list")
+def group_list(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """List groups (yours, unless you are an admin)."""
+    groups = list(_client(ctx).groups.list())
+    if _want_json(ctx, json_output):
+        _print_json(groups)
+    else:
+        _group_rows(groups)
+
+
+@group_app.command("get")
+def group_get(ctx: typer.Context, group_id: str, json_output: JsonOpt = False) -> None:
+    """Show a group and its members."""
+    group = _client(ctx).groups.get(group_id)
+    if _want_json(ctx, json_output):
+        _print_json(group)
+    else:
+        _group_rows([group])
+
+
+@group_app.command("delete")
+def group_delete(ctx: typer.Context, group_id: str) -> None:
+    """Delete a group that holds no experiments."""
+    _client(ctx).groups.delete(group_id)
+    out.print(f"deleted group {escape(group_id)}")
+
+
+@group_app.command("add")
+def group_add(ctx: typer.Context, group_id: str, user_id: str) -> None:
+    """Add a user to a group."""
+    _client(ctx).groups.add_member(group_id, user_id)
+    out.print(f"added {escape(user_id)} to {escape(group_id)}")
+
+
+@group_app.command("remove")
+def group_remove(ctx: typer.Context, group_id: str, user_id: str) -> None:
+    """Remove a user from a group."""
+    _client(ctx).groups.remove_member(group_id, user_id)
+    out.print(f"removed {escape(user_id)} from {escape(group_id)}")

@@ -201,18 +201,26 @@ class Experiments(_Service):
         id: str | None = None,
         description: str = "",
         labels: Mapping[str, str] | None = None,
+        group: str | None = None,
     ) -> Experiment:
-        """Creates an experiment; the server picks an id when none is given."""
+        """Creates an experiment in ``group`` (default: your only group; an admin's:
+        ``default``); the server picks an id when none is given."""
         request = experiment_service_pb2.CreateExperimentRequest(
             experiment=experiment_pb2.Experiment(
-                description=description, labels=dict(labels or {})
+                description=description,
+                labels=dict(labels or {}),
+                group=_name(group, "groups", "group") if group else "",
             ),
             experiment_id=_id(id, "experiments", "experiment") if id else "",
         )
         return Experiment.from_proto(self._unary(self._stub.CreateExperiment, request).experiment)
 
     def get_or_create(
-        self, id: str, description: str = "", labels: Mapping[str, str] | None = None
+        self,
+        id: str,
+        description: str = "",
+        labels: Mapping[str, str] | None = None,
+        group: str | None = None,
     ) -> Experiment:
         """The experiment with this id, created first if there is none (``create`` stays
         strict). An existing experiment is returned as it is: ``description`` and ``labels``
@@ -222,7 +230,7 @@ class Experiments(_Service):
         except NotFoundError:
             pass
         try:
-            return self.create(id, description, labels)
+            return self.create(id, description, labels, group)
         except AlreadyExistsError:  # created meanwhile, by another client
             return self.get(id)
 
@@ -624,9 +632,10 @@ class Client:
 
         self.models = Models(self)
         self.artifacts = Artifacts(self)
-        from .accounts import Audit, Tokens, Users  # here too
+        from .accounts import Audit, Groups, Tokens, Users  # here too
 
         self.users = Users(self)
+        self.groups = Groups(self)
         self.tokens = Tokens(self)
         self.audit = Audit(self)
 

@@ -21,6 +21,17 @@ from typing import Any
 import yaml
 
 TYPES = ("string", "float", "int", "path", "uri")
+# A Brinell id (experiments, entry points, plugins, groups): what an entry's `plugins:` names.
+ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# Bounds on what an MLproject may declare: everything here is stored, listed and shown.
+MAX_NAME_CHARS = 100  # the project's, an entry's, a parameter's name
+MAX_ENTRIES = 100
+MAX_PARAMETERS = 100  # per entry
+MAX_PLUGINS = 32  # per entry
+MAX_VALUE_CHARS = 6000  # a parameter's value (its default included)
+# YAML nodes after aliases are expanded: a few hundred bytes of anchors and aliases can
+# stand for gigabytes of document (the "billion laughs"); a real MLproject has a few hundred.
+MAX_YAML_NODES = 20_000
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 
 
@@ -50,6 +61,8 @@ class EntrySpec:
     parameters: tuple[ParameterSpec, ...] = ()
     # A Brinell task graph (YAML, relative to the MLproject) this entry runs.
     graph: str | None = None
+    # The plugins (ids) the entry's code uses: a job pins these (and a graph's plugins).
+    plugins: tuple[str, ...] = ()
 
     def parameter(self, name: str) -> ParameterSpec | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -70,21 +83,69 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
+def yaml_nodes(doc: Any, limit: int) -> int:
+    """How many nodes ``doc`` has with every alias expanded, counting no further than
+    ``limit`` + 1 (so a document that stands for billions of nodes costs ``limit`` steps)."""
+    count, stack = 0, [doc]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
+def _name(value: Any, what: str, problems: list[str]) -> str:
+    text = _scalar(value) if not isinstance(value, (dict, list)) else ""
+    if not text or len(text) > MAX_NAME_CHARS:
+        problems.append(f"{what} must be a name of 1-{MAX_NAME_CHARS} characters")
+    return text[:MAX_NAME_CHARS]
+
+
+def _plugins(raw: Any, entry_name: str, problems: list[str]) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_PLUGINS:
+        problems.append(
+            f"entry {entry_name!r}: `plugins` must be a list of at most {MAX_PLUGINS} plugin ids"
+        )
+        return ()
+    bad = [shown(str(p)) for p in raw if not isinstance(p, str) or not ID_RE.match(p)]
+    if bad:
+        problems.append(
+            f"entry {entry_name!r}: `plugins` has what is not a plugin id: " + ", ".join(bad[:5])
+        )
+        return ()
+    return tuple(dict.fromkeys(raw))
+
+
 def parse(text: str | bytes) -> ProjectSpec:
     """Parses an MLproject document; raises MLprojectError naming every problem."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise MLprojectError([f"MLproject is not valid YAML: {exc}"]) from None
+        raise MLprojectError([f"MLproject is not valid YAML: {shown(str(exc))}"]) from None
+    except RecursionError:
+        raise MLprojectError(["MLproject is nested too deeply"]) from None
+    if yaml_nodes(doc, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise MLprojectError(
+            [f"MLproject expands to more than {MAX_YAML_NODES} YAML nodes (aliases included)"]
+        )
     if not isinstance(doc, dict):
         raise MLprojectError(["MLproject must be a mapping with an `entry_points` key"])
     problems: list[str] = []
     raw_entries = doc.get("entry_points")
     if not isinstance(raw_entries, dict) or not raw_entries:
         raise MLprojectError(["MLproject has no `entry_points` mapping"])
+    if len(raw_entries) > MAX_ENTRIES:
+        raise MLprojectError([f"MLproject has more than {MAX_ENTRIES} entry points"])
+    project_name = "" if doc.get("name") is None else _name(doc["name"], "`name`", problems)
     entries: list[EntrySpec] = []
-    for entry_name, raw in raw_entries.items():
-        entry_name = str(entry_name)
+    for raw_name, raw in raw_entries.items():
+        entry_name = _name(raw_name, "an entry point's name", problems)
         graph = raw.get("graph") if isinstance(raw, dict) else None
         if graph is not None and (not isinstance(graph, str) or not graph.strip()):
             problems.append(f"entry {entry_name!r}: `graph` must be a file name")
@@ -96,13 +157,19 @@ def parse(text: str | bytes) -> ProjectSpec:
         if not isinstance(raw, dict) or not isinstance(raw.get("command"), str):
             problems.append(f"entry {entry_name!r} has no `command` string")
             continue
+        if len(raw["command"].encode()) > MAX_COMMAND_BYTES:
+            problems.append(f"entry {entry_name!r}: the command is over {MAX_COMMAND_BYTES} bytes")
+            continue
         params: list[ParameterSpec] = []
         raw_params = raw.get("parameters") or {}
-        if not isinstance(raw_params, dict):
-            problems.append(f"entry {entry_name!r}: `parameters` must be a mapping")
+        if not isinstance(raw_params, dict) or len(raw_params) > MAX_PARAMETERS:
+            problems.append(
+                f"entry {entry_name!r}: `parameters` must be a mapping of at most "
+                f"{MAX_PARAMETERS} parameters"
+            )
             raw_params = {}
         for pname, pdecl in raw_params.items():
-            pname = str(pname)
+            pname = _name(pname, f"entry {entry_name!r}: a parameter's name", problems)
             ptype, default = "string", None
             if isinstance(pdecl, str):
                 ptype = pdecl
@@ -117,6 +184,12 @@ def parse(text: str | bytes) -> ProjectSpec:
                 problems.append(
                     f"entry {entry_name!r}: parameter {pname!r} has unknown type {ptype!r} "
                     f"(one of {', '.join(TYPES)})"
+                )
+                continue
+            if default is not None and len(default) > MAX_VALUE_CHARS:
+                problems.append(
+                    f"entry {entry_name!r}: parameter {pname!r} has a default longer than "
+                    f"{MAX_VALUE_CHARS} characters"
                 )
                 continue
             spec = ParameterSpec(pname, ptype, default)
@@ -140,10 +213,11 @@ def parse(text: str | bytes) -> ProjectSpec:
                     f"entry {entry_name!r}: command uses {{{used}}} which is not a declared "
                     "parameter"
                 )
-        entries.append(EntrySpec(entry_name, raw["command"], tuple(params), graph))
+        plugins = _plugins(raw.get("plugins"), entry_name, problems)
+        entries.append(EntrySpec(entry_name, raw["command"], tuple(params), graph, plugins))
     if problems:
-        raise MLprojectError(problems)
-    return ProjectSpec(str(doc.get("name") or ""), tuple(entries))
+        raise MLprojectError(problems[:50])
+    return ProjectSpec(project_name, tuple(entries))
 
 
 # A command runs as one argument of `sh -c`; Linux refuses an argument over 128 KiB at exec.

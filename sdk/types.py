@@ -138,6 +138,8 @@ class Experiment:
     update_time: datetime | None = None
     #: Who created it (``users/{id}``; empty for what predates users).
     creator: str = ""
+    #: ``groups/{id}``: its members (and admins) see it and submit to it.
+    group: str = ""
 
     @property
     def id(self) -> str:
@@ -153,6 +155,7 @@ class Experiment:
             create_time=_time(msg, "create_time"),
             update_time=_time(msg, "update_time"),
             creator=str(msg.creator),
+            group=str(msg.group),
         )
 
 

@@ -45,7 +45,7 @@ class AuthServicer(grpc_pb.AuthServiceServicer):
         self, request: pb.CreateUserRequest, context: Ctx
     ) -> pb.CreateUserResponse:
         user = await self.accounts.create_user(
-            current(), request.user_id, _role(request.role, "role")
+            current(), request.user_id, _role(request.role, "role"), tuple(request.groups)
         )
         return pb.CreateUserResponse(user=convert.user(user))
 
@@ -121,3 +121,44 @@ class AuthServicer(grpc_pb.AuthServiceServicer):
         return pb.ListAuditEventsResponse(
             events=[convert.audit_event(e) for e in events], next_page_token=nxt
         )
+
+    @unary
+    async def CreateGroup(
+        self, request: pb.CreateGroupRequest, context: Ctx
+    ) -> pb.CreateGroupResponse:
+        group = await self.accounts.create_group(current(), request.group_id, request.description)
+        return pb.CreateGroupResponse(group=convert.group(group))
+
+    @unary
+    async def GetGroup(self, request: pb.GetGroupRequest, context: Ctx) -> pb.GetGroupResponse:
+        return pb.GetGroupResponse(
+            group=convert.group(await self.accounts.get_group(current(), request.name))
+        )
+
+    @unary
+    async def ListGroups(
+        self, request: pb.ListGroupsRequest, context: Ctx
+    ) -> pb.ListGroupsResponse:
+        groups, nxt = await self.accounts.groups(current(), request.page_size, request.page_token)
+        return pb.ListGroupsResponse(groups=[convert.group(g) for g in groups], next_page_token=nxt)
+
+    @unary
+    async def DeleteGroup(
+        self, request: pb.DeleteGroupRequest, context: Ctx
+    ) -> pb.DeleteGroupResponse:
+        await self.accounts.delete_group(current(), request.name)
+        return pb.DeleteGroupResponse()
+
+    @unary
+    async def AddGroupMember(
+        self, request: pb.AddGroupMemberRequest, context: Ctx
+    ) -> pb.AddGroupMemberResponse:
+        group = await self.accounts.set_member(current(), request.group, request.user, True)
+        return pb.AddGroupMemberResponse(group=convert.group(group))
+
+    @unary
+    async def RemoveGroupMember(
+        self, request: pb.RemoveGroupMemberRequest, context: Ctx
+    ) -> pb.RemoveGroupMemberResponse:
+        group = await self.accounts.set_member(current(), request.group, request.user, False)
+        return pb.RemoveGroupMemberResponse(group=convert.group(group))

@@ -92,6 +92,12 @@ _POLICY_BY_SERVICE: dict[Any, dict[str, Access]] = {
         "ListTokens": Access.SELF,
         "RevokeToken": Access.SELF,
         "ListAuditEvents": A,
+        "CreateGroup": A,
+        "GetGroup": Access.SELF,
+        "ListGroups": Access.SELF,
+        "DeleteGroup": A,
+        "AddGroupMember": A,
+        "RemoveGroupMember": A,
     },
 }
 

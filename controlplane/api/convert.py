@@ -12,7 +12,7 @@ from brinell.v1 import agent_pb2, auth_pb2, entry_point_pb2, experiment_pb2, job
 
 from ..domain import models as m
 from ..domain.errors import InvalidArgument
-from ..domain.identity import Role, Token, User
+from ..domain.identity import Group, Role, Token, User
 from ..domain.states import JobState
 
 PARAM_TYPES = {
@@ -66,6 +66,7 @@ def experiment(e: m.Experiment) -> experiment_pb2.Experiment:
         create_time=ts(e.create_time),
         update_time=ts(e.update_time),
         creator=e.creator,
+        group=f"groups/{e.group}",
     )
 
 
@@ -79,6 +80,8 @@ def revision(r: m.Revision) -> entry_point_pb2.EntryPointRevision:
             entry_point_pb2.Entry(
                 name=e["name"],
                 command=e["command"],
+                plugins=e.get("plugins", []),
+                graph=e.get("graph") or "",
                 parameters=[
                     entry_point_pb2.Parameter(
                         name=p["name"],
@@ -282,6 +285,17 @@ def user(u: User) -> auth_pb2.User:
         disabled=u.disabled,
         create_time=ts(u.create_time),
         creator=u.creator,
+        groups=[f"groups/{g}" for g in u.groups],
+    )
+
+
+def group(g: Group) -> auth_pb2.Group:
+    return auth_pb2.Group(
+        name=g.name,
+        description=g.description,
+        members=[f"users/{u}" for u in g.members],
+        create_time=ts(g.create_time),
+        creator=g.creator,
     )
 
 

@@ -135,12 +135,16 @@ class ArtifactServicer(art_grpc.ArtifactServiceServicer):
     async def ListJobArtifacts(
         self, request: art_pb.ListJobArtifactsRequest, context: Ctx
     ) -> art_pb.ListJobArtifactsResponse:
-        found = await self.registry.list_artifacts(request.job, request.path, request.recursive)
+        found = await self.registry.list_artifacts(
+            request.job, request.path, request.recursive, current()
+        )
         return art_pb.ListJobArtifactsResponse(artifacts=[artifact(a) for a in found])
 
     @streaming
     async def DownloadJobArtifact(
         self, request: art_pb.DownloadJobArtifactRequest, context: Ctx
     ) -> AsyncIterator[art_pb.DownloadJobArtifactResponse]:
-        async for file, chunk in self.registry.download_artifact(request.job, request.path):
+        async for file, chunk in self.registry.download_artifact(
+            request.job, request.path, current()
+        ):
             yield art_pb.DownloadJobArtifactResponse(file=artifact(file), chunk=chunk)

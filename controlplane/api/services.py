@@ -72,7 +72,7 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
     ) -> exp_pb.CreateExperimentResponse:
         e = request.experiment
         exp = await self.experiments.create(
-            request.experiment_id, e.description, dict(e.labels), current()
+            request.experiment_id, e.description, dict(e.labels), current(), e.group
         )
         return exp_pb.CreateExperimentResponse(experiment=convert.experiment(exp))
 
@@ -80,7 +80,7 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
     async def GetExperiment(
         self, request: exp_pb.GetExperimentRequest, context: Ctx
     ) -> exp_pb.GetExperimentResponse:
-        exp = await self.experiments.get(request.name)
+        exp = await self.experiments.get(request.name, current())
         return exp_pb.GetExperimentResponse(experiment=convert.experiment(exp))
 
     @unary
@@ -88,7 +88,7 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
         self, request: exp_pb.ListExperimentsRequest, context: Ctx
     ) -> exp_pb.ListExperimentsResponse:
         exps, token = await self.experiments.page(
-            request.page_size, request.page_token, request.filter
+            request.page_size, request.page_token, request.filter, current()
         )
         return exp_pb.ListExperimentsResponse(
             experiments=[convert.experiment(e) for e in exps], next_page_token=token
@@ -205,20 +205,22 @@ class JobServicer(job_grpc.JobServiceServicer):
 
     @unary
     async def GetJob(self, request: job_pb.GetJobRequest, context: Ctx) -> job_pb.GetJobResponse:
-        return job_pb.GetJobResponse(job=convert.job(await self.jobs.get(request.name)))
+        return job_pb.GetJobResponse(job=convert.job(await self.jobs.get(request.name, current())))
 
     @unary
     async def ListJobs(
         self, request: job_pb.ListJobsRequest, context: Ctx
     ) -> job_pb.ListJobsResponse:
-        jobs, token = await self.jobs.page(request.page_size, request.page_token, request.filter)
+        jobs, token = await self.jobs.page(
+            request.page_size, request.page_token, request.filter, current()
+        )
         return job_pb.ListJobsResponse(jobs=[convert.job(j) for j in jobs], next_page_token=token)
 
     @streaming
     async def WatchJob(
         self, request: job_pb.WatchJobRequest, context: Ctx
     ) -> AsyncIterator[job_pb.WatchJobResponse]:
-        async for job in self.jobs.watch(request.name):
+        async for job in self.jobs.watch(request.name, current()):
             yield job_pb.WatchJobResponse(job=convert.job(job))
 
     @streaming
@@ -226,7 +228,7 @@ class JobServicer(job_grpc.JobServiceServicer):
         self, request: job_pb.StreamJobLogsRequest, context: Ctx
     ) -> AsyncIterator[job_pb.StreamJobLogsResponse]:
         async for lines in self.jobs.logs(
-            request.name, request.start_offset, request.follow, request.attempt
+            request.name, request.start_offset, request.follow, current(), request.attempt
         ):
             yield job_pb.StreamJobLogsResponse(lines=[convert.log_line(ln) for ln in lines])
 

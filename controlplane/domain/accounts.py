@@ -7,17 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from brinell.credentials import write_private
 from brinell.mlproject import shown
 
 from ..store.db import Database
-from ..store.identity import Audit, Tokens, Users
+from ..store.identity import Audit, Groups, Tokens, Users
 from ..store.models import utcnow
 from . import names
-from .errors import AlreadyExists, InvalidArgument, NotFound
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .identity import (
+    DEFAULT_GROUP,
     MAX_DESCRIPTION,
+    Group,
     PermissionDenied,
     Principal,
     PrincipalCache,
@@ -42,6 +45,7 @@ ADMIN_TOKEN_FILE = "admin.token"
 MAX_TOKEN_CHARS = 200
 MAX_DETAIL = 200
 MAX_LABELS = 32
+MAX_GROUPS_PER_USER = 64
 
 
 class Accounts:
@@ -71,7 +75,7 @@ class Accounts:
             if Users.count(s):
                 return None
             now = utcnow()
-            Users.add(s, User(BOOTSTRAP_USER, Role.ADMIN, False, now))
+            Users.add(s, User(BOOTSTRAP_USER, Role.ADMIN, False, now, groups=(DEFAULT_GROUP,)))
             secret = secret or new_secret()
             token = Token(
                 new_token_id(),
@@ -121,14 +125,28 @@ class Accounts:
 
     # ------------------------------------------------------------------ users
 
-    async def create_user(self, by: Principal, user_id: str, role: Role) -> User:
+    async def create_user(
+        self, by: Principal, user_id: str, role: Role, groups: tuple[str, ...] = ()
+    ) -> User:
+        """A new user, in ``groups`` (names or ids; none: the default group)."""
         names.check_id(user_id, "user", field="user_id")
-        user = User(user_id, role, False, utcnow(), by.name)
+        if len(groups) > MAX_GROUPS_PER_USER:
+            raise InvalidArgument(f"at most {MAX_GROUPS_PER_USER} groups", field="groups")
+        ids = tuple(dict.fromkeys(names.group_id(g, "groups") for g in groups)) or (DEFAULT_GROUP,)
+        user = User(user_id, role, False, utcnow(), by.name, ids)
+
+        def add(s: Session) -> None:
+            missing = set(ids) - Groups.existing(s, list(ids))
+            if missing:
+                raise NotFound(f"group {shown(min(missing))} not found")
+            Users.add(s, user)
+
         try:
-            await self.db.run(lambda s: Users.add(s, user))
+            await self.db.run(add)
         except IntegrityError:
             raise AlreadyExists(f"user {shown(user_id)} already exists") from None
-        await self.audit(by, "user.create", user.name, f"role {role.name.lower()}")
+        detail = f"role {role.name.lower()}, groups {', '.join(ids)}"
+        await self.audit(by, "user.create", user.name, detail)
         return user
 
     async def get_user(self, by: Principal, name: str) -> User:
@@ -258,6 +276,88 @@ class Accounts:
         self.on_revoke(token_id)
         await self.audit(by, "token.revoke", token.name)
         return revoked
+
+    # ------------------------------------------------------------------ groups
+
+    async def create_group(self, by: Principal, gid: str, description: str) -> Group:
+        names.check_id(gid, "group", field="group_id")
+        if len(description) > MAX_DESCRIPTION:
+            raise InvalidArgument(
+                f"description is over {MAX_DESCRIPTION} characters", field="description"
+            )
+        group = Group(gid, description, (), utcnow(), by.name)
+        try:
+            await self.db.run(lambda s: Groups.add(s, group))
+        except IntegrityError:
+            raise AlreadyExists(f"group {shown(gid)} already exists") from None
+        await self.audit(by, "group.create", group.name)
+        return group
+
+    async def get_group(self, by: Principal, name: str) -> Group:
+        """Admins see any group; others the groups they are in (others are NOT_FOUND)."""
+        gid = names.group_id(name)
+        visible = by.is_admin or gid in by.groups
+        group = await self.db.run(lambda s: Groups.get(s, gid)) if visible else None
+        if group is None:
+            raise NotFound(f"group {shown(gid)} not found")
+        return group
+
+    async def groups(self, by: Principal, size: int, token: str) -> tuple[list[Group], str]:
+        user_id = None if by.is_admin else by.id
+        query = f"groups:{user_id or ''}"
+        after = self.tokens.decode(query, token) or 0
+        n = page_size(size)
+        rows = await self.db.run(lambda s: Groups.page(s, after, n + 1, user_id))
+        nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
+        return [g for _, g in rows[:n]], nxt
+
+    async def delete_group(self, by: Principal, name: str) -> None:
+        gid = names.group_id(name)
+
+        def apply(s: Session) -> None:
+            if Groups.get(s, gid) is None:
+                raise NotFound(f"group {shown(gid)} not found")
+            count = Groups.experiment_count(s, gid)
+            if count:
+                raise FailedPrecondition(
+                    f"group {shown(gid)} holds {count} experiments; it cannot be deleted"
+                )
+            Groups.delete(s, gid)
+
+        await self.db.run(apply)
+        self.cache.clear()
+        await self.audit(by, "group.delete", f"groups/{gid}")
+
+    async def set_member(self, by: Principal, group: str, user: str, member: bool) -> Group:
+        gid = names.group_id(group, "group")
+        uid = names.parse(user, "users", "user", field="user")
+
+        def apply(s: Session) -> Group:
+            found_user = Users.get(s, uid)
+            if found_user is None:
+                raise NotFound(f"user {shown(uid)} not found")
+            if Groups.get(s, gid) is None:
+                raise NotFound(f"group {shown(gid)} not found")
+            if not member:
+                Groups.remove_member(s, gid, uid)
+            elif gid not in found_user.groups:
+                if len(found_user.groups) >= MAX_GROUPS_PER_USER:
+                    raise FailedPrecondition(
+                        f"user {shown(uid)} is in {MAX_GROUPS_PER_USER} groups already"
+                    )
+                Groups.add_member(s, gid, uid)
+            found = Groups.get(s, gid)
+            assert found is not None
+            return found
+
+        try:
+            result = await self.db.run(apply)
+        except IntegrityError:  # added at the same moment by another call: the same outcome
+            result = await self.get_group(by, gid)
+        self.cache.clear()
+        action = "group.member.add" if member else "group.member.remove"
+        await self.audit(by, action, f"groups/{gid}", f"users/{uid}")
+        return result
 
     # ------------------------------------------------------------------ audit
 

@@ -32,6 +32,7 @@ def spec_to_dict(
                 "name": e.name,
                 "command": e.command,
                 "graph": e.graph,
+                "plugins": list(e.plugins),
                 "parameters": [
                     {"name": p.name, "type": p.type, "default": p.default} for p in e.parameters
                 ],
@@ -53,6 +54,7 @@ def spec_from_dict(name: str, spec: dict[str, Any]) -> mlproject.ProjectSpec:
                     for p in e["parameters"]
                 ),
                 e.get("graph"),
+                tuple(e.get("plugins", ())),
             )
             for e in spec["entries"]
         ),

@@ -5,13 +5,16 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from brinell.mlproject import shown
+
 from ..store.db import Database
+from ..store.identity import Groups
 from ..store.models import utcnow
 from ..store.repositories import Experiments, Jobs
 from ..tracking import Tracking
 from . import names
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from .identity import AuditFn, Principal, may_act_on
+from .identity import DEFAULT_GROUP, AuditFn, Principal, may_act_on, may_see
 from .models import Experiment
 from .paging import PageTokens, page_size
 
@@ -31,8 +34,35 @@ class ExperimentManager:
         self.tracking = tracking
         self.tokens = tokens
 
+    @staticmethod
+    def _group(group: str, who: Principal) -> str:
+        """The group a new experiment of ``who`` goes to."""
+        if group:
+            gid = names.group_id(group, field="experiment.group")
+            may_see(who, gid, "the group")
+            return gid
+        if who.is_admin:
+            return DEFAULT_GROUP
+        if len(who.groups) == 1:
+            return next(iter(who.groups))
+        if not who.groups:
+            raise FailedPrecondition(
+                f"{who.name} is in no group, so it can create no experiment: an admin adds it "
+                "to one (`brinell group add GROUP USER`)"
+            )
+        raise InvalidArgument(
+            f"{who.name} is in several groups: name the experiment's group "
+            f"({', '.join(sorted(who.groups)[:10])})",
+            field="experiment.group",
+        )
+
     async def create(
-        self, exp_id: str, description: str, labels: dict[str, str], who: Principal
+        self,
+        exp_id: str,
+        description: str,
+        labels: dict[str, str],
+        who: Principal,
+        group: str = "",
     ) -> Experiment:
         exp_id = (
             names.check_id(exp_id, "experiment", field="experiment_id")
@@ -40,34 +70,45 @@ class ExperimentManager:
             else names.new_id("exp")
         )
         check_labels(labels)
-        if await self.db.run(lambda s: Experiments.exists(s, exp_id)):
+        gid = self._group(group, who)
+
+        def check(s: Session) -> bool:
+            if not Groups.existing(s, [gid]):
+                raise NotFound(f"group {shown(gid)} not found")
+            return Experiments.exists(s, exp_id)
+
+        if await self.db.run(check):
             raise AlreadyExists(f"experiment {exp_id!r} already exists")
         mlflow_id = await self.tracking.create_experiment(exp_id)
         now = utcnow()
-        exp = Experiment(exp_id, description, labels, mlflow_id, now, now, who.name)
+        exp = Experiment(exp_id, description, labels, mlflow_id, now, now, who.name, gid)
         try:
             await self.db.run(lambda s: Experiments.add(s, exp))
         except IntegrityError:
             raise AlreadyExists(f"experiment {exp_id!r} already exists") from None
         return exp
 
-    async def get(self, name: str) -> Experiment:
+    async def get(self, name: str, who: Principal) -> Experiment:
         exp_id = names.experiment_id(name)
         exp = await self.db.run(lambda s: Experiments.get(s, exp_id))
         if exp is None:
             raise NotFound(f"experiment {exp_id!r} not found")
+        may_see(who, exp.group, f"experiments/{exp_id}")
         return exp
 
-    async def page(self, size: int, token: str, filter_text: str) -> tuple[list[Experiment], str]:
+    async def page(
+        self, size: int, token: str, filter_text: str, who: Principal
+    ) -> tuple[list[Experiment], str]:
         from .filters import labels_filter
 
         labels = labels_filter(filter_text)
+        groups = None if who.is_admin else who.groups
         query = "experiments:" + filter_text.strip()
         after = self.tokens.decode(query, token) or 0
         if not isinstance(after, int):
             raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
-        rows = await self.db.run(lambda s: Experiments.page(s, after, n + 1, labels))
+        rows = await self.db.run(lambda s: Experiments.page(s, after, n + 1, labels, groups))
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [e for _, e in rows[:n]], nxt
 
@@ -75,7 +116,7 @@ class ExperimentManager:
         self, name: str, description: str | None, labels: dict[str, str] | None, who: Principal
     ) -> Experiment:
         exp_id = names.experiment_id(name)
-        may_act_on(who, (await self.get(name)).creator, f"experiments/{exp_id}")
+        may_act_on(who, (await self.get(name, who)).creator, f"experiments/{exp_id}")
         if labels is not None:
             check_labels(labels)
         exp = await self.db.run(lambda s: Experiments.update(s, exp_id, description, labels))
@@ -85,7 +126,7 @@ class ExperimentManager:
 
     async def delete(self, name: str, who: Principal) -> None:
         exp_id = names.experiment_id(name)
-        may_act_on(who, (await self.get(name)).creator, f"experiments/{exp_id}")
+        may_act_on(who, (await self.get(name, who)).creator, f"experiments/{exp_id}")
 
         def apply(s: Session) -> None:
             if not Experiments.exists(s, exp_id):

@@ -27,6 +27,8 @@ TOKEN_PREFIX = "brn_"
 #: or disable on this server takes effect at once; on another replica within this long.
 CACHE_SECONDS = 10.0
 MAX_DESCRIPTION = 200
+#: Exists from the start; users created without groups join it.
+DEFAULT_GROUP = "default"
 
 
 class Unauthenticated(DomainError):
@@ -64,10 +66,24 @@ class User:
     disabled: bool
     create_time: datetime
     creator: str = ""
+    groups: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return f"users/{self.id}"
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    description: str
+    members: tuple[str, ...]  # user ids
+    create_time: datetime
+    creator: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"groups/{self.id}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,7 @@ class Principal:
     token_id: str = ""  # "" for a certificate
     queues: tuple[str, ...] = ()  # agents: the queues it may serve (empty: any)
     labels: dict[str, str] = field(default_factory=dict)  # agents: labels it is given
+    groups: frozenset[str] = frozenset()  # users: the groups it is a member of
 
     @property
     def name(self) -> str:
@@ -141,6 +158,13 @@ def may_act_on(who: Principal, creator: str, what: str) -> None:
     raise PermissionDenied(f"{what} belongs to {owner}; only its creator or an admin may do this")
 
 
+def may_see(who: Principal, group: str, what: str) -> None:
+    """Users see (and, by role, change) what belongs to their groups; admins everything."""
+    if who.is_admin or group in who.groups:
+        return
+    raise PermissionDenied(f"{what} belongs to groups/{group}; {who.name} is not a member of it")
+
+
 def new_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -172,7 +196,7 @@ def check_usable(token: Token, user: User | None, now: datetime) -> Principal:
         raise Unauthenticated("the token's user no longer exists")
     if user.disabled:
         raise Unauthenticated(f"user {user.id!r} is disabled")
-    return Principal("user", user.id, user.role, token.id)
+    return Principal("user", user.id, user.role, token.id, groups=frozenset(user.groups))
 
 
 class PrincipalCache:

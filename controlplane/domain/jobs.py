@@ -22,7 +22,7 @@ from . import names
 from .entry_points import spec_from_dict
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .filters import job_filter
-from .identity import AuditFn, Principal, may_act_on
+from .identity import AuditFn, Principal, may_act_on, may_see
 from .models import Job, LogLine, PluginPin, QueuedJob
 from .notify import Notifier
 from .paging import PageTokens, page_size
@@ -37,7 +37,7 @@ MAX_ATTEMPTS_LIMIT = 100
 LOG_PAGE = 500
 PROJECT_CACHE_SIZE = 1024
 # A parameter becomes an MLflow param of the job's run: MLflow refuses longer values.
-MAX_PARAMETER_CHARS = 6000
+MAX_PARAMETER_CHARS = mlproject.MAX_VALUE_CHARS
 
 
 @dataclass(frozen=True)
@@ -139,10 +139,13 @@ class JobManager:
             raise InvalidArgument.of(problems)
         return exp_id, ep_id, queue, max_attempts
 
-    def _check_refs(self, s: Session, spec: SubmitSpec, exp_id: str, ep_id: str) -> _Checked:
+    def _check_refs(
+        self, s: Session, spec: SubmitSpec, exp_id: str, ep_id: str, who: Principal
+    ) -> _Checked:
         exp = Experiments.get(s, exp_id)
         if exp is None:
             raise NotFound(f"experiment {exp_id!r} not found")
+        may_see(who, exp.group, f"experiments/{exp_id}")
         ep = EntryPoints.get(s, ep_id, with_latest=False)
         if ep is None:
             raise NotFound(f"entry point {ep_id!r} not found")
@@ -201,14 +204,14 @@ class JobManager:
             raise InvalidArgument([f"{entry.graph}: {p}" for p in problems], field="graph")
 
     async def submit(self, spec: SubmitSpec, who: Principal) -> Job:
-        job, created = await self._submit(spec)
+        job, created = await self._submit(spec, who)
         if created:  # not the earlier job of a repeated request_id
             await self.audit(
                 who, "job.submit", f"jobs/{job.id}", f"experiments/{job.experiment_id}"
             )
         return job
 
-    async def _submit(self, spec: SubmitSpec) -> tuple[Job, bool]:
+    async def _submit(self, spec: SubmitSpec, who: Principal) -> tuple[Job, bool]:
         exp_id, ep_id, queue, max_attempts = self._check_shape(spec)
         fingerprint = spec.fingerprint()
 
@@ -217,7 +220,7 @@ class JobManager:
                 found = Jobs.by_request_id(s, spec.request_id)
                 if found is not None:
                     return self._same_request(found, fingerprint)
-            return self._check_refs(s, spec, exp_id, ep_id)
+            return self._check_refs(s, spec, exp_id, ep_id, who)
 
         job_id = names.new_job_id()
         # Why it will wait, if no connected agent can take it now (the reason is kept up to
@@ -227,7 +230,7 @@ class JobManager:
             # No MLflow run to create between the checks and the insert: one transaction.
             # A repeated request_id is caught by its unique index (the rare, slow path).
             def check_and_add(s: Session) -> Job:
-                checked = self._check_refs(s, spec, exp_id, ep_id)
+                checked = self._check_refs(s, spec, exp_id, ep_id, who)
                 job = self._new_job(job_id, checked, spec, queue, max_attempts, "", why)
                 Jobs.add(s, job, fingerprint)
                 return job
@@ -327,26 +330,36 @@ class JobManager:
             )
         return job
 
-    async def get(self, name: str) -> Job:
-        job_id = names.job_id(name)
-        job = await self.db.run(lambda s: Jobs.get(s, job_id))
+    @staticmethod
+    def _visible(s: Session, job_id: str, who: Principal) -> Job:
+        """The job, if ``who`` may see it (its experiment is in one of their groups)."""
+        job = Jobs.get(s, job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
+        if not who.is_admin:
+            may_see(who, Experiments.group_of(s, job.experiment_id), f"jobs/{job_id}")
         return job
 
-    async def page(self, size: int, token: str, filter_text: str) -> tuple[list[Job], str]:
+    async def get(self, name: str, who: Principal) -> Job:
+        job_id = names.job_id(name)
+        return await self.db.run(lambda s: self._visible(s, job_id, who))
+
+    async def page(
+        self, size: int, token: str, filter_text: str, who: Principal
+    ) -> tuple[list[Job], str]:
         f = job_filter(filter_text)
+        groups = None if who.is_admin else who.groups
         query = "jobs:" + " ".join(sorted(filter_text.split()))
         before = self.tokens.decode(query, token)
         if before is not None and not isinstance(before, int):
             raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
-        rows = await self.db.run(lambda s: Jobs.page(s, f, before, n + 1))
+        rows = await self.db.run(lambda s: Jobs.page(s, f, before, n + 1, groups))
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [j for _, j in rows[:n]], nxt
 
     async def cancel(self, name: str, reason: str, who: Principal) -> Job:
-        found = await self.get(name)
+        found = await self.get(name, who)
         may_act_on(who, found.creator, f"jobs/{found.id}")
         job = await self.scheduler.cancel(found.id, reason)
         if job is None:
@@ -354,9 +367,10 @@ class JobManager:
         await self.audit(who, "job.cancel", f"jobs/{job.id}", reason[:200])
         return job
 
-    async def watch(self, name: str) -> AsyncIterator[Job]:
+    async def watch(self, name: str, who: Principal) -> AsyncIterator[Job]:
         """The job now, then after every change; ends after a final state."""
         job_id = names.job_id(name)
+        await self.get(job_id, who)
         last = -1
         while True:
             changed = self.notifier.event(job_id)
@@ -371,9 +385,10 @@ class JobManager:
             await changed.wait()
 
     async def logs(
-        self, name: str, start: int, follow: bool, attempt: int = 0
+        self, name: str, start: int, follow: bool, who: Principal, attempt: int = 0
     ) -> AsyncIterator[list[LogLine]]:
         job_id = names.job_id(name)
+        await self.get(job_id, who)
         if start < 0:
             raise InvalidArgument("start_offset must not be negative", field="start_offset")
         if attempt < 0:

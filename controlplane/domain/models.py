@@ -18,6 +18,7 @@ class Experiment:
     create_time: datetime
     update_time: datetime
     creator: str = ""
+    group: str = "default"
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import uuid
 
+from brinell.mlproject import ID_RE as ID_RE
 from brinell.mlproject import shown
 
 from .errors import InvalidArgument
 
-ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -56,6 +56,10 @@ def entry_point_id(name: str, field: str = "name") -> str:
 
 def job_id(name: str, field: str = "name") -> str:
     return parse(name, "jobs", "job", JOB_ID_RE, field=field)
+
+
+def group_id(name: str, field: str = "name") -> str:
+    return parse(name, "groups", "group", field=field)
 
 
 def agent_id(name: str, field: str = "name") -> str:

@@ -161,8 +161,10 @@ class ModelRegistry:
         if not self.tracking.enabled:
             raise FailedPrecondition(MLFLOW_OFF)
 
-    async def _run_of(self, name: str) -> tuple[Job, str]:
-        job = await self.jobs.get(name)
+    async def _run_of(self, name: str, who: Principal) -> tuple[Job, str]:
+        """The job (if ``who`` may see it) and its MLflow run."""
+        job = await self.jobs.get(name, who)
+        self._require_mlflow()
         if not job.mlflow_run_id:
             raise FailedPrecondition(
                 f"job {job.id!r} has no MLflow run (MLflow was off when it was submitted)"
@@ -199,8 +201,7 @@ class ModelRegistry:
             problems += exc.violations
         if problems:
             raise InvalidArgument.of(problems)
-        self._require_mlflow()
-        found, run_id = await self._run_of(job)
+        found, run_id = await self._run_of(job, who)
         if await self.tracking.stat_artifact(run_id, rel) is None:
             raise NotFound(f"job {found.id!r} logged nothing at {rel!r}")
         version = await self.tracking.register_model_version(
@@ -326,21 +327,21 @@ class ModelRegistry:
 
     # -- job artifacts
 
-    async def list_artifacts(self, job: str, path: str, recursive: bool) -> list[Artifact]:
+    async def list_artifacts(
+        self, job: str, path: str, recursive: bool, who: Principal
+    ) -> list[Artifact]:
         """Direct children of ``path`` (files and folders), or with ``recursive`` every file
         under it; a file's path lists that file."""
         names.job_id(job)
         rel = artifact_path(path)
-        self._require_mlflow()
-        _, run_id = await self._run_of(job)
+        _, run_id = await self._run_of(job, who)
         return await self.tracking.list_artifacts(run_id, rel, recursive)
 
-    async def download_artifact(self, job: str, path: str) -> AsyncIterator[Chunk]:
+    async def download_artifact(self, job: str, path: str, who: Principal) -> AsyncIterator[Chunk]:
         """One file, or every file under a folder; paths are relative to the run's root."""
         names.job_id(job)
         rel = artifact_path(path)
-        self._require_mlflow()
-        found, run_id = await self._run_of(job)
+        found, run_id = await self._run_of(job, who)
         if await self.tracking.stat_artifact(run_id, rel) is None:
             raise NotFound(f"job {found.id!r} has no artifact {rel!r}")
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..domain import identity as ident
 from ..domain.models import AuditEvent
-from .models import AuditEventRow, TokenRow, UserRow
+from .models import AuditEventRow, ExperimentRow, GroupMemberRow, GroupRow, TokenRow, UserRow
 
 T = cast(Table, TokenRow.__table__)
 U = cast(Table, UserRow.__table__)
+GM = cast(Table, GroupMemberRow.__table__)
+_GROUPS_OF = select(GM.c.group_id).where(GM.c.user_id == bindparam("u")).order_by(GM.c.group_id)
 
 # Authentication runs on every call that misses the cache: one indexed lookup, Core only.
 _BY_HASH = (
@@ -23,8 +25,12 @@ _BY_HASH = (
 )
 
 
-def _user(r: Any) -> ident.User:
-    return ident.User(r.id, ident.Role(r.role), r.disabled, r.create_time, r.creator)
+def _user(r: Any, groups: tuple[str, ...]) -> ident.User:
+    return ident.User(r.id, ident.Role(r.role), r.disabled, r.create_time, r.creator, groups)
+
+
+def _groups_of(s: Session, user_id: str) -> tuple[str, ...]:
+    return tuple(s.connection().execute(_GROUPS_OF, {"u": user_id}).scalars())
 
 
 def _token(r: Any) -> ident.Token:
@@ -59,19 +65,27 @@ class Users:
                 create_time=user.create_time,
             )
         )
+        s.add_all(GroupMemberRow(group_id=g, user_id=user.id) for g in user.groups)
         s.flush()
 
     @staticmethod
     def get(s: Session, user_id: str) -> ident.User | None:
         row = s.scalar(select(UserRow).where(UserRow.id == user_id))
-        return _user(row) if row else None
+        return _user(row, _groups_of(s, user_id)) if row else None
 
     @staticmethod
     def page(s: Session, after_seq: int, limit: int) -> list[tuple[int, ident.User]]:
         rows = s.scalars(
             select(UserRow).where(UserRow.seq > after_seq).order_by(UserRow.seq).limit(limit)
         ).all()
-        return [(r.seq, _user(r)) for r in rows]
+        groups: dict[str, list[str]] = {}
+        for g, u in s.execute(
+            select(GM.c.group_id, GM.c.user_id)
+            .where(GM.c.user_id.in_([r.id for r in rows]))
+            .order_by(GM.c.group_id)
+        ):
+            groups.setdefault(u, []).append(g)
+        return [(r.seq, _user(r, tuple(groups.get(r.id, ())))) for r in rows]
 
     @staticmethod
     def update(
@@ -85,7 +99,7 @@ class Users:
         if disabled is not None:
             row.disabled = disabled
         s.flush()
-        return _user(row)
+        return _user(row, _groups_of(s, user_id))
 
 
 class Tokens:
@@ -115,7 +129,13 @@ class Tokens:
         if r is None:
             return None
         user = (
-            ident.User(r.user_id, ident.Role(r.role), r.disabled, r.user_create_time)
+            ident.User(
+                r.user_id,
+                ident.Role(r.role),
+                r.disabled,
+                r.user_create_time,
+                groups=_groups_of(s, r.user_id),
+            )
             if r.role is not None
             else None
         )
@@ -154,6 +174,78 @@ class Tokens:
             .values(agent_id=agent_id)
         )
         return str(s.scalar(select(TokenRow.agent_id).where(TokenRow.id == token_id)) or "")
+
+
+def _group(r: GroupRow, members: tuple[str, ...]) -> ident.Group:
+    return ident.Group(r.id, r.description, members, r.create_time, r.creator)
+
+
+class Groups:
+    @staticmethod
+    def add(s: Session, group: ident.Group) -> None:
+        s.add(
+            GroupRow(
+                id=group.id,
+                description=group.description,
+                creator=group.creator,
+                create_time=group.create_time,
+            )
+        )
+        s.flush()
+
+    @staticmethod
+    def existing(s: Session, group_ids: list[str]) -> set[str]:
+        return set(s.scalars(select(GroupRow.id).where(GroupRow.id.in_(group_ids))))
+
+    @staticmethod
+    def get(s: Session, group_id: str) -> ident.Group | None:
+        row = s.scalar(select(GroupRow).where(GroupRow.id == group_id))
+        if row is None:
+            return None
+        members = s.scalars(
+            select(GM.c.user_id).where(GM.c.group_id == group_id).order_by(GM.c.user_id)
+        )
+        return _group(row, tuple(members))
+
+    @staticmethod
+    def page(
+        s: Session, after_seq: int, limit: int, user_id: str | None
+    ) -> list[tuple[int, ident.Group]]:
+        """Groups in creation order, with members; only ``user_id``'s when given."""
+        q = select(GroupRow).where(GroupRow.seq > after_seq)
+        if user_id is not None:
+            q = q.where(GroupRow.id.in_(select(GM.c.group_id).where(GM.c.user_id == user_id)))
+        rows = s.scalars(q.order_by(GroupRow.seq).limit(limit)).all()
+        members: dict[str, list[str]] = {}
+        for g, u in s.execute(
+            select(GM.c.group_id, GM.c.user_id)
+            .where(GM.c.group_id.in_([r.id for r in rows]))
+            .order_by(GM.c.user_id)
+        ):
+            members.setdefault(g, []).append(u)
+        return [(r.seq, _group(r, tuple(members.get(r.id, ())))) for r in rows]
+
+    @staticmethod
+    def experiment_count(s: Session, group_id: str) -> int:
+        q = select(func.count()).where(ExperimentRow.group_id == group_id)
+        return int(s.scalar(q) or 0)
+
+    @staticmethod
+    def delete(s: Session, group_id: str) -> None:
+        s.execute(delete(GroupMemberRow).where(GroupMemberRow.group_id == group_id))
+        s.execute(delete(GroupRow).where(GroupRow.id == group_id))
+
+    @staticmethod
+    def add_member(s: Session, group_id: str, user_id: str) -> None:
+        s.execute(insert(GroupMemberRow).values(group_id=group_id, user_id=user_id))
+
+    @staticmethod
+    def remove_member(s: Session, group_id: str, user_id: str) -> None:
+        s.execute(
+            delete(GroupMemberRow).where(
+                GroupMemberRow.group_id == group_id, GroupMemberRow.user_id == user_id
+            )
+        )
 
 
 class Audit:

@@ -57,6 +57,8 @@ class ExperimentRow(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     mlflow_experiment_id: Mapped[str] = mapped_column(String(64), default="")
     creator: Mapped[str] = mapped_column(String(80), default="")
+    # The group whose members see it; fixed at creation.
+    group_id: Mapped[str] = mapped_column(String(63), default="default", index=True)
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
 
@@ -222,6 +224,21 @@ class TokenRow(Base):
     create_time: Mapped[datetime]
     expire_time: Mapped[datetime | None] = mapped_column(nullable=True)
     revoke_time: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class GroupRow(Base):
+    __tablename__ = "groups"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    creator: Mapped[str] = mapped_column(String(80), default="")
+    create_time: Mapped[datetime]
+
+
+class GroupMemberRow(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[str] = mapped_column(String(63), ForeignKey("groups.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(63), primary_key=True, index=True)
 
 
 class AuditEventRow(Base):

@@ -119,6 +119,7 @@ def _experiment(r: Row[Any] | ExperimentRow) -> m.Experiment:
         r.create_time,
         r.update_time,
         r.creator,
+        r.group_id,
     )
 
 
@@ -176,6 +177,7 @@ class Experiments:
                 labels=exp.labels,
                 mlflow_experiment_id=exp.mlflow_experiment_id,
                 creator=exp.creator,
+                group_id=exp.group,
                 create_time=exp.create_time,
                 update_time=exp.update_time,
             )
@@ -192,20 +194,27 @@ class Experiments:
         return s.scalar(select(ExperimentRow.seq).where(ExperimentRow.id == exp_id)) is not None
 
     @staticmethod
+    def group_of(s: Session, exp_id: str) -> str:
+        return str(s.scalar(select(ExperimentRow.group_id).where(ExperimentRow.id == exp_id)))
+
+    @staticmethod
     def page(
-        s: Session, after_seq: int, limit: int, labels: dict[str, str]
+        s: Session,
+        after_seq: int,
+        limit: int,
+        labels: dict[str, str],
+        groups: frozenset[str] | None = None,
     ) -> list[tuple[int, m.Experiment]]:
+        """In creation order; only those of ``groups`` when given."""
         # Label filters run in Python: JSON operators differ between SQLite and PostgreSQL,
         # and experiments are few. Scan in chunks until the page is full.
         out: list[tuple[int, m.Experiment]] = []
         cursor = after_seq
         while len(out) < limit:
-            rows = s.scalars(
-                select(ExperimentRow)
-                .where(ExperimentRow.seq > cursor)
-                .order_by(ExperimentRow.seq)
-                .limit(500)
-            ).all()
+            q = select(ExperimentRow).where(ExperimentRow.seq > cursor)
+            if groups is not None:
+                q = q.where(ExperimentRow.group_id.in_(sorted(groups)))
+            rows = s.scalars(q.order_by(ExperimentRow.seq).limit(500)).all()
             if not rows:
                 break
             for r in rows:
@@ -399,9 +408,20 @@ class Jobs:
 
     @staticmethod
     def page(
-        s: Session, f: m.JobFilter, before_seq: int | None, limit: int
+        s: Session,
+        f: m.JobFilter,
+        before_seq: int | None,
+        limit: int,
+        groups: frozenset[str] | None = None,
     ) -> list[tuple[int, m.Job]]:
+        """Newest first; only jobs of ``groups``' experiments when given."""
         q = select(JobRow)
+        if groups is not None:
+            q = q.where(
+                JobRow.experiment_id.in_(
+                    select(ExperimentRow.id).where(ExperimentRow.group_id.in_(sorted(groups)))
+                )
+            )
         if f.states:
             q = q.where(JobRow.state.in_([st.value for st in f.states]))
         if f.experiment_id:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -14,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from brinell import Client, PermissionDeniedError, UnauthenticatedError
@@ -123,6 +124,44 @@ EXPECTED = {
         "ListTokens": SELF,
         "RevokeToken": SELF,
         "ListAuditEvents": ADMIN,
+        "CreateGroup": ADMIN,
+        "GetGroup": SELF,
+        "ListGroups": SELF,
+        "DeleteGroup": ADMIN,
+        "AddGroupMember": ADMIN,
+        "RemoveGroupMember": ADMIN,
+    },
+}
+
+# The RPCs that touch one experiment (or a job in it) get a request naming the red group's
+# experiment `redexp` and its job; a member of only the blue group must be refused them.
+# Every other RPC is called with an empty request.
+SCOPED = {
+    ("ExperimentService", "CreateExperiment"): {
+        "experiment": {"group": "groups/red"},
+        "experiment_id": "more",
+    },
+    ("ExperimentService", "GetExperiment"): {"name": "experiments/redexp"},
+    ("ExperimentService", "UpdateExperiment"): {
+        "experiment": {"name": "experiments/redexp", "description": "x"},
+        "update_mask": "description",
+    },
+    ("ExperimentService", "DeleteExperiment"): {"name": "experiments/redexp"},
+    ("JobService", "SubmitJob"): {
+        "experiment": "experiments/redexp",
+        "entry_point": "entryPoints/sleepy",
+        "parameters": {"label": "x"},
+    },
+    ("JobService", "GetJob"): {"name": "{job}"},
+    ("JobService", "WatchJob"): {"name": "{job}"},
+    ("JobService", "StreamJobLogs"): {"name": "{job}"},
+    ("JobService", "CancelJob"): {"name": "{job}"},
+    ("ArtifactService", "ListJobArtifacts"): {"job": "{job}"},
+    ("ArtifactService", "DownloadJobArtifact"): {"job": "{job}", "path": "model.pt"},
+    ("ModelService", "RegisterModel"): {
+        "model_id": "m",
+        "job": "{job}",
+        "artifact_path": "model.pt",
     },
 }
 
@@ -134,6 +173,8 @@ GRANTS = {
     "expired token": set(),
     "disabled user": set(),
     "viewer": {READ, SELF, ANY, BLOB},
+    # Before "member" and "admin": they may delete `redexp` and cancel its job.
+    "other member": {READ, SELF, ANY, BLOB, WRITE},
     "member": {READ, SELF, ANY, BLOB, WRITE},
     "admin": {READ, SELF, ANY, BLOB, WRITE, ADMIN, CONNECT},
     "agent": {ANY, CONNECT, BLOB},
@@ -148,8 +189,11 @@ def every_rpc() -> Iterator[tuple[str, Any]]:
             yield from ((service.name, m) for m in service.methods)
 
 
-def call(channel: grpc.Channel, method: Any, metadata: Any) -> grpc.StatusCode:
-    """Calls ``method`` with an empty request; the status it ends with (OK included)."""
+def call(
+    channel: grpc.Channel, method: Any, metadata: Any, fields: dict[str, Any] | None = None
+) -> grpc.StatusCode:
+    """Calls ``method`` with a request of ``fields`` (empty by default); the status it ends
+    with (OK included)."""
     pool = descriptor_pool.Default()
     request_cls = GetMessageClass(pool.FindMessageTypeByName(method.input_type.full_name))
     response_cls = GetMessageClass(pool.FindMessageTypeByName(method.output_type.full_name))
@@ -164,7 +208,8 @@ def call(channel: grpc.Channel, method: Any, metadata: Any) -> grpc.StatusCode:
         request_serializer=request_cls.SerializeToString,
         response_deserializer=response_cls.FromString,
     )
-    request: Any = iter([request_cls()]) if method.client_streaming else request_cls()
+    message = json_format.ParseDict(fields or {}, request_cls())
+    request: Any = iter([message]) if method.client_streaming else message
     try:
         result = rpc(request, timeout=10, metadata=metadata)
         if method.server_streaming:
@@ -179,14 +224,20 @@ def call(channel: grpc.Channel, method: Any, metadata: Any) -> grpc.StatusCode:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[ServerThread, dict[str, str]]]:
     srv = make_server(tmp_path, database_url=f"sqlite:///{tmp_path / 'brinell.db'}")
+    project = tmp_path / "sleepy.tar.gz"
+    project.write_bytes(tar_gz({"MLproject": SLEEPY_MLPROJECT}))
     with Client(srv.target, token=ADMIN_TOKEN) as admin:
-        admin.users.create("vera", "viewer")
-        admin.users.create("mia", "member")
+        admin.groups.create("red")
+        admin.groups.create("blue")
+        admin.users.create("vera", "viewer", groups=["red"])
+        admin.users.create("mia", "member", groups=["red"])
+        admin.users.create("bob", "member", groups=["blue"])
         admin.users.create("dan", "member")
         tokens = {
             "admin": ADMIN_TOKEN,
             "viewer": admin.tokens.create(user="vera").secret,
             "member": admin.tokens.create(user="mia").secret,
+            "other member": admin.tokens.create(user="bob").secret,
             "agent": admin.tokens.create(agent_id="agent-x").secret,
             "bad token": "brn_" + "x" * 43,
         }
@@ -196,6 +247,10 @@ def world(tmp_path: Path) -> Iterator[tuple[ServerThread, dict[str, str]]]:
         tokens["expired token"] = admin.tokens.create(user="mia", ttl=1).secret
         tokens["disabled user"] = admin.tokens.create(user="dan").secret
         admin.users.disable("dan")
+        with Client(srv.target, token=tokens["member"]) as mia:
+            mia.experiments.create("redexp")
+            mia.entry_points.push(project, id="sleepy")
+            tokens["job"] = mia.jobs.submit("redexp", "sleepy", {"label": "x"}).name
     time.sleep(1.1)  # the 1-second token has expired
     yield srv, tokens
     srv.stop()
@@ -212,13 +267,14 @@ def test_every_rpc_checks_the_credential(world: tuple[ServerThread, dict[str, st
         for who in GRANTS:
             metadata = [("authorization", f"Bearer {tokens[who]}")] if who in tokens else []
             for service, method in rpcs:
-                results[(who, service, method.name)] = call(channel, method, metadata)
+                fields = _scoped(service, method.name, tokens["job"])
+                results[(who, service, method.name)] = call(channel, method, metadata, fields)
     wrong = []
     for (who, service, name), code in results.items():
         need = EXPECTED[service][name]
         if who in ("none", "bad token", "revoked token", "expired token", "disabled user"):
             want_ok, want = False, grpc.StatusCode.UNAUTHENTICATED
-        elif need in GRANTS[who]:
+        elif need in GRANTS[who] and not (who == "other member" and (service, name) in SCOPED):
             want_ok, want = True, None
         else:
             want_ok, want = False, grpc.StatusCode.PERMISSION_DENIED
@@ -227,6 +283,13 @@ def test_every_rpc_checks_the_credential(world: tuple[ServerThread, dict[str, st
     assert not wrong, "\n".join(wrong)
     assert len(results) == len(GRANTS) * len(rpcs)
     print(f"matrix: {len(rpcs)} RPCs x {len(GRANTS)} credentials = {len(results)} calls")
+
+
+def _scoped(service: str, method: str, job: str) -> dict[str, Any] | None:
+    fields = SCOPED.get((service, method))
+    if fields is None:
+        return None
+    return json.loads(json.dumps(fields).replace("{job}", job))
 
 
 def test_health_and_reflection_need_no_credential(world: Any) -> None:
@@ -557,3 +620,86 @@ def test_cli_users_tokens_login_and_audit(tmp_path: Path) -> None:
         assert "user.create" in audit and "token.revoke" in audit
     finally:
         srv.stop()
+
+
+def test_groups_scope_what_members_see_and_submit(tmp_path: Path) -> None:
+    import json as _json
+
+    from brinell import FailedPreconditionError, InvalidArgumentError, NotFoundError
+    from tests.conftest import run_cli
+
+    srv = make_server(tmp_path, database_url=f"sqlite:///{tmp_path / 'brinell.db'}")
+    project = tmp_path / "sleepy.tar.gz"
+    project.write_bytes(tar_gz({"MLproject": SLEEPY_MLPROJECT}))
+    try:
+        t = srv.target
+        assert "created group red" in run_cli(t, "group", "create", "red").stdout
+        run_cli(t, "group", "create", "blue")
+        run_cli(t, "user", "create", "mia", "-g", "red")
+        run_cli(t, "user", "create", "bob", "-g", "blue")
+        run_cli(t, "user", "create", "pat")  # no --group: the group `default`
+        with Client(t, token=ADMIN_TOKEN) as admin:
+            mia = Client(t, token=admin.tokens.create(user="mia").secret)
+            bob = Client(t, token=admin.tokens.create(user="bob").secret)
+            pat = Client(t, token=admin.tokens.create(user="pat").secret)
+            assert admin.users.get("pat").groups == ("groups/default",)
+            red = mia.experiments.create("redexp")  # mia's only group
+            assert red.group == "groups/red"
+            assert pat.experiments.create("patexp").group == "groups/default"
+            assert admin.experiments.create("adminexp").group == "groups/default"
+            mia.entry_points.push(project, id="sleepy")  # entry points are cluster-wide
+            job = mia.jobs.submit("redexp", "sleepy", {"label": "x"})
+            bob_job = bob.jobs.submit(bob.experiments.create("blueexp"), "sleepy", {"label": "y"})
+            # Each member lists and reads only their groups' experiments and jobs.
+            assert [e.id for e in mia.experiments.list()] == ["redexp"]
+            assert [j.id for j in mia.jobs.list()] == [job.id]
+            assert [j.id for j in bob.jobs.list()] == [bob_job.id]
+            assert {e.id for e in admin.experiments.list()} == {
+                "redexp",
+                "patexp",
+                "adminexp",
+                "blueexp",
+            }
+            for denied in (
+                lambda: bob.experiments.get("redexp"),
+                lambda: bob.jobs.get(job),
+                lambda: list(bob.jobs.logs(job)),
+                lambda: bob.jobs.submit("redexp", "sleepy", {"label": "z"}),
+                lambda: bob.experiments.create("sneaky", group="red"),
+            ):
+                with pytest.raises(PermissionDeniedError, match="groups/red"):
+                    denied()
+            # Groups a member is not in are not shown to them; admins see all.
+            assert [g.id for g in mia.groups.list()] == ["red"]
+            with pytest.raises(NotFoundError):
+                mia.groups.get("blue")
+            assert {g.id for g in admin.groups.list()} == {"default", "red", "blue"}
+            # Joining a second group: creating then needs the group named.
+            run_cli(t, "group", "add", "blue", "mia")
+            assert "users/mia" in admin.groups.get("blue").members
+            with pytest.raises(InvalidArgumentError, match="group"):
+                mia.experiments.create("which")
+            assert mia.experiments.create("both", group="blue").group == "groups/blue"
+            assert bob.jobs.get(mia.jobs.submit("both", "sleepy", {"label": "b"})).id
+            run_cli(t, "group", "remove", "blue", "mia")
+            with pytest.raises(PermissionDeniedError):
+                mia.experiments.get("both")
+            # A group with experiments is not deleted; an empty one is.
+            with pytest.raises(FailedPreconditionError, match="experiments"):
+                admin.groups.delete("red")
+            admin.groups.create("empty")
+            admin.groups.delete("empty")
+            listed = _json.loads(run_cli(t, "group", "list", "--json").stdout)
+            assert {g["name"] for g in listed} == {"groups/default", "groups/red", "groups/blue"}
+            for c in (mia, bob, pat):
+                c.close()
+        events = [(e.action, e.resource) for e in admin_events(t)]
+        assert ("group.create", "groups/red") in events
+        assert ("group.member.add", "groups/blue") in events
+    finally:
+        srv.stop()
+
+
+def admin_events(target: str) -> list[Any]:
+    with Client(target, token=ADMIN_TOKEN) as admin:
+        return list(admin.audit.list())

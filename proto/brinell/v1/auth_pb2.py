@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62rinell/v1/auth.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.brinell.v1.Role\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x05 \x01(\t\"\x81\x03\n\x05Token\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.brinell.v1.TokenKind\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x0e\n\x06queues\x18\x05 \x03(\t\x12-\n\x06labels\x18\x06 \x03(\x0b\x32\x1d.brinell.v1.Token.LabelsEntry\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\nAuditEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_MEMBER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03*R\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTOKEN_KIND_USER\x10\x01\x12\x14\n\x10TOKEN_KIND_AGENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62rinell/v1/auth.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x01\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.brinell.v1.Role\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x05 \x01(\t\x12\x0e\n\x06groups\x18\x06 \x03(\t\"}\n\x05Group\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x05 \x01(\t\"\x81\x03\n\x05Token\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.brinell.v1.TokenKind\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x0e\n\x06queues\x18\x05 \x03(\t\x12-\n\x06labels\x18\x06 \x03(\x0b\x32\x1d.brinell.v1.Token.LabelsEntry\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\nAuditEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_MEMBER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03*R\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTOKEN_KIND_USER\x10\x01\x12\x14\n\x10TOKEN_KIND_AGENT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKEN_LABELSENTRY']._loaded_options = None
   _globals['_TOKEN_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=733
-  _globals['_ROLE']._serialized_end=811
-  _globals['_TOKENKIND']._serialized_start=813
-  _globals['_TOKENKIND']._serialized_end=895
+  _globals['_ROLE']._serialized_start=876
+  _globals['_ROLE']._serialized_end=954
+  _globals['_TOKENKIND']._serialized_start=956
+  _globals['_TOKENKIND']._serialized_end=1038
   _globals['_USER']._serialized_start=71
-  _globals['_USER']._serialized_end=207
-  _globals['_TOKEN']._serialized_start=210
-  _globals['_TOKEN']._serialized_end=595
-  _globals['_TOKEN_LABELSENTRY']._serialized_start=550
-  _globals['_TOKEN_LABELSENTRY']._serialized_end=595
-  _globals['_AUDITEVENT']._serialized_start=598
-  _globals['_AUDITEVENT']._serialized_end=731
+  _globals['_USER']._serialized_end=223
+  _globals['_GROUP']._serialized_start=225
+  _globals['_GROUP']._serialized_end=350
+  _globals['_TOKEN']._serialized_start=353
+  _globals['_TOKEN']._serialized_end=738
+  _globals['_TOKEN_LABELSENTRY']._serialized_start=693
+  _globals['_TOKEN_LABELSENTRY']._serialized_end=738
+  _globals['_AUDITEVENT']._serialized_start=741
+  _globals['_AUDITEVENT']._serialized_end=874
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,36 @@ class AuthServiceStub:
                 request_serializer=brinell_dot_v1_dot_auth__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=brinell_dot_v1_dot_auth__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.CreateGroup = channel.unary_unary(
+                '/brinell.v1.AuthService/CreateGroup',
+                request_serializer=brinell_dot_v1_dot_auth__service__pb2.CreateGroupRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_auth__service__pb2.CreateGroupResponse.FromString,
+                _registered_method=True)
+        self.GetGroup = channel.unary_unary(
+                '/brinell.v1.AuthService/GetGroup',
+                request_serializer=brinell_dot_v1_dot_auth__service__pb2.GetGroupRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_auth__service__pb2.GetGroupResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/brinell.v1.AuthService/ListGroups',
+                request_serializer=brinell_dot_v1_dot_auth__service__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_auth__service__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/brinell.v1.AuthService/DeleteGroup',
+                request_serializer=brinell_dot_v1_dot_auth__service__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_auth__service__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
+        self.AddGroupMember = channel.unary_unary(
+                '/brinell.v1.AuthService/AddGroupMember',
+                request_serializer=brinell_dot_v1_dot_auth__service__pb2.AddGroupMemberRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_auth__service__pb2.AddGroupMemberResponse.FromString,
+                _registered_method=True)
+        self.RemoveGroupMember = channel.unary_unary(
+                '/brinell.v1.AuthService/RemoveGroupMember',
+                request_serializer=brinell_dot_v1_dot_auth__service__pb2.RemoveGroupMemberRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_auth__service__pb2.RemoveGroupMemberResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -160,6 +190,49 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateGroup(self, request, context):
+        """Creates a group. Admin. ALREADY_EXISTS: the id is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGroup(self, request, context):
+        """Gets a group with its members: admins any, others the groups they are in (others:
+        NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Lists groups in creation order: admins all, others the groups they are in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Deletes a group that holds no experiments. Admin. FAILED_PRECONDITION: it has some.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddGroupMember(self, request, context):
+        """Adds a user to a group (adding a member again is not an error). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGroupMember(self, request, context):
+        """Removes a user from a group (removing a non-member is not an error). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +280,36 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=brinell_dot_v1_dot_auth__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=brinell_dot_v1_dot_auth__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'CreateGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGroup,
+                    request_deserializer=brinell_dot_v1_dot_auth__service__pb2.CreateGroupRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_auth__service__pb2.CreateGroupResponse.SerializeToString,
+            ),
+            'GetGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGroup,
+                    request_deserializer=brinell_dot_v1_dot_auth__service__pb2.GetGroupRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_auth__service__pb2.GetGroupResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=brinell_dot_v1_dot_auth__service__pb2.ListGroupsRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_auth__service__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=brinell_dot_v1_dot_auth__service__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_auth__service__pb2.DeleteGroupResponse.SerializeToString,
+            ),
+            'AddGroupMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddGroupMember,
+                    request_deserializer=brinell_dot_v1_dot_auth__service__pb2.AddGroupMemberRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_auth__service__pb2.AddGroupMemberResponse.SerializeToString,
+            ),
+            'RemoveGroupMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGroupMember,
+                    request_deserializer=brinell_dot_v1_dot_auth__service__pb2.RemoveGroupMemberRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_auth__service__pb2.RemoveGroupMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,6 +561,168 @@ class AuthService:
             '/brinell.v1.AuthService/ListAuditEvents',
             brinell_dot_v1_dot_auth__service__pb2.ListAuditEventsRequest.SerializeToString,
             brinell_dot_v1_dot_auth__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.AuthService/CreateGroup',
+            brinell_dot_v1_dot_auth__service__pb2.CreateGroupRequest.SerializeToString,
+            brinell_dot_v1_dot_auth__service__pb2.CreateGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.AuthService/GetGroup',
+            brinell_dot_v1_dot_auth__service__pb2.GetGroupRequest.SerializeToString,
+            brinell_dot_v1_dot_auth__service__pb2.GetGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.AuthService/ListGroups',
+            brinell_dot_v1_dot_auth__service__pb2.ListGroupsRequest.SerializeToString,
+            brinell_dot_v1_dot_auth__service__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.AuthService/DeleteGroup',
+            brinell_dot_v1_dot_auth__service__pb2.DeleteGroupRequest.SerializeToString,
+            brinell_dot_v1_dot_auth__service__pb2.DeleteGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddGroupMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.AuthService/AddGroupMember',
+            brinell_dot_v1_dot_auth__service__pb2.AddGroupMemberRequest.SerializeToString,
+            brinell_dot_v1_dot_auth__service__pb2.AddGroupMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGroupMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.AuthService/RemoveGroupMember',
+            brinell_dot_v1_dot_auth__service__pb2.RemoveGroupMemberRequest.SerializeToString,
+            brinell_dot_v1_dot_auth__service__pb2.RemoveGroupMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,20 @@ class AuthServiceStub:
     """Revokes a token at once: admins any, others their own. Revoking twice is not an error."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListAuditEventsRequest, _auth_service_pb2.ListAuditEventsResponse]
     """Lists the audit log, oldest first. Admin."""
+    CreateGroup: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateGroupRequest, _auth_service_pb2.CreateGroupResponse]
+    """Creates a group. Admin. ALREADY_EXISTS: the id is taken."""
+    GetGroup: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetGroupRequest, _auth_service_pb2.GetGroupResponse]
+    """Gets a group with its members: admins any, others the groups they are in (others:
+    NOT_FOUND).
+    """
+    ListGroups: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListGroupsRequest, _auth_service_pb2.ListGroupsResponse]
+    """Lists groups in creation order: admins all, others the groups they are in."""
+    DeleteGroup: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DeleteGroupRequest, _auth_service_pb2.DeleteGroupResponse]
+    """Deletes a group that holds no experiments. Admin. FAILED_PRECONDITION: it has some."""
+    AddGroupMember: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.AddGroupMemberRequest, _auth_service_pb2.AddGroupMemberResponse]
+    """Adds a user to a group (adding a member again is not an error). Admin."""
+    RemoveGroupMember: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RemoveGroupMemberRequest, _auth_service_pb2.RemoveGroupMemberResponse]
+    """Removes a user from a group (removing a non-member is not an error). Admin."""
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -91,6 +105,20 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Revokes a token at once: admins any, others their own. Revoking twice is not an error."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListAuditEventsRequest, _auth_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists the audit log, oldest first. Admin."""
+    CreateGroup: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateGroupRequest, _auth_service_pb2.CreateGroupResponse]  # type: ignore[assignment]
+    """Creates a group. Admin. ALREADY_EXISTS: the id is taken."""
+    GetGroup: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetGroupRequest, _auth_service_pb2.GetGroupResponse]  # type: ignore[assignment]
+    """Gets a group with its members: admins any, others the groups they are in (others:
+    NOT_FOUND).
+    """
+    ListGroups: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListGroupsRequest, _auth_service_pb2.ListGroupsResponse]  # type: ignore[assignment]
+    """Lists groups in creation order: admins all, others the groups they are in."""
+    DeleteGroup: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DeleteGroupRequest, _auth_service_pb2.DeleteGroupResponse]  # type: ignore[assignment]
+    """Deletes a group that holds no experiments. Admin. FAILED_PRECONDITION: it has some."""
+    AddGroupMember: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.AddGroupMemberRequest, _auth_service_pb2.AddGroupMemberResponse]  # type: ignore[assignment]
+    """Adds a user to a group (adding a member again is not an error). Admin."""
+    RemoveGroupMember: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RemoveGroupMemberRequest, _auth_service_pb2.RemoveGroupMemberResponse]  # type: ignore[assignment]
+    """Removes a user from a group (removing a non-member is not an error). Admin."""
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """Users, API tokens, agent credentials and the audit log.
@@ -174,5 +202,55 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_auth_service_pb2.ListAuditEventsResponse]]:
         """Lists the audit log, oldest first. Admin."""
+
+    @_abc_1.abstractmethod
+    def CreateGroup(
+        self,
+        request: _auth_service_pb2.CreateGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.CreateGroupResponse, _abc.Awaitable[_auth_service_pb2.CreateGroupResponse]]:
+        """Creates a group. Admin. ALREADY_EXISTS: the id is taken."""
+
+    @_abc_1.abstractmethod
+    def GetGroup(
+        self,
+        request: _auth_service_pb2.GetGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.GetGroupResponse, _abc.Awaitable[_auth_service_pb2.GetGroupResponse]]:
+        """Gets a group with its members: admins any, others the groups they are in (others:
+        NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListGroups(
+        self,
+        request: _auth_service_pb2.ListGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListGroupsResponse, _abc.Awaitable[_auth_service_pb2.ListGroupsResponse]]:
+        """Lists groups in creation order: admins all, others the groups they are in."""
+
+    @_abc_1.abstractmethod
+    def DeleteGroup(
+        self,
+        request: _auth_service_pb2.DeleteGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.DeleteGroupResponse, _abc.Awaitable[_auth_service_pb2.DeleteGroupResponse]]:
+        """Deletes a group that holds no experiments. Admin. FAILED_PRECONDITION: it has some."""
+
+    @_abc_1.abstractmethod
+    def AddGroupMember(
+        self,
+        request: _auth_service_pb2.AddGroupMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.AddGroupMemberResponse, _abc.Awaitable[_auth_service_pb2.AddGroupMemberResponse]]:
+        """Adds a user to a group (adding a member again is not an error). Admin."""
+
+    @_abc_1.abstractmethod
+    def RemoveGroupMember(
+        self,
+        request: _auth_service_pb2.RemoveGroupMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RemoveGroupMemberResponse, _abc.Awaitable[_auth_service_pb2.RemoveGroupMemberResponse]]:
+        """Removes a user from a group (removing a non-member is not an error). Admin."""
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62rinell/v1/entry_point.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.brinell.v1.ParameterType\x12\x13\n\x0bhas_default\x18\x03 \x01(\x08\x12\x15\n\rdefault_value\x18\x04 \x01(\t\"Q\n\x05\x45ntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12)\n\nparameters\x18\x03 \x03(\x0b\x32\x15.brinell.v1.Parameter\"\xc2\x01\n\x12\x45ntryPointRevision\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cproject_name\x18\x04 \x01(\t\x12\"\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x11.brinell.v1.Entry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t\"\xf3\x01\n\nEntryPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x37\n\x0flatest_revision\x18\x03 \x01(\x0b\x32\x1e.brinell.v1.EntryPointRevision\x12\x16\n\x0erevision_count\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t*\xad\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x18\n\x14PARAMETER_TYPE_FLOAT\x10\x02\x12\x16\n\x12PARAMETER_TYPE_INT\x10\x03\x12\x17\n\x13PARAMETER_TYPE_PATH\x10\x04\x12\x16\n\x12PARAMETER_TYPE_URI\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62rinell/v1/entry_point.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.brinell.v1.ParameterType\x12\x13\n\x0bhas_default\x18\x03 \x01(\x08\x12\x15\n\rdefault_value\x18\x04 \x01(\t\"q\n\x05\x45ntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12)\n\nparameters\x18\x03 \x03(\x0b\x32\x15.brinell.v1.Parameter\x12\x0f\n\x07plugins\x18\x04 \x03(\t\x12\r\n\x05graph\x18\x05 \x01(\t\"\xc2\x01\n\x12\x45ntryPointRevision\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cproject_name\x18\x04 \x01(\t\x12\"\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x11.brinell.v1.Entry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t\"\xf3\x01\n\nEntryPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x37\n\x0flatest_revision\x18\x03 \x01(\x0b\x32\x1e.brinell.v1.EntryPointRevision\x12\x16\n\x0erevision_count\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t*\xad\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x18\n\x14PARAMETER_TYPE_FLOAT\x10\x02\x12\x16\n\x12PARAMETER_TYPE_INT\x10\x03\x12\x17\n\x13PARAMETER_TYPE_PATH\x10\x04\x12\x16\n\x12PARAMETER_TYPE_URI\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'brinell.v1.entry_point_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PARAMETERTYPE']._serialized_start=716
-  _globals['_PARAMETERTYPE']._serialized_end=889
+  _globals['_PARAMETERTYPE']._serialized_start=748
+  _globals['_PARAMETERTYPE']._serialized_end=921
   _globals['_PARAMETER']._serialized_start=77
   _globals['_PARAMETER']._serialized_end=187
   _globals['_ENTRY']._serialized_start=189
-  _globals['_ENTRY']._serialized_end=270
-  _globals['_ENTRYPOINTREVISION']._serialized_start=273
-  _globals['_ENTRYPOINTREVISION']._serialized_end=467
-  _globals['_ENTRYPOINT']._serialized_start=470
-  _globals['_ENTRYPOINT']._serialized_end=713
+  _globals['_ENTRY']._serialized_end=302
+  _globals['_ENTRYPOINTREVISION']._serialized_start=305
+  _globals['_ENTRYPOINTREVISION']._serialized_end=499
+  _globals['_ENTRYPOINT']._serialized_start=502
+  _globals['_ENTRYPOINT']._serialized_end=745
 # @@protoc_insertion_point(module_scope)

@@ -85,22 +85,34 @@ class Entry(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    PLUGINS_FIELD_NUMBER: _builtins.int
+    GRAPH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The entry name (`main` by default)."""
     command: _builtins.str
     """The command template, with `{param}` placeholders."""
+    graph: _builtins.str
+    """The task graph the entry runs, if it is a graph entry."""
     @_builtins.property
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Parameter]: ...
+    @_builtins.property
+    def plugins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The plugin ids the entry declares (its MLproject `plugins:` list); a job of this entry
+        pins these, the plugins its task graph uses, and those named at submit.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         command: _builtins.str = ...,
         parameters: _abc.Iterable[Global___Parameter] | None = ...,
+        plugins: _abc.Iterable[_builtins.str] | None = ...,
+        graph: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "graph", b"graph", "name", b"name", "parameters", b"parameters", "plugins", b"plugins"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62rinell/v1/experiment.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x02\n\nExperiment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x06labels\x18\x03 \x03(\x0b\x32\".brinell.v1.Experiment.LabelsEntry\x12\x1c\n\x14mlflow_experiment_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62rinell/v1/experiment.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\nExperiment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x06labels\x18\x03 \x03(\x0b\x32\".brinell.v1.Experiment.LabelsEntry\x12\x1c\n\x14mlflow_experiment_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t\x12\r\n\x05group\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERIMENT_LABELSENTRY']._loaded_options = None
   _globals['_EXPERIMENT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_EXPERIMENT']._serialized_start=77
-  _globals['_EXPERIMENT']._serialized_end=368
-  _globals['_EXPERIMENT_LABELSENTRY']._serialized_start=323
-  _globals['_EXPERIMENT_LABELSENTRY']._serialized_end=368
+  _globals['_EXPERIMENT']._serialized_end=383
+  _globals['_EXPERIMENT_LABELSENTRY']._serialized_start=338
+  _globals['_EXPERIMENT_LABELSENTRY']._serialized_end=383
 # @@protoc_insertion_point(module_scope)

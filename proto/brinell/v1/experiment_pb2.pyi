@@ -54,6 +54,7 @@ class Experiment(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CREATOR_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `experiments/{experiment_id}`. Output only."""
     description: _builtins.str
@@ -62,6 +63,12 @@ class Experiment(_message.Message):
     """The MLflow experiment that holds this experiment's runs. Output only."""
     creator: _builtins.str
     """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
+    group: _builtins.str
+    """`groups/{group_id}`: only the group's members (and admins) see the experiment, its jobs,
+    their logs and artifacts, and submit to it. Set at creation and fixed: when empty, the
+    creator's only group (an admin's: `groups/default`). Bad input or a group the caller
+    is not a member of: INVALID_ARGUMENT / PERMISSION_DENIED.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """User labels, for filtering and organising."""
@@ -84,10 +91,11 @@ class Experiment(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         creator: _builtins.str = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "description", b"description", "labels", b"labels", "mlflow_experiment_id", b"mlflow_experiment_id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "description", b"description", "group", b"group", "labels", b"labels", "mlflow_experiment_id", b"mlflow_experiment_id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -123,8 +123,9 @@ class SubmitJobRequest(_message.Message):
 
     @_builtins.property
     def plugin_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Plugin versions to pin: plugin id -> version. Every registered plugin not named here is
-        pinned at its latest version.
+        """Plugin versions to pin: plugin id -> version. A job pins the plugins its entry declares
+        (MLproject `plugins:`), those whose tasks its graph uses, and those named here; each at
+        the version named here, else at its latest version that is not yanked.
         """
 
     def __init__(
