@@ -15,6 +15,7 @@ from grpc_health.v1 import _async as health_aio  # `health.aio`, under the name 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from brinell import limits
 from brinell.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -75,7 +76,8 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.max_receive_message_length", limits.MAX_RECEIVE_BYTES),
+    ("grpc.max_send_message_length", limits.MAX_SEND_BYTES),
 ]
 
 

@@ -50,6 +50,7 @@ def _show_version(v: PluginVersion) -> None:
             ("description", v.description or "-"),
             ("requirements", ", ".join(v.requirements) or "-"),
             ("created", _time(v.create_time)),
+            *([("yanked", v.yank_reason or "yes")] if v.yanked else []),
         ]
     )
     if v.tasks:
@@ -145,7 +146,7 @@ def plugin_versions(ctx: typer.Context, plugin: str, json_output: JsonOpt = Fals
     table = _table("VERSION", "DIGEST", "SIZE", "TASKS", "REQUIREMENTS", "CREATED")
     for v in versions:
         table.add_row(
-            escape(v.version),
+            escape(v.version) + (" (yanked)" if v.yanked else ""),
             _short(v.digest),
             _size(v.size_bytes),
             str(len(v.tasks)),
@@ -170,3 +171,24 @@ def plugin_tasks(
         _print_json(tasks)
         return
     _print_tasks(tasks)
+
+
+@plugin_app.command("yank")
+def plugin_yank(
+    ctx: typer.Context,
+    plugin: str,
+    version: str,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Shown at submit.")] = "",
+    undo: Annotated[bool, typer.Option("--undo", help="Take the yank back.")] = False,
+) -> None:
+    """Yank a version (admins): new jobs stop pinning it; jobs that pinned it keep it."""
+    plugins = _client(ctx).plugins
+    v = plugins.unyank(plugin, version) if undo else plugins.yank(plugin, version, reason)
+    out.print(f"{escape(v.name)} {'yanked' if v.yanked else 'no longer yanked'}")
+
+
+@plugin_app.command("delete")
+def plugin_delete(ctx: typer.Context, plugin: str, version: str) -> None:
+    """Delete a version (admins); the plugin goes with its last version."""
+    _client(ctx).plugins.delete_version(plugin, version)
+    out.print(f"deleted {escape(plugin.removeprefix('plugins/'))} {escape(version)}")

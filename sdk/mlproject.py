@@ -29,9 +29,10 @@ MAX_ENTRIES = 100
 MAX_PARAMETERS = 100  # per entry
 MAX_PLUGINS = 32  # per entry
 MAX_VALUE_CHARS = 6000  # a parameter's value (its default included)
-# YAML nodes after aliases are expanded: a few hundred bytes of anchors and aliases can
-# stand for gigabytes of document (the "billion laughs"); a real MLproject has a few hundred.
-MAX_YAML_NODES = 20_000
+# A YAML document's size with every alias expanded (nodes plus the characters of its
+# strings): a few hundred bytes of anchors and aliases can stand for gigabytes of document
+# (the "billion laughs"); a real MLproject or task graph is a few thousand.
+MAX_YAML_SIZE = 1_000_000
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 
 
@@ -83,19 +84,37 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
-def yaml_nodes(doc: Any, limit: int) -> int:
-    """How many nodes ``doc`` has with every alias expanded, counting no further than
-    ``limit`` + 1 (so a document that stands for billions of nodes costs ``limit`` steps)."""
+def yaml_size(doc: Any, limit: int = MAX_YAML_SIZE) -> int:
+    """``doc``'s nodes plus the characters of its strings, every alias expanded, counted no
+    further than past ``limit`` (so a document that stands for billions costs ``limit``)."""
     count, stack = 0, [doc]
     while stack and count <= limit:
         node = stack.pop()
         count += 1
-        if isinstance(node, dict):
+        if isinstance(node, str):
+            count += len(node)
+        elif isinstance(node, dict):
             stack.extend(node.keys())
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
     return count
+
+
+def load_yaml(text: str | bytes, what: str) -> Any:
+    """``text`` parsed (safe_load) and bounded; raises ValueError with the problem."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{what} is not valid YAML: {shown(str(exc))}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    if yaml_size(doc) > MAX_YAML_SIZE:
+        raise ValueError(
+            f"{what} expands to more than {MAX_YAML_SIZE} nodes and characters (its aliases "
+            "expanded)"
+        )
+    return doc
 
 
 def _name(value: Any, what: str, problems: list[str]) -> str:
@@ -125,15 +144,9 @@ def _plugins(raw: Any, entry_name: str, problems: list[str]) -> tuple[str, ...]:
 def parse(text: str | bytes) -> ProjectSpec:
     """Parses an MLproject document; raises MLprojectError naming every problem."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MLprojectError([f"MLproject is not valid YAML: {shown(str(exc))}"]) from None
-    except RecursionError:
-        raise MLprojectError(["MLproject is nested too deeply"]) from None
-    if yaml_nodes(doc, MAX_YAML_NODES) > MAX_YAML_NODES:
-        raise MLprojectError(
-            [f"MLproject expands to more than {MAX_YAML_NODES} YAML nodes (aliases included)"]
-        )
+        doc = load_yaml(text, "MLproject")
+    except ValueError as exc:
+        raise MLprojectError([str(exc)]) from None
     if not isinstance(doc, dict):
         raise MLprojectError(["MLproject must be a mapping with an `entry_points` key"])
     problems: list[str] = []

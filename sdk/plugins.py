@@ -116,6 +116,9 @@ class PluginVersion:
     create_time: datetime | None = None
     #: Who created it (``users/{id}``; empty for what predates users).
     creator: str = ""
+    #: A yanked version is not pinned by default, and a submit naming it is refused.
+    yanked: bool = False
+    yank_reason: str = ""
 
     @property
     def plugin(self) -> str:
@@ -142,6 +145,8 @@ class PluginVersion:
             tasks=tuple(Task.from_proto(t) for t in msg.tasks),
             create_time=_time(msg, "create_time"),
             creator=str(msg.creator),
+            yanked=bool(msg.yanked),
+            yank_reason=str(msg.yank_reason),
         )
 
 
@@ -277,3 +282,27 @@ class Plugins(_Service):
         )
         response = self._unary(self._stub.ListPluginTasks, request)
         return [Task.from_proto(t) for t in response.tasks]
+
+    def yank(
+        self, id_or_name: str | Plugin, version: str | PluginVersion, reason: str = ""
+    ) -> PluginVersion:
+        """Yanks a version (admins): new jobs no longer pin it, and naming it at submit is
+        refused with ``reason``; jobs that already pinned it keep their pin."""
+        request = plugin_service_pb2.YankPluginVersionRequest(
+            name=_version_name(id_or_name, version), reason=reason
+        )
+        return PluginVersion.from_proto(self._unary(self._stub.YankPluginVersion, request).version)
+
+    def unyank(self, id_or_name: str | Plugin, version: str | PluginVersion) -> PluginVersion:
+        """Takes a yank back (admins)."""
+        request = plugin_service_pb2.YankPluginVersionRequest(
+            name=_version_name(id_or_name, version), undo=True
+        )
+        return PluginVersion.from_proto(self._unary(self._stub.YankPluginVersion, request).version)
+
+    def delete_version(self, id_or_name: str | Plugin, version: str | PluginVersion) -> None:
+        """Deletes a version (admins); the plugin goes with its last version."""
+        request = plugin_service_pb2.DeletePluginVersionRequest(
+            name=_version_name(id_or_name, version)
+        )
+        self._unary(self._stub.DeletePluginVersion, request)

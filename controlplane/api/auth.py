@@ -69,6 +69,8 @@ _POLICY_BY_SERVICE: dict[Any, dict[str, Access]] = {
         "GetPluginVersion": R,
         "ListPluginVersions": R,
         "ListPluginTasks": R,
+        "YankPluginVersion": A,
+        "DeletePluginVersion": A,
     },
     model_service_pb2: {
         "RegisterModel": W,

@@ -159,6 +159,8 @@ def plugin_version(v: m.PluginVersion) -> plugin_pb2.PluginVersion:
         tasks=[task(t) for t in v.tasks],
         create_time=ts(v.create_time),
         creator=v.creator,
+        yanked=v.yanked,
+        yank_reason=v.yank_reason,
     )
 
 

@@ -42,21 +42,39 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+# Status travels in trailers, which gRPC caps at 8 KiB (beyond that the client sees
+# RESOURCE_EXHAUSTED "Stream removed" instead of the error): whatever a message quotes, the
+# status stays well under that.
+MAX_MESSAGE_CHARS = 1000
+MAX_VIOLATIONS = 8
+MAX_VIOLATION_CHARS = 250
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _status(exc: DomainError) -> grpc.Status:
     code = next((CODES[c] for c in type(exc).__mro__ if c in CODES), grpc.StatusCode.INTERNAL)
     details: list[any_pb2.Any] = []
     if isinstance(exc, InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=field, description=p)
-                for field, p in exc.violations
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_cut(field, 100), description=_cut(p, MAX_VIOLATION_CHARS)
+                )
+                for field, p in exc.violations[:MAX_VIOLATIONS]
             ]
         )
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
     return rpc_status.to_status(
-        status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
+        status_pb2.Status(
+            code=getattr(code_pb2, code.name),
+            message=_cut(exc.message, MAX_MESSAGE_CHARS),
+            details=details,
+        )
     )
 
 

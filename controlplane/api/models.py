@@ -17,6 +17,7 @@ from ..domain.registry_types import Artifact, ModelVersion, RegisteredModel
 from .auth import current
 from .convert import ts
 from .errors import Ctx, streaming, unary
+from .paging import fitted
 
 
 def model(m: RegisteredModel) -> model_pb2.Model:
@@ -77,8 +78,13 @@ class ModelServicer(model_grpc.ModelServiceServicer):
     async def ListModels(
         self, request: model_pb.ListModelsRequest, context: Ctx
     ) -> model_pb.ListModelsResponse:
-        models, token = await self.registry.page(request.page_size, request.page_token)
-        return model_pb.ListModelsResponse(models=[model(m) for m in models], next_page_token=token)
+        return await fitted(
+            lambda n: self.registry.page(n, request.page_token),
+            request.page_size,
+            lambda models, token: model_pb.ListModelsResponse(
+                models=[model(m) for m in models], next_page_token=token
+            ),
+        )
 
     @unary
     async def GetModelVersion(
@@ -91,11 +97,12 @@ class ModelServicer(model_grpc.ModelServiceServicer):
     async def ListModelVersions(
         self, request: model_pb.ListModelVersionsRequest, context: Ctx
     ) -> model_pb.ListModelVersionsResponse:
-        versions, token = await self.registry.versions(
-            request.parent, request.page_size, request.page_token
-        )
-        return model_pb.ListModelVersionsResponse(
-            versions=[model_version(v) for v in versions], next_page_token=token
+        return await fitted(
+            lambda n: self.registry.versions(request.parent, n, request.page_token),
+            request.page_size,
+            lambda versions, token: model_pb.ListModelVersionsResponse(
+                versions=[model_version(v) for v in versions], next_page_token=token
+            ),
         )
 
     @unary

@@ -11,6 +11,7 @@ from ..domain.plugins import PluginManager
 from . import convert
 from .auth import current
 from .errors import Ctx, unary
+from .paging import fitted
 
 
 class PluginServicer(pb_grpc.PluginServiceServicer):
@@ -35,9 +36,12 @@ class PluginServicer(pb_grpc.PluginServiceServicer):
     async def ListPlugins(
         self, request: pb.ListPluginsRequest, context: Ctx
     ) -> pb.ListPluginsResponse:
-        plugins, token = await self.plugins.page(request.page_size, request.page_token)
-        return pb.ListPluginsResponse(
-            plugins=[convert.plugin(p) for p in plugins], next_page_token=token
+        return await fitted(
+            lambda n: self.plugins.page(n, request.page_token),
+            request.page_size,
+            lambda plugins, token: pb.ListPluginsResponse(
+                plugins=[convert.plugin(p) for p in plugins], next_page_token=token
+            ),
         )
 
     @unary
@@ -51,11 +55,12 @@ class PluginServicer(pb_grpc.PluginServiceServicer):
     async def ListPluginVersions(
         self, request: pb.ListPluginVersionsRequest, context: Ctx
     ) -> pb.ListPluginVersionsResponse:
-        versions, token = await self.plugins.versions(
-            request.parent, request.page_size, request.page_token
-        )
-        return pb.ListPluginVersionsResponse(
-            versions=[convert.plugin_version(v) for v in versions], next_page_token=token
+        return await fitted(
+            lambda n: self.plugins.versions(request.parent, n, request.page_token),
+            request.page_size,
+            lambda versions, token: pb.ListPluginVersionsResponse(
+                versions=[convert.plugin_version(v) for v in versions], next_page_token=token
+            ),
         )
 
     @unary
@@ -64,3 +69,17 @@ class PluginServicer(pb_grpc.PluginServiceServicer):
     ) -> pb.ListPluginTasksResponse:
         version = await self.plugins.version(request.parent)
         return pb.ListPluginTasksResponse(tasks=[convert.task(t) for t in version.tasks])
+
+    @unary
+    async def YankPluginVersion(
+        self, request: pb.YankPluginVersionRequest, context: Ctx
+    ) -> pb.YankPluginVersionResponse:
+        version = await self.plugins.yank(request.name, request.reason, request.undo, current())
+        return pb.YankPluginVersionResponse(version=convert.plugin_version(version))
+
+    @unary
+    async def DeletePluginVersion(
+        self, request: pb.DeletePluginVersionRequest, context: Ctx
+    ) -> pb.DeletePluginVersionResponse:
+        await self.plugins.delete_version(request.name, current())
+        return pb.DeletePluginVersionResponse()

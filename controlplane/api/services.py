@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from brinell.mlproject import shown
 from brinell.v1 import (
     agent_service_pb2 as agent_pb,
 )
@@ -58,6 +59,7 @@ from ..store.blobs import BlobStore
 from . import convert
 from .auth import current
 from .errors import Ctx, streaming, unary
+from .paging import fitted
 
 log = logging.getLogger("brinell.controlplane.api")
 
@@ -87,11 +89,13 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
     async def ListExperiments(
         self, request: exp_pb.ListExperimentsRequest, context: Ctx
     ) -> exp_pb.ListExperimentsResponse:
-        exps, token = await self.experiments.page(
-            request.page_size, request.page_token, request.filter, current()
-        )
-        return exp_pb.ListExperimentsResponse(
-            experiments=[convert.experiment(e) for e in exps], next_page_token=token
+        who = current()
+        return await fitted(
+            lambda n: self.experiments.page(n, request.page_token, request.filter, who),
+            request.page_size,
+            lambda exps, token: exp_pb.ListExperimentsResponse(
+                experiments=[convert.experiment(e) for e in exps], next_page_token=token
+            ),
         )
 
     @unary
@@ -103,7 +107,7 @@ class ExperimentServicer(exp_grpc.ExperimentServiceServicer):
         if unknown:
             raise InvalidArgument(
                 [
-                    f"update_mask path {p!r} cannot be updated (description, labels)"
+                    f"update_mask path {shown(p)} cannot be updated (description, labels)"
                     for p in sorted(unknown)
                 ],
                 field="update_mask",
@@ -152,9 +156,12 @@ class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
     async def ListEntryPoints(
         self, request: ep_pb.ListEntryPointsRequest, context: Ctx
     ) -> ep_pb.ListEntryPointsResponse:
-        eps, token = await self.entry_points.page(request.page_size, request.page_token)
-        return ep_pb.ListEntryPointsResponse(
-            entry_points=[convert.entry_point(e) for e in eps], next_page_token=token
+        return await fitted(
+            lambda n: self.entry_points.page(n, request.page_token),
+            request.page_size,
+            lambda eps, token: ep_pb.ListEntryPointsResponse(
+                entry_points=[convert.entry_point(e) for e in eps], next_page_token=token
+            ),
         )
 
     @unary
@@ -168,11 +175,12 @@ class EntryPointServicer(ep_grpc.EntryPointServiceServicer):
     async def ListEntryPointRevisions(
         self, request: ep_pb.ListEntryPointRevisionsRequest, context: Ctx
     ) -> ep_pb.ListEntryPointRevisionsResponse:
-        revs, token = await self.entry_points.revisions(
-            request.parent, request.page_size, request.page_token
-        )
-        return ep_pb.ListEntryPointRevisionsResponse(
-            revisions=[convert.revision(r) for r in revs], next_page_token=token
+        return await fitted(
+            lambda n: self.entry_points.revisions(request.parent, n, request.page_token),
+            request.page_size,
+            lambda revs, token: ep_pb.ListEntryPointRevisionsResponse(
+                revisions=[convert.revision(r) for r in revs], next_page_token=token
+            ),
         )
 
 
@@ -211,10 +219,14 @@ class JobServicer(job_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: job_pb.ListJobsRequest, context: Ctx
     ) -> job_pb.ListJobsResponse:
-        jobs, token = await self.jobs.page(
-            request.page_size, request.page_token, request.filter, current()
+        who = current()
+        return await fitted(
+            lambda n: self.jobs.page(n, request.page_token, request.filter, who),
+            request.page_size,
+            lambda jobs, token: job_pb.ListJobsResponse(
+                jobs=[convert.job(j) for j in jobs], next_page_token=token
+            ),
         )
-        return job_pb.ListJobsResponse(jobs=[convert.job(j) for j in jobs], next_page_token=token)
 
     @streaming
     async def WatchJob(

@@ -44,7 +44,6 @@ BOOTSTRAP_USER = "admin"
 ADMIN_TOKEN_FILE = "admin.token"
 MAX_TOKEN_CHARS = 200
 MAX_DETAIL = 200
-MAX_LABELS = 32
 MAX_GROUPS_PER_USER = 64
 
 
@@ -213,13 +212,7 @@ class Accounts:
             for q in queues:
                 if not names.QUEUE_RE.match(q):
                     problems.append(("queues", f"queue {shown(q)} is invalid"))
-            if len(labels) > MAX_LABELS:
-                problems.append(("labels", f"at most {MAX_LABELS} labels"))
-            problems += [
-                ("labels", f"label {shown(k)} is invalid")
-                for k, v in labels.items()
-                if not k or len(k) > 63 or len(v) > 255
-            ]
+            problems += names.label_problems(labels, field="labels")
         else:
             if agent_id or queues or labels:
                 problems.append(("agent_id", "agent_id, queues and labels are for agent tokens"))

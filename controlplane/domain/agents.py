@@ -18,7 +18,6 @@ from .models import AgentInfo, AttemptRef
 from .paging import PageTokens, page_size
 from .scheduler import AgentSession, Scheduler
 
-MAX_LABELS = 32
 MAX_QUEUES = 32
 MAX_RUNNING = 10_000
 MAX_HOSTNAME = 255
@@ -29,13 +28,7 @@ def check_registration(info: AgentInfo, running: int) -> None:
     problems: list[tuple[str, str]] = []
     if len(info.hostname) > MAX_HOSTNAME:
         problems.append(("register.hostname", f"hostname is over {MAX_HOSTNAME} characters"))
-    if len(info.labels) > MAX_LABELS:
-        problems.append(("register.labels", f"at most {MAX_LABELS} labels"))
-    problems += [
-        ("register.labels", f"label {shown(k)} is invalid (key 1-63, value 0-255 characters)")
-        for k, v in info.labels.items()
-        if not k or len(k) > 63 or len(v) > 255
-    ]
+    problems += names.label_problems(info.labels, field="register.labels")
     if len(info.queues) > MAX_QUEUES:
         problems.append(("register.queues", f"at most {MAX_QUEUES} queues"))
     problems += [

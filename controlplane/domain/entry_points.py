@@ -117,6 +117,10 @@ class EntryPointManager:
         """A new revision; of an existing entry point only by its creator or an admin (so
         nobody can replace the code another user's next submit runs)."""
         names.check_id(ep_id, "entry point", field="metadata.entry_point_id")
+        if problems := names.text_problems(
+            description, "description", names.MAX_DESCRIPTION_CHARS, field="metadata.description"
+        ):
+            raise InvalidArgument.of(problems)
         existing = await self.db.run(lambda s: EntryPoints.get(s, ep_id, with_latest=False))
         if existing is not None:
             may_act_on(who, existing.creator, f"entryPoints/{ep_id}")

@@ -19,10 +19,13 @@ from .models import Experiment
 from .paging import PageTokens, page_size
 
 
-def check_labels(labels: dict[str, str]) -> None:
-    problems = [f"label key {k!r} is invalid" for k in labels if not k or len(k) > 63]
+def check_fields(description: str | None, labels: dict[str, str] | None) -> None:
+    problems = names.text_problems(
+        description or "", "description", names.MAX_DESCRIPTION_CHARS, field="description"
+    )
+    problems += names.label_problems(labels or {}, field="labels")
     if problems:
-        raise InvalidArgument(problems, field="labels")
+        raise InvalidArgument.of(problems)
 
 
 class ExperimentManager:
@@ -69,7 +72,7 @@ class ExperimentManager:
             if exp_id
             else names.new_id("exp")
         )
-        check_labels(labels)
+        check_fields(description, labels)
         gid = self._group(group, who)
 
         def check(s: Session) -> bool:
@@ -117,8 +120,7 @@ class ExperimentManager:
     ) -> Experiment:
         exp_id = names.experiment_id(name)
         may_act_on(who, (await self.get(name, who)).creator, f"experiments/{exp_id}")
-        if labels is not None:
-            check_labels(labels)
+        check_fields(description, labels)
         exp = await self.db.run(lambda s: Experiments.update(s, exp_id, description, labels))
         if exp is None:
             raise NotFound(f"experiment {exp_id!r} not found")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from brinell import graph as task_graph
 from brinell import mlproject
+from brinell.mlproject import shown
 
 from ..store.db import Database
 from ..store.models import utcnow
@@ -23,7 +24,7 @@ from .entry_points import spec_from_dict
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .filters import job_filter
 from .identity import AuditFn, Principal, may_act_on, may_see
-from .models import Job, LogLine, PluginPin, QueuedJob
+from .models import Job, LogLine, PluginPin, PluginVersion, QueuedJob
 from .notify import Notifier
 from .paging import PageTokens, page_size
 from .plugins import PluginManager
@@ -38,6 +39,7 @@ LOG_PAGE = 500
 PROJECT_CACHE_SIZE = 1024
 # A parameter becomes an MLflow param of the job's run: MLflow refuses longer values.
 MAX_PARAMETER_CHARS = mlproject.MAX_VALUE_CHARS
+MAX_PLUGIN_VERSIONS = 64
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,17 @@ class _Checked:
     entry: str
     parameters: dict[str, str]
     plugins: tuple[PluginPin, ...]
+
+
+def _provides_a_task_of(graph: task_graph.Graph) -> Callable[[PluginVersion], bool]:
+    """Whether a plugin version has a task that one of the graph's steps names (by its short
+    or its module-qualified name)."""
+    wanted = {step.task for step in graph.steps.values()}
+
+    def uses(pv: PluginVersion) -> bool:
+        return any(t["name"] in wanted or f"{t['module']}.{t['name']}" in wanted for t in pv.tasks)
+
+    return uses
 
 
 class JobManager:
@@ -116,8 +129,13 @@ class JobManager:
         queue = spec.queue or "default"
         if not names.QUEUE_RE.match(queue):
             problems.append(
-                ("queue", f"queue {queue!r} is invalid: use up to 63 of [A-Za-z0-9._-]")
+                ("queue", f"queue {shown(queue)} is invalid: use up to 63 of [A-Za-z0-9._-]")
             )
+        problems += names.label_problems(spec.selector, field="selector")
+        if len(spec.parameters) > mlproject.MAX_PARAMETERS:
+            problems.append(("parameters", f"at most {mlproject.MAX_PARAMETERS} parameters"))
+        if len(spec.plugin_versions) > MAX_PLUGIN_VERSIONS:
+            problems.append(("plugin_versions", f"at most {MAX_PLUGIN_VERSIONS} plugins"))
         if spec.timeout_s < 0:
             problems.append(("timeout", "timeout must not be negative"))
         max_attempts = spec.max_attempts or DEFAULT_MAX_ATTEMPTS
@@ -130,7 +148,7 @@ class JobManager:
         problems += [
             (
                 "parameters",
-                f"parameter {k!r}: the value is longer than {MAX_PARAMETER_CHARS} characters",
+                f"parameter {shown(k)}: the value is longer than {MAX_PARAMETER_CHARS} characters",
             )
             for k, v in spec.parameters.items()
             if len(v) > MAX_PARAMETER_CHARS
@@ -168,10 +186,17 @@ class JobManager:
             params = mlproject.resolve(project, entry, spec.parameters)
         except mlproject.MLprojectError as exc:
             raise InvalidArgument(exc.problems, field="parameters") from None
-        pins = PluginManager.pins(s, spec.plugin_versions)
         entry_spec = project.entry(entry)
-        if entry_spec is not None and entry_spec.graph:
-            self._check_graph(s, graphs[entry_spec.graph], entry_spec, pins)
+        graph = graphs[entry_spec.graph] if entry_spec and entry_spec.graph else None
+        # A job pins only what it uses: the entry's plugins, its graph's, those it names.
+        pins = PluginManager.pins(
+            s,
+            spec.plugin_versions,
+            entry_spec.plugins if entry_spec else (),
+            _provides_a_task_of(graph) if graph else None,
+        )
+        if graph is not None and entry_spec is not None:
+            self._check_graph(s, graph, entry_spec, pins)
         return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins)
 
     def _check_graph(
@@ -388,11 +413,11 @@ class JobManager:
         self, name: str, start: int, follow: bool, who: Principal, attempt: int = 0
     ) -> AsyncIterator[list[LogLine]]:
         job_id = names.job_id(name)
-        await self.get(job_id, who)
         if start < 0:
             raise InvalidArgument("start_offset must not be negative", field="start_offset")
         if attempt < 0:
             raise InvalidArgument("attempt must not be negative", field="attempt")
+        await self.get(job_id, who)
         offset = start
 
         def read(s: Session) -> tuple[Job | None, list[LogLine]]:

@@ -67,6 +67,10 @@ class PluginVersion:
     tasks: list[dict[str, Any]]
     create_time: datetime
     creator: str = ""
+    # A yanked version is never pinned by default, and a submit that names it is refused
+    # (PEP 592, made strict: a version is yanked because it must not run).
+    yanked: bool = False
+    yank_reason: str = ""
 
     @property
     def pin(self) -> PluginPin:

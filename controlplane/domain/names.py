@@ -92,3 +92,30 @@ def new_job_id() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# Bounds on what is stored and listed: a page of the largest items still fits a response.
+MAX_DESCRIPTION_CHARS = 10_000
+MAX_LABELS = 32
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 255
+
+
+def text_problems(value: str, what: str, limit: int, *, field: str) -> list[tuple[str, str]]:
+    """(field, problem) when ``value`` is over ``limit`` characters."""
+    return [(field, f"{what} is over {limit} characters")] if len(value) > limit else []
+
+
+def label_problems(labels: dict[str, str], *, field: str) -> list[tuple[str, str]]:
+    """(field, problem) pairs for too many labels and for each bad one (shown cut short)."""
+    if len(labels) > MAX_LABELS:
+        return [(field, f"at most {MAX_LABELS} labels (got {len(labels)})")]
+    return [
+        (
+            field,
+            f"label {shown(k)} is invalid (key 1-{MAX_LABEL_KEY_CHARS}, value "
+            f"0-{MAX_LABEL_VALUE_CHARS} characters)",
+        )
+        for k, v in labels.items()
+        if not k or len(k) > MAX_LABEL_KEY_CHARS or len(v) > MAX_LABEL_VALUE_CHARS
+    ]

@@ -6,12 +6,14 @@ pushing a new version changes nothing that already runs and needs no restart any
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from packaging.version import Version
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from brinell.mlproject import shown
 
 from ..store.blobs import BlobStore
 from ..store.db import Database
@@ -24,6 +26,8 @@ from .models import Plugin, PluginPin, PluginVersion
 from .paging import PageTokens, page_size
 from .task_manifest import read_bundle
 from .uploads import Inspector, receive
+
+MAX_YANK_REASON_CHARS = 255
 
 
 def version_name(name: str) -> tuple[str, str]:
@@ -119,7 +123,11 @@ class PluginManager:
                     assert plugin is not None
                     return plugin, existing, False
                 current = Plugins.get(s, pv.plugin_id, with_latest=False)
-                is_latest = current is None or Version(pv.version) > Version(current.latest_version)
+                is_latest = (
+                    current is None
+                    or not current.latest_version  # every earlier version is yanked
+                    or Version(pv.version) > Version(current.latest_version)
+                )
                 plugin = Plugins.add_version(s, pv, is_latest)
                 stored = Plugins.version(s, pv.plugin_id, pv.version)
                 assert stored is not None
@@ -173,20 +181,48 @@ class PluginManager:
         nxt = self.tokens.encode(query, start + n) if len(ordered) > start + n else ""
         return ordered[start : start + n], nxt
 
-    @staticmethod
-    def pins(s: Session, requested: dict[str, str]) -> tuple[PluginPin, ...]:
-        """The versions a job runs with: the requested ones, every other plugin's latest.
+    async def yank(self, name: str, reason: str, undo: bool, who: Principal) -> PluginVersion:
+        pid, version = version_name(name)
+        if len(reason) > MAX_YANK_REASON_CHARS:
+            raise InvalidArgument(
+                f"the reason is longer than {MAX_YANK_REASON_CHARS} characters", field="reason"
+            )
+        pv = await self.db.run(lambda s: Plugins.set_yanked(s, pid, version, not undo, reason))
+        if pv is None:
+            raise NotFound(f"plugin {pid!r} has no version {shown(version)}")
+        action = "plugin.unyank" if undo else "plugin.yank"
+        await self.audit(who, action, f"plugins/{pid}/versions/{pv.version}", reason)
+        return pv
 
-        Raises InvalidArgument naming every unknown plugin or version.
+    async def delete_version(self, name: str, who: Principal) -> None:
+        pid, version = version_name(name)
+        if not await self.db.run(lambda s: Plugins.delete_version(s, pid, version)):
+            raise NotFound(f"plugin {pid!r} has no version {shown(version)}")
+        await self.audit(who, "plugin.delete", f"plugins/{pid}/versions/{version}", "")
+
+    @staticmethod
+    def pins(
+        s: Session,
+        requested: dict[str, str],
+        declared: tuple[str, ...] = (),
+        uses: Callable[[PluginVersion], bool] | None = None,
+    ) -> tuple[PluginPin, ...]:
+        """The plugin versions a job runs with: those ``requested`` (id -> version), the
+        ``declared`` ids and, when ``uses`` is given, every plugin whose candidate version
+        (requested, else latest) it accepts (a task graph's plugins); each at the requested
+        version, else at its latest that is not yanked.
+
+        Raises InvalidArgument naming every unknown plugin, version, and yanked version.
         """
-        pins = Plugins.latest_pins(s)
+        latest = Plugins.latest_pins(s)
+        chosen: dict[str, PluginPin] = {}
         problems = []
         for pid, version in sorted(requested.items()):
             pv = Plugins.version(s, pid, version) if names.ID_RE.match(pid) else None
             if pv is None:
                 known = (
                     "no such plugin"
-                    if pid not in pins
+                    if pid not in latest and not Plugins.versions(s, pid)
                     else (
                         "its versions: "
                         + ", ".join(
@@ -198,9 +234,27 @@ class PluginManager:
                         )
                     )
                 )
-                problems.append(f"plugin {pid!r} has no version {version!r} ({known})")
+                problems.append(f"plugin {pid!r} has no version {shown(version)} ({known})")
+            elif pv.yanked:
+                why = f": {pv.yank_reason}" if pv.yank_reason else ""
+                problems.append(f"plugin {pid!r} version {pv.version} is yanked{why}")
             else:
-                pins[pid] = pv.pin
+                chosen[pid] = pv.pin
+        for pid in declared:
+            if pid in chosen or pid in requested:
+                continue
+            if pid in latest:
+                chosen[pid] = latest[pid]
+            elif Plugins.get(s, pid, with_latest=False) is not None:
+                problems.append(f"plugin {pid!r} (declared by the entry) has every version yanked")
+            else:
+                problems.append(f"plugin {pid!r} (declared by the entry) is not registered")
+        if uses is not None:
+            for pid, pin in latest.items():
+                if pid not in chosen and pid not in requested:
+                    pv = Plugins.version(s, pid, pin.version)
+                    if pv is not None and uses(pv):
+                        chosen[pid] = pin
         if problems:
             raise InvalidArgument(problems, field="plugin_versions")
-        return tuple(pins[k] for k in sorted(pins))
+        return tuple(chosen[k] for k in sorted(chosen))

@@ -178,7 +178,9 @@ class ModelRegistry:
     ) -> ModelVersion:
         """A new version of ``model`` (created when new, with ``description``) from the files
         the job logged at ``path``."""
-        problems: list[tuple[str, str]] = []  # (field, problem)
+        problems = names.text_problems(
+            description, "description", names.MAX_DESCRIPTION_CHARS, field="description"
+        )
         mid = ""
         if not model:
             problems.append(("model_id", "model_id is required"))

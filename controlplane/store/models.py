@@ -182,6 +182,8 @@ class PluginVersionRow(Base):
     tasks: Mapped[list[Any]]
     creator: Mapped[str] = mapped_column(String(80), default="")
     create_time: Mapped[datetime]
+    yanked: Mapped[bool] = mapped_column(Boolean, default=False)
+    yank_reason: Mapped[str] = mapped_column(String(255), default="")
 
 
 class AgentRow(Base):

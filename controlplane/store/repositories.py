@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from packaging.version import Version
 from sqlalchemy import Row, Table, Update, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
@@ -650,6 +651,8 @@ def _plugin_version(r: Row[Any] | PluginVersionRow) -> m.PluginVersion:
         list(r.tasks),
         r.create_time,
         r.creator,
+        bool(r.yanked),
+        r.yank_reason,
     )
 
 
@@ -746,6 +749,54 @@ class Plugins:
         row.update_time = now
         s.flush()
         return Plugins._plugin(row, Plugins.version(s, pv.plugin_id, row.latest_version))
+
+    @staticmethod
+    def _version_row(s: Session, plugin_id: str, version: str) -> PluginVersionRow | None:
+        return s.scalar(
+            select(PluginVersionRow).where(
+                PluginVersionRow.plugin_id == plugin_id, PluginVersionRow.version == version
+            )
+        )
+
+    @staticmethod
+    def _relatest(s: Session, plugin_id: str) -> PluginRow | None:
+        """Points the plugin at its highest version that is not yanked ("" when none is);
+        deletes the plugin when it has no versions left (None)."""
+        row = s.scalar(select(PluginRow).where(PluginRow.id == plugin_id).with_for_update())
+        assert row is not None
+        versions = Plugins.versions(s, plugin_id)
+        if not versions:
+            s.delete(row)
+            s.flush()
+            return None
+        usable = [v for v in versions if not v.yanked]
+        row.latest_version = max(usable, key=lambda v: Version(v.version)).version if usable else ""
+        row.version_count = len(versions)
+        row.update_time = utcnow()
+        s.flush()
+        return row
+
+    @staticmethod
+    def set_yanked(
+        s: Session, plugin_id: str, version: str, yanked: bool, reason: str
+    ) -> m.PluginVersion | None:
+        row = Plugins._version_row(s, plugin_id, version)
+        if row is None:
+            return None
+        row.yanked, row.yank_reason = yanked, reason if yanked else ""
+        s.flush()
+        Plugins._relatest(s, plugin_id)
+        return _plugin_version(row)
+
+    @staticmethod
+    def delete_version(s: Session, plugin_id: str, version: str) -> bool:
+        row = Plugins._version_row(s, plugin_id, version)
+        if row is None:
+            return False
+        s.delete(row)
+        s.flush()
+        Plugins._relatest(s, plugin_id)
+        return True
 
 
 def _agent(r: AgentRow, running: int = 0) -> m.AgentInfo:

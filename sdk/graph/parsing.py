@@ -5,18 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import yaml
-
-from ..mlproject import did_you_mean
+from ..mlproject import did_you_mean, load_yaml
 from .model import _GRAPH_KEYS, _NAME_RE, _REF_RE, _STEP_KEYS, Graph, GraphError, Ref, Step
 
 
 def parse(text: str | bytes) -> Graph:
     """Parses a graph document; raises GraphError listing every structural problem."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise GraphError([f"the graph is not valid YAML: {exc}"]) from None
+        doc = load_yaml(text, "the graph")
+    except ValueError as exc:
+        raise GraphError([str(exc)]) from None
     if not isinstance(doc, dict):
         raise GraphError(["a graph must be a mapping with a `steps` mapping"])
     problems: list[str] = []

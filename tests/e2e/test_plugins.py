@@ -40,6 +40,7 @@ MLPROJECT = """\
 name: greeter
 entry_points:
   main:
+    plugins: [demo-plugin]
     parameters:
       who: {type: string, default: world}
       release: {type: string, default: ""}

@@ -101,6 +101,8 @@ EXPECTED = {
         "GetPluginVersion": READ,
         "ListPluginVersions": READ,
         "ListPluginTasks": READ,
+        "YankPluginVersion": ADMIN,
+        "DeletePluginVersion": ADMIN,
     },
     "ModelService": {
         "RegisterModel": WRITE,

@@ -167,3 +167,118 @@ def test_quoted_placeholders_are_refused_at_upload(client: Client, tmp_path: Pat
     )
     archive = _write(tmp_path, "q.tar.gz", tar_gz({"MLproject": text}))
     assert "inside single quotes" in _refused(client.entry_points.push, archive, id="quoted")
+
+
+def _mlproject_archive(tmp_path: Path, name: str, text: str, **files: str) -> Path:
+    return _write(tmp_path, f"{name}.tar.gz", tar_gz({"MLproject": text, **files}))
+
+
+def test_yaml_alias_bombs_and_unbounded_mlprojects_are_refused(
+    client: Client, tmp_path: Path
+) -> None:
+    # Under 400 bytes of anchors that stand for 9**9 nodes: the project name was 7 MB and broke
+    # ListEntryPoints for every client.
+    levels = "".join(
+        f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+    )
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + levels
+    bomb = laughs + "name: *i\nentry_points:\n  main:\n    command: echo\n"
+    assert len(bomb) < 400
+    archive = _mlproject_archive(tmp_path, "laughs", bomb)
+    assert "expands to more than" in _refused(client.entry_points.push, archive, id="laughs")
+    # One long string referenced many times: few nodes, many characters.
+    long = "s: &s " + "x" * 20_000 + "\nname: [" + ", ".join(["*s"] * 100) + "]\n"
+    archive = _mlproject_archive(tmp_path, "long", long + "entry_points: {main: {command: e}}\n")
+    assert "expands to more than" in _refused(client.entry_points.push, archive, id="long")
+    # The same in a task graph an entry runs.
+    graph_bomb = laughs + "steps: {one: {task: x, args: {v: *i}}}\n"
+    archive = _mlproject_archive(
+        tmp_path,
+        "graph",
+        "name: g\nentry_points: {main: {graph: g.yaml}}\n",
+        **{"g.yaml": graph_bomb},
+    )
+    assert "expands to more than" in _refused(client.entry_points.push, archive, id="graph")
+    # Names, counts and sizes are bounded, each problem named.
+    many = "\n".join(f"  e{i}: {{command: echo}}" for i in range(101))
+    for text, problem in [
+        ("name: [1, 2]\nentry_points: {main: {command: e}}\n", "`name` must be a name"),
+        (f"name: {'n' * 101}\nentry_points: {{main: {{command: e}}}}\n", "`name` must be"),
+        (f"name: m\nentry_points:\n{many}\n", "more than 100 entry points"),
+        (
+            "name: m\nentry_points: {main: {command: e, parameters: {p: {default: "
+            + "d" * 6001
+            + "}}}}\n",
+            "default longer than 6000",
+        ),
+        (
+            "name: m\nentry_points: {main: {command: '" + "x" * 100_001 + "'}}\n",
+            "command is over",
+        ),
+        ("name: m\nentry_points: {main: {command: e, plugins: [Bad!]}}\n", "not a plugin id"),
+    ]:
+        archive = _mlproject_archive(tmp_path, "bounded", text)
+        assert problem in _refused(client.entry_points.push, archive, id="bounded"), problem
+    assert list(client.entry_points.list()) == []
+
+
+def test_stored_strings_and_lists_are_bounded(srv: ServerThread, client: Client) -> None:
+    import grpc
+
+    from brinell.v1 import job_service_pb2 as job_pb
+    from brinell.v1 import job_service_pb2_grpc as job_grpc
+    from tests.conftest import admin_channel
+
+    huge = "d" * (5 << 20)
+    assert "description is over 10000" in _refused(client.experiments.create, "e", huge)
+    labels = {f"k{i}": "v" for i in range(33)}
+    assert "at most 32 labels" in _refused(client.experiments.create, "e", labels=labels)
+    assert "label" in _refused(client.experiments.create, "e", labels={"k": "v" * 256})
+    client.experiments.create("e")
+    with pytest.raises(InvalidArgumentError):
+        client.experiments.update("e", description=huge)
+    # A 10k-character name gave RESOURCE_EXHAUSTED "Stream removed": the error quoted it
+    # whole, past what gRPC's trailers hold.
+    with admin_channel(srv.target) as channel:
+        jobs = job_grpc.JobServiceStub(channel)
+        long = "x" * 10_000
+        for request in [
+            job_pb.GetJobRequest(name="jobs/" + long),
+            job_pb.SubmitJobRequest(experiment="experiments/" + long, entry_point="entryPoints/e"),
+            job_pb.SubmitJobRequest(
+                experiment="experiments/e",
+                entry_point="entryPoints/" + long,
+                queue=long,
+                selector={f"k{i}": long for i in range(40)},
+                parameters={f"p{i}" + long: long for i in range(200)},
+                plugin_versions={f"p{i}": long for i in range(100)},
+                request_id=long,
+            ),
+        ]:
+            method = jobs.GetJob if isinstance(request, job_pb.GetJobRequest) else jobs.SubmitJob
+            with pytest.raises(grpc.RpcError) as info:
+                method(request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert len(info.value.details()) <= 1000
+
+
+def test_list_pages_fit_what_a_default_client_receives(srv: ServerThread, client: Client) -> None:
+    from brinell.v1 import experiment_service_pb2 as exp_pb
+    from brinell.v1 import experiment_service_pb2_grpc as exp_grpc
+    from tests.conftest import admin_channel
+
+    # 400 experiments of the longest description: 4 MB, more than a client accepts in one
+    # message by default (4 MiB), in a page of 1000.
+    for i in range(400):
+        client.experiments.create(f"e{i}", "d" * 10_000)
+    with admin_channel(srv.target) as channel:
+        stub = exp_grpc.ExperimentServiceStub(channel)
+        first = stub.ListExperiments(exp_pb.ListExperimentsRequest(page_size=1000))
+        assert 0 < len(first.experiments) < 400 and first.next_page_token
+        assert first.ByteSize() <= 3 << 20
+        rest = stub.ListExperiments(
+            exp_pb.ListExperimentsRequest(page_size=1000, page_token=first.next_page_token)
+        )
+        ids = [e.name for e in [*first.experiments, *rest.experiments]]
+        assert len(ids) == len(set(ids)) == 400 and not rest.next_page_token
+    assert len(list(client.experiments.list(page_size=1000))) == 400

@@ -194,35 +194,60 @@ def test_bad_bundles_are_refused_with_every_problem(plugins: Any) -> None:
     assert list(plugins.ListPlugins(pb.ListPluginsRequest()).plugins) == []
 
 
-def test_jobs_pin_plugin_versions(plugins: Any, stubs: Any, channel: grpc.Channel) -> None:  # noqa: F811
+USES_DEMO_MLPROJECT = """\
+name: uses-demo
+entry_points:
+  main:
+    plugins: [demo]
+    command: "python -c 'import demo_pkg'"
+  ghost:
+    plugins: [ghost]
+    command: "true"
+"""
+
+
+def test_jobs_pin_only_the_plugins_they_use(
+    plugins: Any,
+    stubs: Any,  # noqa: F811
+    channel: grpc.Channel,
+) -> None:
+    from tests.integration.test_api import upload
+
     jobs = job_grpc.JobServiceStub(channel)
     setup_job_world(stubs)
+    upload(stubs, "uses-demo", tar_gz({"MLproject": USES_DEMO_MLPROJECT}))
     v1 = push(plugins, bundle("1.0.0")).version
     push(plugins, bundle("1.0.0", name="other"))
     v2 = push(plugins, bundle("2.0.0")).version
 
-    def submit(**kwargs: Any) -> Any:
+    def submit(ep: str = "uses-demo", **kwargs: Any) -> Any:
         return jobs.SubmitJob(
             job_pb.SubmitJobRequest(
                 experiment="experiments/exp",
-                entry_point="entryPoints/sleepy",
-                parameters={"label": "x"},
+                entry_point=f"entryPoints/{ep}",
+                parameters={"label": "x"} if ep == "sleepy" else {},
                 **kwargs,
             )
         ).job
 
+    def pins(job: Any) -> list[tuple[str, str]]:
+        return [(p.plugin, p.version) for p in job.plugins]
+
+    # An entry that declares no plugin pins none: a broken plugin cannot touch its jobs.
+    assert pins(submit("sleepy")) == []
     latest = submit()
     assert [(p.plugin, p.version, p.digest) for p in latest.plugins] == [
-        ("plugins/demo", "2.0.0", v2.digest),
-        ("plugins/other", "1.0.0", latest.plugins[1].digest),
+        ("plugins/demo", "2.0.0", v2.digest)
     ]
-    pinned = submit(plugin_versions={"demo": "1.0.0"})
+    # Naming a version at submit pins it (and pins a plugin the entry does not declare).
+    pinned = submit(plugin_versions={"demo": "1.0.0", "other": "1.0.0"})
     assert [(p.plugin, p.version, p.digest, p.package) for p in pinned.plugins][0] == (
         "plugins/demo",
         "1.0.0",
         v1.digest,
         "demo_pkg",
     )
+    assert pins(pinned)[1] == ("plugins/other", "1.0.0")
     # Pins are stored with the job, not recomputed.
     push(plugins, bundle("3.0.0"))
     again = jobs.GetJob(job_pb.GetJobRequest(name=latest.name)).job
@@ -231,6 +256,47 @@ def test_jobs_pin_plugin_versions(plugins: Any, stubs: Any, channel: grpc.Channe
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "'demo' has no version '9.9'" in msg and "3.0.0, 2.0.0, 1.0.0" in msg
     assert "'ghost'" in msg
+    code, msg = code_of(submit, entry="ghost")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'ghost' (declared" in msg
+
+    # Yanked: not pinned by default, refused by name with its reason; undone, back.
+    yanked = plugins.YankPluginVersion(
+        pb.YankPluginVersionRequest(name="plugins/demo/versions/3.0.0", reason="leaks data")
+    ).version
+    assert yanked.yanked and yanked.yank_reason == "leaks data"
+    assert pins(submit()) == [("plugins/demo", "2.0.0")]
+    shown = plugins.GetPlugin(pb.GetPluginRequest(name="plugins/demo")).plugin
+    assert shown.latest_version.version == "2.0.0"
+    code, msg = code_of(submit, plugin_versions={"demo": "3.0.0"})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "version 3.0.0 is yanked: leaks data" in msg
+    plugins.YankPluginVersion(
+        pb.YankPluginVersionRequest(name="plugins/demo/versions/3.0.0", undo=True)
+    )
+    assert pins(submit()) == [("plugins/demo", "3.0.0")]
+    # Deleted: gone from versions, pins and the plugin's latest; the last one takes the plugin.
+    plugins.DeletePluginVersion(pb.DeletePluginVersionRequest(name="plugins/demo/versions/3.0.0"))
+    versions = plugins.ListPluginVersions(pb.ListPluginVersionsRequest(parent="plugins/demo"))
+    assert [v.version for v in versions.versions] == ["2.0.0", "1.0.0"]
+    assert pins(submit()) == [("plugins/demo", "2.0.0")]
+    code, _ = code_of(
+        plugins.DeletePluginVersion,
+        pb.DeletePluginVersionRequest(name="plugins/demo/versions/3.0.0"),
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    plugins.DeletePluginVersion(pb.DeletePluginVersionRequest(name="plugins/other/versions/1.0.0"))
+    code, _ = code_of(plugins.GetPlugin, pb.GetPluginRequest(name="plugins/other"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    # A version pushed after every one is yanked becomes the latest.
+    for v in ("1.0.0", "2.0.0"):
+        plugins.YankPluginVersion(pb.YankPluginVersionRequest(name=f"plugins/demo/versions/{v}"))
+    assert not plugins.GetPlugin(pb.GetPluginRequest(name="plugins/demo")).plugin.HasField(
+        "latest_version"
+    )
+    code, msg = code_of(submit)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "every version yanked" in msg
+    push(plugins, bundle("1.5.0"))
+    assert pins(submit()) == [("plugins/demo", "1.5.0")]
 
 
 GRAPH_MLPROJECT = """\
@@ -307,10 +373,17 @@ def test_task_graphs_are_validated_at_submit(
     main = next(e for e in rev.entries if e.name == "main")
     assert main.command == "python -m brinell.graph graph.yaml"
 
+    other_tasks = (
+        '"""Other."""\nfrom brinell import task\n\n\n@task\ndef count() -> int:\n    return 1\n'
+    )
+    push(plugins, bundle("1.0.0", other_tasks, name="unused"))  # no task the graph uses
     ok = jobs.SubmitJob(
         job_pb.SubmitJobRequest(experiment="experiments/exp", entry_point="entryPoints/graphs")
     ).job
-    assert ok.state == 2 and ok.plugins[0].version == "1.0.0"
+    # The graph's plugins are inferred from its tasks: only `demo` is pinned.
+    assert ok.state == 2 and [(p.plugin, p.version) for p in ok.plugins] == [
+        ("plugins/demo", "1.0.0")
+    ]
 
     with pytest.raises(grpc.RpcError) as info:
         jobs.SubmitJob(

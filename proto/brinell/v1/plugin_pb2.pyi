@@ -107,6 +107,8 @@ class PluginVersion(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CREATOR_FIELD_NUMBER: _builtins.int
+    YANKED_FIELD_NUMBER: _builtins.int
+    YANK_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`plugins/{plugin_id}/versions/{version}`."""
     version: _builtins.str
@@ -118,6 +120,9 @@ class PluginVersion(_message.Message):
     """The Python package the bundle provides."""
     creator: _builtins.str
     """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
+    yanked: _builtins.bool
+    """Yanked versions are not pinned by default and refused when named at submit."""
+    yank_reason: _builtins.str
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Python requirements from the manifest (PEP 508 strings)."""
@@ -139,10 +144,12 @@ class PluginVersion(_message.Message):
         tasks: _abc.Iterable[Global___Task] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         creator: _builtins.str = ...,
+        yanked: _builtins.bool = ...,
+        yank_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "description", b"description", "digest", b"digest", "name", b"name", "package", b"package", "requirements", b"requirements", "size_bytes", b"size_bytes", "tasks", b"tasks", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "description", b"description", "digest", b"digest", "name", b"name", "package", b"package", "requirements", b"requirements", "size_bytes", b"size_bytes", "tasks", b"tasks", "version", b"version", "yank_reason", b"yank_reason", "yanked", b"yanked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,7 +173,9 @@ class Plugin(_message.Message):
     version_count: _builtins.int
     @_builtins.property
     def latest_version(self) -> Global___PluginVersion:
-        """The highest version (PEP 440 order): what jobs pin when they do not choose."""
+        """The highest version not yanked (PEP 440 order): what jobs pin when they do not choose;
+        unset when every version is yanked.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...

@@ -66,6 +66,16 @@ class PluginServiceStub:
                 request_serializer=brinell_dot_v1_dot_plugin__service__pb2.ListPluginTasksRequest.SerializeToString,
                 response_deserializer=brinell_dot_v1_dot_plugin__service__pb2.ListPluginTasksResponse.FromString,
                 _registered_method=True)
+        self.YankPluginVersion = channel.unary_unary(
+                '/brinell.v1.PluginService/YankPluginVersion',
+                request_serializer=brinell_dot_v1_dot_plugin__service__pb2.YankPluginVersionRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_plugin__service__pb2.YankPluginVersionResponse.FromString,
+                _registered_method=True)
+        self.DeletePluginVersion = channel.unary_unary(
+                '/brinell.v1.PluginService/DeletePluginVersion',
+                request_serializer=brinell_dot_v1_dot_plugin__service__pb2.DeletePluginVersionRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_plugin__service__pb2.DeletePluginVersionResponse.FromString,
+                _registered_method=True)
 
 
 class PluginServiceServicer:
@@ -124,6 +134,26 @@ class PluginServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def YankPluginVersion(self, request, context):
+        """Yanks a version (or, with `undo`, takes the yank back): jobs no longer pin it by
+        default and a submit that names it is refused; jobs that already pinned it keep their
+        pin. The plugin's latest version becomes its highest one not yanked. Admins only.
+        INVALID_ARGUMENT: malformed name, reason over 255 characters. NOT_FOUND: no such version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePluginVersion(self, request, context):
+        """Deletes a version (the plugin too, with its last version): it is no longer listed,
+        pinned or downloadable by users. Jobs that pinned it keep their record of it and their
+        agents may still fetch it; cancel them to stop them. Admins only.
+        INVALID_ARGUMENT: malformed name. NOT_FOUND: no such version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PluginServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +186,16 @@ def add_PluginServiceServicer_to_server(servicer, server):
                     servicer.ListPluginTasks,
                     request_deserializer=brinell_dot_v1_dot_plugin__service__pb2.ListPluginTasksRequest.FromString,
                     response_serializer=brinell_dot_v1_dot_plugin__service__pb2.ListPluginTasksResponse.SerializeToString,
+            ),
+            'YankPluginVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.YankPluginVersion,
+                    request_deserializer=brinell_dot_v1_dot_plugin__service__pb2.YankPluginVersionRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_plugin__service__pb2.YankPluginVersionResponse.SerializeToString,
+            ),
+            'DeletePluginVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePluginVersion,
+                    request_deserializer=brinell_dot_v1_dot_plugin__service__pb2.DeletePluginVersionRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_plugin__service__pb2.DeletePluginVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -322,6 +362,60 @@ class PluginService:
             '/brinell.v1.PluginService/ListPluginTasks',
             brinell_dot_v1_dot_plugin__service__pb2.ListPluginTasksRequest.SerializeToString,
             brinell_dot_v1_dot_plugin__service__pb2.ListPluginTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def YankPluginVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.PluginService/YankPluginVersion',
+            brinell_dot_v1_dot_plugin__service__pb2.YankPluginVersionRequest.SerializeToString,
+            brinell_dot_v1_dot_plugin__service__pb2.YankPluginVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePluginVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.PluginService/DeletePluginVersion',
+            brinell_dot_v1_dot_plugin__service__pb2.DeletePluginVersionRequest.SerializeToString,
+            brinell_dot_v1_dot_plugin__service__pb2.DeletePluginVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,18 @@ class PluginServiceStub:
     """Lists a version's tasks with their typed inputs, outputs and docstrings.
     INVALID_ARGUMENT: malformed name. NOT_FOUND: no such plugin or version.
     """
+    YankPluginVersion: _grpc.UnaryUnaryMultiCallable[_plugin_service_pb2.YankPluginVersionRequest, _plugin_service_pb2.YankPluginVersionResponse]
+    """Yanks a version (or, with `undo`, takes the yank back): jobs no longer pin it by
+    default and a submit that names it is refused; jobs that already pinned it keep their
+    pin. The plugin's latest version becomes its highest one not yanked. Admins only.
+    INVALID_ARGUMENT: malformed name, reason over 255 characters. NOT_FOUND: no such version.
+    """
+    DeletePluginVersion: _grpc.UnaryUnaryMultiCallable[_plugin_service_pb2.DeletePluginVersionRequest, _plugin_service_pb2.DeletePluginVersionResponse]
+    """Deletes a version (the plugin too, with its last version): it is no longer listed,
+    pinned or downloadable by users. Jobs that pinned it keep their record of it and their
+    agents may still fetch it; cancel them to stop them. Admins only.
+    INVALID_ARGUMENT: malformed name. NOT_FOUND: no such version.
+    """
 
 @_typing.type_check_only
 class PluginServiceAsyncStub(PluginServiceStub):
@@ -94,6 +106,18 @@ class PluginServiceAsyncStub(PluginServiceStub):
     ListPluginTasks: _aio.UnaryUnaryMultiCallable[_plugin_service_pb2.ListPluginTasksRequest, _plugin_service_pb2.ListPluginTasksResponse]  # type: ignore[assignment]
     """Lists a version's tasks with their typed inputs, outputs and docstrings.
     INVALID_ARGUMENT: malformed name. NOT_FOUND: no such plugin or version.
+    """
+    YankPluginVersion: _aio.UnaryUnaryMultiCallable[_plugin_service_pb2.YankPluginVersionRequest, _plugin_service_pb2.YankPluginVersionResponse]  # type: ignore[assignment]
+    """Yanks a version (or, with `undo`, takes the yank back): jobs no longer pin it by
+    default and a submit that names it is refused; jobs that already pinned it keep their
+    pin. The plugin's latest version becomes its highest one not yanked. Admins only.
+    INVALID_ARGUMENT: malformed name, reason over 255 characters. NOT_FOUND: no such version.
+    """
+    DeletePluginVersion: _aio.UnaryUnaryMultiCallable[_plugin_service_pb2.DeletePluginVersionRequest, _plugin_service_pb2.DeletePluginVersionResponse]  # type: ignore[assignment]
+    """Deletes a version (the plugin too, with its last version): it is no longer listed,
+    pinned or downloadable by users. Jobs that pinned it keep their record of it and their
+    agents may still fetch it; cancel them to stop them. Admins only.
+    INVALID_ARGUMENT: malformed name. NOT_FOUND: no such version.
     """
 
 class PluginServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +185,30 @@ class PluginServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_plugin_service_pb2.ListPluginTasksResponse, _abc.Awaitable[_plugin_service_pb2.ListPluginTasksResponse]]:
         """Lists a version's tasks with their typed inputs, outputs and docstrings.
         INVALID_ARGUMENT: malformed name. NOT_FOUND: no such plugin or version.
+        """
+
+    @_abc_1.abstractmethod
+    def YankPluginVersion(
+        self,
+        request: _plugin_service_pb2.YankPluginVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_plugin_service_pb2.YankPluginVersionResponse, _abc.Awaitable[_plugin_service_pb2.YankPluginVersionResponse]]:
+        """Yanks a version (or, with `undo`, takes the yank back): jobs no longer pin it by
+        default and a submit that names it is refused; jobs that already pinned it keep their
+        pin. The plugin's latest version becomes its highest one not yanked. Admins only.
+        INVALID_ARGUMENT: malformed name, reason over 255 characters. NOT_FOUND: no such version.
+        """
+
+    @_abc_1.abstractmethod
+    def DeletePluginVersion(
+        self,
+        request: _plugin_service_pb2.DeletePluginVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_plugin_service_pb2.DeletePluginVersionResponse, _abc.Awaitable[_plugin_service_pb2.DeletePluginVersionResponse]]:
+        """Deletes a version (the plugin too, with its last version): it is no longer listed,
+        pinned or downloadable by users. Jobs that pinned it keep their record of it and their
+        agents may still fetch it; cancel them to stop them. Admins only.
+        INVALID_ARGUMENT: malformed name. NOT_FOUND: no such version.
         """
 
 def add_PluginServiceServicer_to_server(servicer: PluginServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
