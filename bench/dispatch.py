@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -47,6 +48,10 @@ from brinell.v1 import (  # noqa: E402
 from tests.conftest import SLEEPY_MLPROJECT, tar_gz  # noqa: E402
 
 NOOP_MLPROJECT = SLEEPY_MLPROJECT
+# The first admin's token, given to the server it starts (every RPC needs a credential; one
+# admin token stands in for the users and the agents here).
+TOKEN = "brn_bench_" + secrets.token_urlsafe(32)
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
 # Concurrent jobs per simulated agent (an agent's `--slots`).
 SLOTS = 8
 
@@ -83,7 +88,7 @@ async def sim_agent(
         while (msg := await outbox.get()) is not None:
             yield msg
 
-    call = stub.Connect(requests())
+    call = stub.Connect(requests(), metadata=AUTH)
     stopper = asyncio.ensure_future(stop.wait())
     try:
         async for msg in call:
@@ -131,7 +136,7 @@ def start_server(
         cmd += ["--database-url", database_url]
     if not mlflow:
         cmd += ["--mlflow-tracking-uri", "none"]
-    env = dict(os.environ, BRINELL_LOG_LEVEL="WARNING")
+    env = dict(os.environ, BRINELL_LOG_LEVEL="WARNING", BRINELL_BOOTSTRAP_TOKEN=TOKEN)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     )
@@ -147,7 +152,8 @@ def start_server(
 async def unfinished(jobs: job_service_pb2_grpc.JobServiceStub) -> bool:
     """Whether any job is not yet final (one cheap query, not a listing of them all)."""
     resp = await jobs.ListJobs(
-        job_service_pb2.ListJobsRequest(page_size=1, filter="state=QUEUED,ASSIGNED,RUNNING")
+        job_service_pb2.ListJobsRequest(page_size=1, filter="state=QUEUED,ASSIGNED,RUNNING"),
+        metadata=AUTH,
     )
     return bool(resp.jobs)
 
@@ -188,14 +194,14 @@ async def run_config(
     loop = asyncio.get_running_loop()
     for i in range(20):  # warm-up
         fut: asyncio.Future[float] = loop.create_future()
-        resp = await jobs.SubmitJob(request(-1 - i))
+        resp = await jobs.SubmitJob(request(-1 - i), metadata=AUTH)
         if resp.job.name not in state.received:
             state.waiters[resp.job.name] = fut
             await asyncio.wait_for(fut, 10)
     await asyncio.sleep(0.3)
     latencies = []
     for i in range(latency_jobs):
-        resp_future = jobs.SubmitJob(request(i))
+        resp_future = jobs.SubmitJob(request(i), metadata=AUTH)
         resp = await resp_future
         returned = time.perf_counter()
         name = resp.job.name
@@ -213,7 +219,7 @@ async def run_config(
 
     async def submit(i: int) -> None:
         async with sem:
-            await jobs.SubmitJob(request(100_000 + i))
+            await jobs.SubmitJob(request(100_000 + i), metadata=AUTH)
 
     state.expected = state.completed + throughput_jobs
     cpu_before = cpu_seconds(server_pid)
@@ -251,7 +257,9 @@ async def prepare(target: str) -> None:
 
     channel = grpc.aio.insecure_channel(target)
     await experiment_service_pb2_grpc.ExperimentServiceStub(channel).CreateExperiment(
-        experiment_service_pb2.CreateExperimentRequest(experiment_id="bench"), timeout=120
+        experiment_service_pb2.CreateExperimentRequest(experiment_id="bench"),
+        timeout=120,
+        metadata=AUTH,
     )
     data = tar_gz({"MLproject": NOOP_MLPROJECT})
 
@@ -261,7 +269,7 @@ async def prepare(target: str) -> None:
         )
         yield ep_pb.UploadEntryPointRequest(chunk=data)
 
-    await ep_grpc.EntryPointServiceStub(channel).UploadEntryPoint(msgs())
+    await ep_grpc.EntryPointServiceStub(channel).UploadEntryPoint(msgs(), metadata=AUTH)
     await channel.close()
 
 

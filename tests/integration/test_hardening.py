@@ -179,7 +179,8 @@ def test_yaml_alias_bombs_and_unbounded_mlprojects_are_refused(
     # Under 400 bytes of anchors that stand for 9**9 nodes: the project name was 7 MB and broke
     # ListEntryPoints for every client.
     levels = "".join(
-        f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+        f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]\n"
+        for a, b in zip("abcdefgh", "bcdefghi", strict=True)
     )
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + levels
     bomb = laughs + "name: *i\nentry_points:\n  main:\n    command: echo\n"
