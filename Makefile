@@ -49,6 +49,7 @@ proto: setup
 
 bench: setup
 	$(PY) bench/dispatch.py
+	$(PY) bench/uploads.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

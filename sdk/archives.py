@@ -167,8 +167,11 @@ def members(path: Path, limits: Limits) -> Iterator[Member]:
 
 def _tar_members(path: Path, limits: Limits) -> Iterator[Member]:
     files: set[str] = set()
-    # Stream mode reads each member once, so a compressed archive is decompressed once.
-    with tarfile.open(path, mode="r|*") as tf:
+    # Random-access mode, read in order: each member is read (or skipped) once, so a
+    # compressed archive is decompressed once, and skipping a member's bytes runs at zlib's
+    # speed (stream mode skips through 10 KiB Python-level reads: 8x slower, 19 s of CPU for
+    # a 0.5 MB archive holding 500 MiB of zeros). Consumers read a member before the next.
+    with tarfile.open(path, mode="r:*") as tf:
         while (m := tf.next()) is not None:
             limits.count_member()
             name = clean_name(m.name)
