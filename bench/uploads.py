@@ -207,8 +207,7 @@ def main() -> None:
     print(rf"| tarfile stream mode (`r\|*`), the alternative | {walked[1]:.2f} |")
     print()
     print(
-        f"three different bombs at once: {together[0]:.2f} s wall, {together[1]:.2f} s "
-        "server CPU"
+        f"three different bombs at once: {together[0]:.2f} s wall, {together[1]:.2f} s server CPU"
     )
     print("| WhoAmI latency | calls | p50 | p99 | max |")
     print("|---|---:|---:|---:|---:|")
