@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
-import re
-import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -35,31 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.dispatch import TOKEN, cpu_seconds, start_server  # noqa: E402
 from brinell import Client, InvalidArgumentError  # noqa: E402
 from tests.conftest import SLEEPY_MLPROJECT, tar_gz  # noqa: E402
-
-TOKEN = "brn_bench_" + secrets.token_urlsafe(32)
-
-
-def start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "brinell.controlplane", "--port", "0", "--data-dir", str(data)]
-    cmd += ["--mlflow-tracking-uri", "none"]
-    env = dict(os.environ, BRINELL_LOG_LEVEL="WARNING", BRINELL_BOOTSTRAP_TOKEN=TOKEN)
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on ([\d.]+):(\d+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc, f"{match.group(1)}:{match.group(2)}"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_mib(pid: int) -> float:
@@ -150,7 +124,7 @@ def main() -> None:
         paths[label] = tmp / f"{i}.tar.gz"
         paths[label].write_bytes(data)
     walked = walk_times(paths["gzip bomb (500 MiB of zeros)"])
-    proc, target = start_server(tmp / "server")
+    proc, target = start_server(tmp / "server", None, mlflow=False)
     rows = []
     try:
         with Client(target, token=TOKEN) as client:
