@@ -149,7 +149,7 @@ class PluginManager:
         pid, version = version_name(name)
         pv = await self.db.run(lambda s: Plugins.version(s, pid, version))
         if pv is None:
-            raise NotFound(f"plugin {pid!r} has no version {version!r}")
+            raise NotFound(f"plugin {pid!r} has no version {shown(version)}")
         return pv
 
     async def page(self, size: int, token: str) -> tuple[list[Plugin], str]:
@@ -234,7 +234,7 @@ class PluginManager:
                         )
                     )
                 )
-                problems.append(f"plugin {pid!r} has no version {shown(version)} ({known})")
+                problems.append(f"plugin {shown(pid)} has no version {shown(version)} ({known})")
             elif pv.yanked:
                 why = f": {pv.yank_reason}" if pv.yank_reason else ""
                 problems.append(f"plugin {pid!r} version {pv.version} is yanked{why}")
