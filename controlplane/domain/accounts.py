@@ -195,9 +195,9 @@ class Accounts:
         description: str,
         ttl_s: float,
     ) -> tuple[Token, str]:
-        problems: list[tuple[str, str]] = []
-        if len(description) > MAX_DESCRIPTION:
-            problems.append(("description", f"description is over {MAX_DESCRIPTION} characters"))
+        problems = names.text_problems(
+            description, "description", MAX_DESCRIPTION, field="description"
+        )
         if ttl_s < 0:
             problems.append(("ttl", "ttl must not be negative"))
         user_id = ""
@@ -274,10 +274,10 @@ class Accounts:
 
     async def create_group(self, by: Principal, gid: str, description: str) -> Group:
         names.check_id(gid, "group", field="group_id")
-        if len(description) > MAX_DESCRIPTION:
-            raise InvalidArgument(
-                f"description is over {MAX_DESCRIPTION} characters", field="description"
-            )
+        if problems := names.text_problems(
+            description, "description", MAX_DESCRIPTION, field="description"
+        ):
+            raise InvalidArgument.of(problems)
         group = Group(gid, description, (), utcnow(), by.name)
         try:
             await self.db.run(lambda s: Groups.add(s, group))
@@ -289,8 +289,7 @@ class Accounts:
     async def get_group(self, by: Principal, name: str) -> Group:
         """Admins see any group; others the groups they are in (others are NOT_FOUND)."""
         gid = names.group_id(name)
-        visible = by.is_admin or gid in by.groups
-        group = await self.db.run(lambda s: Groups.get(s, gid)) if visible else None
+        group = await self.db.run(lambda s: Groups.get(s, gid)) if by.sees(gid) else None
         if group is None:
             raise NotFound(f"group {shown(gid)} not found")
         return group

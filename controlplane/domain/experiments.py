@@ -105,13 +105,14 @@ class ExperimentManager:
         from .filters import labels_filter
 
         labels = labels_filter(filter_text)
-        groups = None if who.is_admin else who.groups
         query = "experiments:" + filter_text.strip()
         after = self.tokens.decode(query, token) or 0
         if not isinstance(after, int):
             raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
-        rows = await self.db.run(lambda s: Experiments.page(s, after, n + 1, labels, groups))
+        rows = await self.db.run(
+            lambda s: Experiments.page(s, after, n + 1, labels, who.visible_groups)
+        )
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [e for _, e in rows[:n]], nxt
 

@@ -125,6 +125,15 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
 
+    def sees(self, group: str) -> bool:
+        """Whether what belongs to ``group`` is visible to this principal."""
+        return self.is_admin or group in self.groups
+
+    @property
+    def visible_groups(self) -> frozenset[str] | None:
+        """The groups whose resources listings show it; None for every group (admins)."""
+        return None if self.is_admin else self.groups
+
     def at_least(self, role: Role) -> bool:
         return self.role is not None and self.role >= role
 
@@ -160,7 +169,7 @@ def may_act_on(who: Principal, creator: str, what: str) -> None:
 
 def may_see(who: Principal, group: str, what: str) -> None:
     """Users see (and, by role, change) what belongs to their groups; admins everything."""
-    if who.is_admin or group in who.groups:
+    if who.sees(group):
         return
     raise PermissionDenied(f"{what} belongs to groups/{group}; {who.name} is not a member of it")
 

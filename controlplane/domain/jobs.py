@@ -24,7 +24,7 @@ from .entry_points import spec_from_dict
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .filters import job_filter
 from .identity import AuditFn, Principal, may_act_on, may_see
-from .models import Job, LogLine, PluginPin, PluginVersion, QueuedJob
+from .models import Job, LogLine, PluginPin, QueuedJob
 from .notify import Notifier
 from .paging import PageTokens, page_size
 from .plugins import PluginManager
@@ -74,17 +74,6 @@ class _Checked:
     entry: str
     parameters: dict[str, str]
     plugins: tuple[PluginPin, ...]
-
-
-def _provides_a_task_of(graph: task_graph.Graph) -> Callable[[PluginVersion], bool]:
-    """Whether a plugin version has a task that one of the graph's steps names (by its short
-    or its module-qualified name)."""
-    wanted = {step.task for step in graph.steps.values()}
-
-    def uses(pv: PluginVersion) -> bool:
-        return any(t["name"] in wanted or f"{t['module']}.{t['name']}" in wanted for t in pv.tasks)
-
-    return uses
 
 
 class JobManager:
@@ -193,11 +182,37 @@ class JobManager:
             s,
             spec.plugin_versions,
             entry_spec.plugins if entry_spec else (),
-            _provides_a_task_of(graph) if graph else None,
+            self._provides_a_task_of(s, graph) if graph else None,
         )
         if graph is not None and entry_spec is not None:
             self._check_graph(s, graph, entry_spec, pins)
         return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins)
+
+    def _signatures(self, s: Session, pin: PluginPin) -> list[task_graph.TaskSignature]:
+        """The tasks of a pinned plugin version (read once per digest)."""
+        if pin.digest not in self._tasks:
+            pv = Plugins.version(s, pin.plugin_id, pin.version)
+            self._tasks[pin.digest] = [
+                task_graph.TaskSignature(
+                    t["name"],
+                    t["module"],
+                    tuple((i["name"], i["type"], i["has_default"]) for i in t["inputs"]),
+                    t["output"],
+                    t.get("any_keyword", False),
+                )
+                for t in (pv.tasks if pv else [])
+            ]
+        return self._tasks[pin.digest]
+
+    def _provides_a_task_of(
+        self, s: Session, graph: task_graph.Graph
+    ) -> Callable[[PluginPin], bool]:
+        """Whether a plugin version has a task that one of the graph's steps names (by its
+        short or its module-qualified name)."""
+        wanted = {step.task for step in graph.steps.values()}
+        return lambda pin: any(
+            sig.name in wanted or sig.qualified_name in wanted for sig in self._signatures(s, pin)
+        )
 
     def _check_graph(
         self,
@@ -208,22 +223,7 @@ class JobManager:
     ) -> None:
         """The task graph against the pinned plugins' tasks: every problem at once (where
         Dioptra answers several of these with an HTTP 500)."""
-        tasks: dict[str, task_graph.TaskSignature] = {}
-        for pin in pins:
-            if pin.digest not in self._tasks:
-                pv = Plugins.version(s, pin.plugin_id, pin.version)
-                self._tasks[pin.digest] = [
-                    task_graph.TaskSignature(
-                        t["name"],
-                        t["module"],
-                        tuple((i["name"], i["type"], i["has_default"]) for i in t["inputs"]),
-                        t["output"],
-                        t.get("any_keyword", False),
-                    )
-                    for t in (pv.tasks if pv else [])
-                ]
-            for sig in self._tasks[pin.digest]:
-                tasks[sig.qualified_name] = sig
+        tasks = {sig.qualified_name: sig for pin in pins for sig in self._signatures(s, pin)}
         problems = task_graph.validate(graph, {p.name: p.type for p in entry.parameters}, tasks)
         if problems:
             raise InvalidArgument([f"{entry.graph}: {p}" for p in problems], field="graph")
@@ -373,13 +373,12 @@ class JobManager:
         self, size: int, token: str, filter_text: str, who: Principal
     ) -> tuple[list[Job], str]:
         f = job_filter(filter_text)
-        groups = None if who.is_admin else who.groups
         query = "jobs:" + " ".join(sorted(filter_text.split()))
         before = self.tokens.decode(query, token)
         if before is not None and not isinstance(before, int):
             raise InvalidArgument("page_token is invalid", field="page_token")
         n = page_size(size)
-        rows = await self.db.run(lambda s: Jobs.page(s, f, before, n + 1, groups))
+        rows = await self.db.run(lambda s: Jobs.page(s, f, before, n + 1, who.visible_groups))
         nxt = self.tokens.encode(query, rows[n - 1][0]) if len(rows) > n else ""
         return [j for _, j in rows[:n]], nxt
 

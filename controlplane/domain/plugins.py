@@ -183,10 +183,10 @@ class PluginManager:
 
     async def yank(self, name: str, reason: str, undo: bool, who: Principal) -> PluginVersion:
         pid, version = version_name(name)
-        if len(reason) > MAX_YANK_REASON_CHARS:
-            raise InvalidArgument(
-                f"the reason is longer than {MAX_YANK_REASON_CHARS} characters", field="reason"
-            )
+        if problems := names.text_problems(
+            reason, "the reason", MAX_YANK_REASON_CHARS, field="reason"
+        ):
+            raise InvalidArgument.of(problems)
         pv = await self.db.run(lambda s: Plugins.set_yanked(s, pid, version, not undo, reason))
         if pv is None:
             raise NotFound(f"plugin {pid!r} has no version {shown(version)}")
@@ -205,12 +205,12 @@ class PluginManager:
         s: Session,
         requested: dict[str, str],
         declared: tuple[str, ...] = (),
-        uses: Callable[[PluginVersion], bool] | None = None,
+        uses: Callable[[PluginPin], bool] | None = None,
     ) -> tuple[PluginPin, ...]:
         """The plugin versions a job runs with: those ``requested`` (id -> version), the
-        ``declared`` ids and, when ``uses`` is given, every plugin whose candidate version
-        (requested, else latest) it accepts (a task graph's plugins); each at the requested
-        version, else at its latest that is not yanked.
+        ``declared`` ids and, when ``uses`` is given, every other plugin whose latest version
+        it accepts (a task graph's plugins); each at the requested version, else at its
+        latest that is not yanked.
 
         Raises InvalidArgument naming every unknown plugin, version, and yanked version.
         """
@@ -251,10 +251,8 @@ class PluginManager:
                 problems.append(f"plugin {pid!r} (declared by the entry) is not registered")
         if uses is not None:
             for pid, pin in latest.items():
-                if pid not in chosen and pid not in requested:
-                    pv = Plugins.version(s, pid, pin.version)
-                    if pv is not None and uses(pv):
-                        chosen[pid] = pin
+                if pid not in chosen and pid not in requested and uses(pin):
+                    chosen[pid] = pin
         if problems:
             raise InvalidArgument(problems, field="plugin_versions")
         return tuple(chosen[k] for k in sorted(chosen))

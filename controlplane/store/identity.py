@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Column, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..domain import identity as ident
@@ -31,6 +31,16 @@ def _user(r: Any, groups: tuple[str, ...]) -> ident.User:
 
 def _groups_of(s: Session, user_id: str) -> tuple[str, ...]:
     return tuple(s.connection().execute(_GROUPS_OF, {"u": user_id}).scalars())
+
+
+def _memberships(
+    s: Session, key: Column[str], value: Column[str], keys: list[str]
+) -> dict[str, tuple[str, ...]]:
+    """For each of ``keys`` (user or group ids), the sorted other side of its memberships."""
+    found: dict[str, list[str]] = {}
+    for k, v in s.execute(select(key, value).where(key.in_(keys)).order_by(value)):
+        found.setdefault(k, []).append(v)
+    return {k: tuple(v) for k, v in found.items()}
 
 
 def _token(r: Any) -> ident.Token:
@@ -78,14 +88,8 @@ class Users:
         rows = s.scalars(
             select(UserRow).where(UserRow.seq > after_seq).order_by(UserRow.seq).limit(limit)
         ).all()
-        groups: dict[str, list[str]] = {}
-        for g, u in s.execute(
-            select(GM.c.group_id, GM.c.user_id)
-            .where(GM.c.user_id.in_([r.id for r in rows]))
-            .order_by(GM.c.group_id)
-        ):
-            groups.setdefault(u, []).append(g)
-        return [(r.seq, _user(r, tuple(groups.get(r.id, ())))) for r in rows]
+        groups = _memberships(s, GM.c.user_id, GM.c.group_id, [r.id for r in rows])
+        return [(r.seq, _user(r, groups.get(r.id, ()))) for r in rows]
 
     @staticmethod
     def update(
@@ -202,10 +206,8 @@ class Groups:
         row = s.scalar(select(GroupRow).where(GroupRow.id == group_id))
         if row is None:
             return None
-        members = s.scalars(
-            select(GM.c.user_id).where(GM.c.group_id == group_id).order_by(GM.c.user_id)
-        )
-        return _group(row, tuple(members))
+        members = _memberships(s, GM.c.group_id, GM.c.user_id, [group_id])
+        return _group(row, members.get(group_id, ()))
 
     @staticmethod
     def page(
@@ -216,14 +218,8 @@ class Groups:
         if user_id is not None:
             q = q.where(GroupRow.id.in_(select(GM.c.group_id).where(GM.c.user_id == user_id)))
         rows = s.scalars(q.order_by(GroupRow.seq).limit(limit)).all()
-        members: dict[str, list[str]] = {}
-        for g, u in s.execute(
-            select(GM.c.group_id, GM.c.user_id)
-            .where(GM.c.group_id.in_([r.id for r in rows]))
-            .order_by(GM.c.user_id)
-        ):
-            members.setdefault(g, []).append(u)
-        return [(r.seq, _group(r, tuple(members.get(r.id, ())))) for r in rows]
+        members = _memberships(s, GM.c.group_id, GM.c.user_id, [r.id for r in rows])
+        return [(r.seq, _group(r, members.get(r.id, ()))) for r in rows]
 
     @staticmethod
     def experiment_count(s: Session, group_id: str) -> int:
