@@ -130,6 +130,10 @@ class Agent:
         self.prefect: PrefectServer | None = None
         if config.prefect_mode == "auto":
             self.prefect = PrefectServer(config.work_dir / "prefect")
+        # Found once at start: a host's GPUs do not change under a running agent.
+        self._gpus = discover_gpus()
+        if self._gpus:
+            log.info("GPUs: %s", ", ".join(f"{g.uuid} ({g.model})" for g in self._gpus))
         self._attempts: dict[AttemptKey, AttemptState] = {}
         self._recently_finished: OrderedDict[AttemptKey, None] = OrderedDict()
         # The credential and TLS settings, resolved once (brinell.credentials).
@@ -415,7 +419,7 @@ class Agent:
             cpus=os.cpu_count() or 1,
             memory_bytes=memory_bytes(),
             slots=cfg.slots,
-            gpus=discover_gpus(),
+            gpus=self._gpus,
         )
         # Attempts whose final update is not yet known to be delivered count as running, so
         # the control plane does not declare them lost before the replayed update arrives.
@@ -787,6 +791,8 @@ class Agent:
             prefect_api_url=prefect_url,
             prefect_ui_url=await self._prefect_ui_url(prefect_url),
             plugins=plugins,
+            gpu_uuids=tuple(assignment.gpu_uuids),
+            host_has_gpus=bool(self._gpus),
         )
 
     async def _prepare_plugins(

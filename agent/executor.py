@@ -107,6 +107,9 @@ class RunSpec:
     prefect_ui_url: str | None = None
     # The plugin versions pinned by the job, in the order their paths go on PYTHONPATH.
     plugins: tuple[PluginBundle, ...] = ()
+    # The GPUs the attempt holds (UUIDs); on a host with GPUs, a job that holds none sees none.
+    gpu_uuids: tuple[str, ...] = ()
+    host_has_gpus: bool = False
 
 
 class CancelSignal:
@@ -198,6 +201,9 @@ def build_env(
     env["BRINELL_JOB_ID"] = spec.job_id
     env["BRINELL_ATTEMPT"] = str(spec.attempt)
     env["BRINELL_PARAMETERS"] = json.dumps(dict(spec.parameters), sort_keys=True)
+    if spec.gpu_uuids or spec.host_has_gpus:
+        # CUDA, NVML-based tools and PyTorch all accept UUIDs here; "" hides every GPU.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids)
     roots = list(dict.fromkeys(str(p.path) for p in spec.plugins))
     if roots:
         existing = env.get("PYTHONPATH", "")

@@ -44,6 +44,7 @@ from .types import (
     LogLine,
     LogStream,
     Parameter,
+    Resources,
 )
 
 __version__ = "0.1.0"
@@ -80,6 +81,7 @@ __all__ = [
     "Plugin",
     "PluginPin",
     "PluginVersion",
+    "Resources",
     "Task",
     "TaskInput",
     "UnavailableError",

@@ -27,6 +27,7 @@ from .cli_common import (
     EXIT_ERROR,
     EXIT_FAILED,
     JsonOpt,
+    _bytes,
     _client,
     _details,
     _jsonable,
@@ -51,7 +52,7 @@ from .client import DEFAULT_TARGET, Client
 from .errors import BrinellError
 from .extras import needs
 from .pack import default_id_source
-from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine
+from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine, Resources
 
 
 class _Group(TyperGroup):
@@ -568,6 +569,15 @@ def _show_job(j: Job) -> None:
         ("attempt", f"{j.attempt} of {j.max_attempts}"),
         ("agent", j.agent or "-"),
         ("timeout", _seconds(j.timeout)),
+        ("resources", _resources(j.resources)),
+    ]
+    if j.image or j.image_digest:
+        rows.append(("image", j.image or "(the queue's default)"))
+    if j.image_digest:
+        rows.append(("image digest", j.image_digest))
+    if j.gpu_uuids:
+        rows.append(("gpus", ", ".join(j.gpu_uuids)))
+    rows += [
         ("mlflow run", j.mlflow_run_id or "-"),
         ("created", _time(j.create_time)),
         ("started", _time(j.start_time)),
@@ -579,6 +589,19 @@ def _show_job(j: Job) -> None:
     if j.cancel_requested and not j.is_final:
         rows.append(("cancel", "requested"))
     _details((k, v if k == "state" else escape(str(v))) for k, v in rows)
+
+
+def _resources(r: Resources) -> str:
+    parts = []
+    if r.cpus:
+        parts.append(f"{r.cpus:g} CPUs")
+    if r.memory_bytes:
+        parts.append(_size(r.memory_bytes))
+    if r.gpus:
+        parts.append(
+            f"{r.gpus} GPU{'s' if r.gpus > 1 else ''}{' ' + r.gpu_model if r.gpu_model else ''}"
+        )
+    return ", ".join(parts) or "-"
 
 
 def _state_line(j: Job) -> str:
@@ -692,6 +715,21 @@ def job_submit(
             "--plugin", help="ID=VERSION plugin version to pin (repeat; others: their latest)."
         ),
     ] = None,
+    cpus: Annotated[
+        float, typer.Option(help="CPUs it may use (docker executor: a limit); 0: no limit.")
+    ] = 0.0,
+    memory: Annotated[
+        str | None,
+        typer.Option(help="Memory it may use, e.g. 512m or 4g (docker executor: a limit)."),
+    ] = None,
+    gpus: Annotated[int, typer.Option(help="GPUs the job holds alone while it runs.")] = 0,
+    gpu_model: Annotated[
+        str, typer.Option(help="Only GPUs whose model contains this, e.g. H100.")
+    ] = "",
+    image: Annotated[
+        str | None,
+        typer.Option(help="Container image (docker executor), over MLproject docker_env.image."),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Follow state and logs until it ends.")
     ] = False,
@@ -711,6 +749,8 @@ def job_submit(
         timeout=timeout,
         max_attempts=max_attempts,
         plugin_versions=_kv(plugin, "--plugin"),
+        resources=Resources(cpus, _bytes(memory, "--memory") if memory else 0, gpus, gpu_model),
+        image=image,
     )
     if not watch:
         if as_json:

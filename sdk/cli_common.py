@@ -168,6 +168,23 @@ def _kv(values: list[str] | None, option: str) -> dict[str, str]:
     return result
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _bytes(text: str, option: str) -> int:
+    """``512m``, ``4g``, ``4GiB``, ``1000`` -> bytes (binary units, as docker reads them)."""
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        result = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected a size such as 512m or 4g") from None
+    if result < 0:
+        raise ValueError(f"{option} {text!r}: a size cannot be negative")
+    return int(result)
+
+
 def _limited(items: Iterator[Any], limit: int) -> list[Any]:
     return list(islice(items, limit) if limit > 0 else items)
 

@@ -49,7 +49,7 @@ from .errors import (
     from_rpc_error,
 )
 from .pack import default_id, is_archive, pack_directory, sha256_hex
-from .types import Agent, EntryPoint, EntryPointRevision, Experiment, Job, LogLine
+from .types import Agent, EntryPoint, EntryPointRevision, Experiment, Job, LogLine, Resources
 
 if TYPE_CHECKING:
     from .accounts import WhoAmI
@@ -408,6 +408,8 @@ class Jobs(_Service):
         max_attempts: int | None = None,
         request_id: str | None = None,
         plugin_versions: Mapping[str, str] | None = None,
+        resources: Resources | None = None,
+        image: str | None = None,
     ) -> Job:
         """Submits a job; parameter values are sent as strings (bools as ``true``/``false``).
 
@@ -417,6 +419,8 @@ class Jobs(_Service):
         ``timeout`` bounds one attempt's run time (None: no limit); ``digest`` pins a revision.
         ``plugin_versions`` pins plugin versions (plugin id -> version); every registered
         plugin not named runs at its latest version as of this submit (see ``Job.plugins``).
+        ``resources`` asks for CPUs, memory and GPUs (see ``Resources``); ``image`` overrides
+        the MLproject's ``docker_env.image`` for agents with the docker executor.
         """
         request = job_service_pb2.SubmitJobRequest(
             experiment=_name(experiment, "experiments", "experiment"),
@@ -431,7 +435,12 @@ class Jobs(_Service):
             plugin_versions={
                 _id(k, "plugins", "plugin"): str(v) for k, v in (plugin_versions or {}).items()
             },
+            image=image or "",
         )
+        if resources is not None:
+            r = request.resources
+            r.cpus, r.memory_bytes = resources.cpus, resources.memory_bytes
+            r.gpus, r.gpu_model = resources.gpus, resources.gpu_model
         if timeout is not None:
             limit = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
             d = duration_pb2.Duration()

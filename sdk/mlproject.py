@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from . import images
+
 TYPES = ("string", "float", "int", "path", "uri")
 # A Brinell id (experiments, entry points, plugins, groups): what an entry's `plugins:` names.
 ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -64,6 +66,9 @@ class EntrySpec:
     graph: str | None = None
     # The plugins (ids) the entry's code uses: a job pins these (and a graph's plugins).
     plugins: tuple[str, ...] = ()
+    # The container image for the docker executor: the entry's `docker_env.image`, else the
+    # project's (MLflow's key); "" when neither names one.
+    image: str = ""
 
     def parameter(self, name: str) -> ParameterSpec | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -141,6 +146,22 @@ def _plugins(raw: Any, entry_name: str, problems: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(raw))
 
 
+def _image(raw: Any, entry: str, problems: list[str]) -> str:
+    """`docker_env: {image: REF}` (MLflow's key); other docker_env keys are MLflow's to use."""
+    if raw is None:
+        return ""
+    where = f"entry {entry!r}: " if entry else ""
+    image = raw.get("image") if isinstance(raw, dict) else None
+    if not isinstance(image, str):
+        problems.append(f"{where}`docker_env` must be a mapping with an `image` string")
+        return ""
+    problem = images.reference_problem(image)
+    if problem:
+        problems.append(f"{where}docker_env.image: {problem}")
+        return ""
+    return image
+
+
 def parse(text: str | bytes) -> ProjectSpec:
     """Parses an MLproject document; raises MLprojectError naming every problem."""
     try:
@@ -156,6 +177,7 @@ def parse(text: str | bytes) -> ProjectSpec:
     if len(raw_entries) > MAX_ENTRIES:
         raise MLprojectError([f"MLproject has more than {MAX_ENTRIES} entry points"])
     project_name = "" if doc.get("name") is None else _name(doc["name"], "`name`", problems)
+    project_image = _image(doc.get("docker_env"), "", problems)
     entries: list[EntrySpec] = []
     for raw_name, raw in raw_entries.items():
         entry_name = _name(raw_name, "an entry point's name", problems)
@@ -227,7 +249,8 @@ def parse(text: str | bytes) -> ProjectSpec:
                     "parameter"
                 )
         plugins = _plugins(raw.get("plugins"), entry_name, problems)
-        entries.append(EntrySpec(entry_name, raw["command"], tuple(params), graph, plugins))
+        image = _image(raw.get("docker_env"), entry_name, problems) or project_image
+        entries.append(EntrySpec(entry_name, raw["command"], tuple(params), graph, plugins, image))
     if problems:
         raise MLprojectError(problems[:50])
     return ProjectSpec(project_name, tuple(entries))

@@ -321,6 +321,14 @@ class Job:
     plugins: tuple[PluginPin, ...] = ()
     #: Who created it (``users/{id}``; empty for what predates users).
     creator: str = ""
+    #: What one attempt needs of its agent.
+    resources: Resources = field(default_factory=lambda: Resources())
+    #: The container image asked for (submit, else the MLproject's ``docker_env.image``).
+    image: str = ""
+    #: The image the current or last attempt ran in (``repository@sha256:…``).
+    image_digest: str = ""
+    #: UUIDs of the GPUs the current or last attempt holds.
+    gpu_uuids: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -368,6 +376,31 @@ class Job:
             update_time=_time(msg, "update_time"),
             plugins=tuple(PluginPin.from_proto(p) for p in msg.plugins),
             creator=str(msg.creator),
+            resources=Resources.from_proto(msg.resources),
+            image=str(msg.image),
+            image_digest=str(msg.image_digest),
+            gpu_uuids=tuple(str(u) for u in msg.gpu_uuids),
+        )
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one attempt of a job needs: CPUs and memory (limits under the docker executor;
+    an agent with less does not take the job) and GPUs held alone, optionally of one model
+    (``gpu_model="H100"`` matches any model name containing it). Zeros ask for nothing."""
+
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    gpus: int = 0
+    gpu_model: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.Resources) -> Resources:
+        return cls(
+            cpus=float(msg.cpus),
+            memory_bytes=int(msg.memory_bytes),
+            gpus=int(msg.gpus),
+            gpu_model=str(msg.gpu_model),
         )
 
 

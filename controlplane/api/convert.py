@@ -144,7 +144,21 @@ def job(j: m.Job) -> job_pb2.Job:
             for p in j.plugins
         ],
         creator=j.creator,
+        resources=resources(j.resources),
+        image=j.image,
+        image_digest=j.image_digest,
+        gpu_uuids=j.gpu_uuids,
     )
+
+
+def resources(r: m.Resources) -> job_pb2.Resources:
+    return job_pb2.Resources(
+        cpus=r.cpus, memory_bytes=r.memory_bytes, gpus=r.gpus, gpu_model=r.gpu_model
+    )
+
+
+def resources_from(r: job_pb2.Resources) -> m.Resources:
+    return m.Resources(r.cpus, r.memory_bytes, r.gpus, r.gpu_model)
 
 
 def plugin_version(v: m.PluginVersion) -> plugin_pb2.PluginVersion:

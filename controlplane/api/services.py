@@ -206,6 +206,8 @@ class JobServicer(job_grpc.JobServiceServicer):
                 request_id=request.request_id,
                 plugin_versions=dict(request.plugin_versions),
                 creator=current().name,
+                resources=convert.resources_from(request.resources),
+                image=request.image,
             ),
             current(),
         )
@@ -260,6 +262,7 @@ def _outbound(msg: Outbound) -> agent_pb.ConnectResponse:
                 attempt=msg.attempt,
                 env=msg.env,
                 grace_period=convert.duration(msg.grace_period),
+                gpu_uuids=msg.job.gpu_uuids,
             )
         )
     if isinstance(msg, Cancel):
@@ -318,6 +321,16 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                 agent=f"agents/{agent_id}",
                 heartbeat_interval=convert.duration(cfg.heartbeat_interval),
                 lease_duration=convert.duration(cfg.lease_duration),
+                cursors=[
+                    agent_pb.AttemptCursor(
+                        job=f"jobs/{c.job_id}",
+                        attempt=c.attempt,
+                        last_sequence=c.last_sequence,
+                        stdout_lines=c.stdout_lines,
+                        stderr_lines=c.stderr_lines,
+                    )
+                    for c in session.cursors
+                ],
             )
         )
         reader = asyncio.create_task(self._read(session, requests))
@@ -409,6 +422,7 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                         state,
                         u.exit_code if u.has_exit_code else None,
                         u.message,
+                        u.image_digest[:600],
                     ),
                 )
             )

@@ -21,6 +21,7 @@ from .scheduler import AgentSession, Scheduler
 MAX_QUEUES = 32
 MAX_RUNNING = 10_000
 MAX_HOSTNAME = 255
+MAX_GPUS = 64
 
 
 def check_registration(info: AgentInfo, running: int) -> None:
@@ -42,6 +43,18 @@ def check_registration(info: AgentInfo, running: int) -> None:
         problems.append(("register.running", f"at most {MAX_RUNNING} running attempts"))
     if info.capacity.slots < 0 or info.capacity.slots > 10_000:
         problems.append(("register.capacity.slots", "slots must be 0-10000"))
+    gpus = info.capacity.gpus
+    if len(gpus) > MAX_GPUS:
+        problems.append(("register.capacity.gpus", f"at most {MAX_GPUS} GPUs"))
+    elif len({g.uuid for g in gpus}) != len(gpus) or any(
+        not g.uuid or len(g.uuid) > 64 or len(g.model) > 128 for g in gpus
+    ):
+        problems.append(
+            (
+                "register.capacity.gpus",
+                "each GPU needs a distinct UUID of at most 64 characters (model: 128)",
+            )
+        )
     if problems:
         raise InvalidArgument.of(problems)
 

@@ -33,6 +33,7 @@ def spec_to_dict(
                 "command": e.command,
                 "graph": e.graph,
                 "plugins": list(e.plugins),
+                "image": e.image,
                 "parameters": [
                     {"name": p.name, "type": p.type, "default": p.default} for p in e.parameters
                 ],
@@ -55,6 +56,7 @@ def spec_from_dict(name: str, spec: dict[str, Any]) -> mlproject.ProjectSpec:
                 ),
                 e.get("graph"),
                 tuple(e.get("plugins", ())),
+                e.get("image", ""),
             )
             for e in spec["entries"]
         ),

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from brinell import graph as task_graph
-from brinell import mlproject
+from brinell import images, mlproject
 from brinell.mlproject import shown
 
 from ..store.db import Database
@@ -24,7 +24,7 @@ from .entry_points import spec_from_dict
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .filters import job_filter
 from .identity import AuditFn, Principal, may_act_on, may_see
-from .models import Job, LogLine, PluginPin, QueuedJob
+from .models import Job, LogLine, PluginPin, QueuedJob, Resources
 from .notify import Notifier
 from .paging import PageTokens, page_size
 from .plugins import PluginManager
@@ -40,6 +40,9 @@ PROJECT_CACHE_SIZE = 1024
 # A parameter becomes an MLflow param of the job's run: MLflow refuses longer values.
 MAX_PARAMETER_CHARS = mlproject.MAX_VALUE_CHARS
 MAX_PLUGIN_VERSIONS = 64
+MAX_CPUS = 4096
+MAX_MEMORY_BYTES = 1 << 50
+MAX_GPUS = 64
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,14 @@ class SubmitSpec:
     # Who submits it (`users/{id}`); part of the fingerprint, so another user's request_id
     # is never answered with this user's job.
     creator: str = ""
+    resources: Resources = Resources()
+    # Overrides the MLproject's docker_env.image.
+    image: str = ""
 
     def fingerprint(self) -> str:
         """What makes two submits with one request_id "the same request"."""
-        data = {k: v for k, v in vars(self).items() if k != "request_id"}
+        data = {k: v for k, v in vars(self).items() if k not in ("request_id", "resources")}
+        data["resources"] = self.resources.to_dict()
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -74,6 +81,22 @@ class _Checked:
     entry: str
     parameters: dict[str, str]
     plugins: tuple[PluginPin, ...]
+    image: str
+
+
+def _resource_problems(r: Resources) -> list[tuple[str, str]]:
+    problems = []
+    if not 0 <= r.cpus <= MAX_CPUS:  # NaN fails too
+        problems.append(("resources.cpus", f"cpus must be between 0 and {MAX_CPUS}"))
+    if not 0 <= r.memory_bytes <= MAX_MEMORY_BYTES:
+        problems.append(("resources.memory_bytes", "memory_bytes must be between 0 and 2^50"))
+    if not 0 <= r.gpus <= MAX_GPUS:
+        problems.append(("resources.gpus", f"gpus must be between 0 and {MAX_GPUS}"))
+    if len(r.gpu_model) > 63 or not r.gpu_model.isprintable():
+        problems.append(("resources.gpu_model", "gpu_model is at most 63 printable characters"))
+    if r.gpu_model and not r.gpus:
+        problems.append(("resources.gpu_model", "gpu_model needs gpus of at least 1"))
+    return problems
 
 
 class JobManager:
@@ -132,6 +155,9 @@ class JobManager:
             problems.append(
                 ("max_attempts", f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
             )
+        problems += _resource_problems(spec.resources)
+        if spec.image and (problem := images.reference_problem(spec.image)):
+            problems.append(("image", problem))
         if len(spec.request_id) > 128:
             problems.append(("request_id", "request_id is longer than 128 characters"))
         problems += [
@@ -186,7 +212,8 @@ class JobManager:
         )
         if graph is not None and entry_spec is not None:
             self._check_graph(s, graph, entry_spec, pins)
-        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins)
+        image = spec.image or (entry_spec.image if entry_spec else "")
+        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins, image)
 
     def _signatures(self, s: Session, pin: PluginPin) -> list[task_graph.TaskSignature]:
         """The tasks of a pinned plugin version (read once per digest)."""
@@ -250,7 +277,9 @@ class JobManager:
         job_id = names.new_job_id()
         # Why it will wait, if no connected agent can take it now (the reason is kept up to
         # date as agents come and go; an assignment clears it).
-        why = self.scheduler.waiting_reason(QueuedJob(job_id, queue, dict(spec.selector), 0))
+        why = self.scheduler.waiting_reason(
+            QueuedJob(job_id, queue, dict(spec.selector), 0, spec.resources)
+        )
         if not self.tracking.enabled:
             # No MLflow run to create between the checks and the insert: one transaction.
             # A repeated request_id is caught by its unique index (the rare, slow path).
@@ -343,6 +372,8 @@ class JobManager:
             request_id=spec.request_id,
             plugins=checked.plugins,
             creator=spec.creator,
+            resources=spec.resources,
+            image=checked.image,
         )
 
     @staticmethod

@@ -89,6 +89,29 @@ class Plugin:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one attempt needs of its agent; zeros and "" ask for nothing in particular."""
+
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    gpus: int = 0
+    gpu_model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Resources:
+        d = d or {}
+        return cls(
+            float(d.get("cpus", 0.0)),
+            int(d.get("memory_bytes", 0)),
+            int(d.get("gpus", 0)),
+            str(d.get("gpu_model", "")),
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     experiment_id: str
@@ -115,6 +138,11 @@ class Job:
     request_id: str = ""
     plugins: tuple[PluginPin, ...] = ()
     creator: str = ""
+    resources: Resources = Resources()
+    image: str = ""
+    # Of the current or last attempt.
+    image_digest: str = ""
+    gpu_uuids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +164,12 @@ class QueuedJob:
     queue: str
     selector: dict[str, str]
     attempt: int
+    resources: Resources = Resources()
+
+
+# LogStream values of brinell.v1 that the store counts by.
+STREAM_STDOUT = 1
+STREAM_STDERR = 2
 
 
 @dataclass(frozen=True)

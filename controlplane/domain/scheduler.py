@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from ..store.models import utcnow
 from ..store.repositories import Agents, Attempts, Jobs, Logs
 from ..tracking import Tracking
 from .errors import FailedPrecondition
-from .models import AgentInfo, AttemptRef, Job, JobHead, QueuedJob
+from .models import AgentInfo, AttemptRef, Gpu, Job, JobHead, QueuedJob, Resources
 from .notify import Notifier
 from .states import JobState, predecessors
 
@@ -76,6 +77,17 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class LogCursor:
+    """What is stored of an attempt's log: where an agent that re-attaches resumes."""
+
+    job_id: str
+    attempt: int
+    last_sequence: int
+    stdout_lines: int
+    stderr_lines: int
+
+
+@dataclass(frozen=True)
 class Cancel:
     job_id: str
     attempt: int
@@ -105,11 +117,16 @@ class SessionConflict(FailedPrecondition):
     """Another credential already holds a live session for this agent id."""
 
 
+def gpu_matches(gpu: Gpu, model: str) -> bool:
+    return not model or model.casefold() in gpu.model.casefold()
+
+
 @dataclass
 class AgentSession:
     info: AgentInfo
     outbox: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
-    running: set[tuple[str, int]] = field(default_factory=set)
+    # The attempts it runs, each with the UUIDs of the GPUs it holds.
+    running: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
     draining: bool = False
     # The token the session authenticated with ("" for a certificate): a reconnect with the
     # same credential replaces this session, any other credential is refused.
@@ -117,9 +134,11 @@ class AgentSession:
     # Every attempt this session was given (newest HELD_LIMIT): the only ones its updates and
     # log lines may name. Ended ones stay, so lines that trail the final update still land.
     held: dict[tuple[str, int], None] = field(default_factory=dict)
+    # For the attempts it reported running at registration: what is stored of their logs.
+    cursors: list[LogCursor] = field(default_factory=list)
 
-    def hold(self, key: tuple[str, int]) -> None:
-        self.running.add(key)
+    def hold(self, key: tuple[str, int], gpus: Sequence[str] = ()) -> None:
+        self.running[key] = tuple(gpus)
         self.held[key] = None
         if len(self.held) > HELD_LIMIT:
             del self.held[next(iter(self.held))]
@@ -140,6 +159,41 @@ class AgentSession:
             self.info.labels.get(k) == v for k, v in job.selector.items()
         )
 
+    def free_gpus(self, model: str = "") -> list[str]:
+        """UUIDs of its GPUs of that model that no attempt holds, in the host's order."""
+        busy = {u for gpus in self.running.values() for u in gpus}
+        return [
+            g.uuid for g in self.info.capacity.gpus if g.uuid not in busy and gpu_matches(g, model)
+        ]
+
+    def too_small(self, want: Resources) -> str:
+        """Why this agent can never run a job that needs ``want`` ("" when it can)."""
+        cap = self.info.capacity
+        if want.cpus and cap.cpus and want.cpus > cap.cpus:
+            return f"{want.cpus:g} CPUs"
+        if want.memory_bytes and cap.memory_bytes and want.memory_bytes > cap.memory_bytes:
+            return f"{want.memory_bytes} bytes of memory"
+        if want.gpus and sum(gpu_matches(g, want.gpu_model) for g in cap.gpus) < want.gpus:
+            return _gpus(want)
+        return ""
+
+    def place(
+        self, want: Resources, taken: AbstractSet[str] = frozenset()
+    ) -> tuple[str, ...] | None:
+        """The GPUs a job needing ``want`` would get now (leaving out ``taken``, given away
+        in this dispatch pass), or None when it does not fit."""
+        if self.too_small(want):
+            return None
+        if not want.gpus:
+            return ()
+        free = [u for u in self.free_gpus(want.gpu_model) if u not in taken]
+        return tuple(free[: want.gpus]) if len(free) >= want.gpus else None
+
+
+def _gpus(want: Resources) -> str:
+    kind = f" {want.gpu_model}" if want.gpu_model else ""
+    return f"{want.gpus}{kind} GPU{'s' if want.gpus > 1 else ''}"
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -156,6 +210,8 @@ class AttemptReport:
     state: JobState
     exit_code: int | None = None
     message: str = ""
+    # With RUNNING from a docker executor.
+    image_digest: str = ""
 
 
 class Scheduler:
@@ -244,7 +300,9 @@ class Scheduler:
         session = AgentSession(info, credential=credential)
         until = now + timedelta(seconds=self.config.lease_duration)
 
-        def reconcile(s: Session) -> tuple[list[AttemptRef], list[tuple[AttemptRef, str]]]:
+        def reconcile(
+            s: Session,
+        ) -> tuple[list[AttemptRef], list[tuple[AttemptRef, str]], dict[Any, tuple[str, ...]]]:
             Agents.upsert(s, info)
             keep: list[AttemptRef] = []
             stale: list[tuple[AttemptRef, str]] = []
@@ -262,11 +320,18 @@ class Scheduler:
                 if job.cancel_requested:
                     stale.append((ref, job.state_reason or "cancelled"))
             Attempts.renew(s, info.id, keep, until)
-            return keep, stale
+            # A container outlives its agent: one that restarts re-attaches to it and
+            # resumes the log where the stored part ends.
+            if info.executor == "docker":
+                session.cursors = [
+                    LogCursor(r.job_id, r.attempt, *Logs.cursor(s, r.job_id, r.attempt))
+                    for r in keep
+                ]
+            return keep, stale, Attempts.gpus(s, keep)
 
-        keep, stale = await self.db.run(reconcile)
+        keep, stale, gpus = await self.db.run(reconcile)
         for r in keep:
-            session.hold((r.job_id, r.attempt))
+            session.hold((r.job_id, r.attempt), gpus.get((r.job_id, r.attempt), ()))
         for ref, reason in stale:
             session.outbox.put_nowait(
                 Cancel(ref.job_id, ref.attempt, reason, self.config.grace_period)
@@ -327,7 +392,11 @@ class Scheduler:
     def waiting_reason(self, job: QueuedJob) -> str:
         """Why no connected agent takes the job now, or "" when one has a free slot."""
         # The common case first, and cheaply (it runs on every submit): someone can take it.
-        if any(x.free > 0 and x.accepts(job) for x in self.sessions.values()):
+        want = job.resources
+        if any(
+            x.free > 0 and x.accepts(job) and x.place(want) is not None
+            for x in self.sessions.values()
+        ):
             return ""
         serving = [x for x in self.sessions.values() if job.queue in x.info.queues]
         if not serving:
@@ -345,7 +414,16 @@ class Scheduler:
                 return f"{who} queue {job.queue!r} but none has label {', '.join(missing)}"
             wanted = ", ".join(f"{k}={v}" for k, v in sorted(job.selector.items()))
             return f"{who} queue {job.queue!r} but none has all the labels {wanted}"
-        n = len(matching)
+        big = [x for x in matching if not x.too_small(want)]
+        if not big:
+            n = len(matching)
+            who = f"{n} matching agent has" if n == 1 else f"{n} matching agents have"
+            return f"{who} fewer than {matching[0].too_small(want)}"
+        n = len(big)
+        if want.gpus and all(x.free > 0 for x in big):
+            return (
+                f"waiting for {_gpus(want)} to be free on {n} matching agent{'s' if n > 1 else ''}"
+            )
         return (
             f"waiting for a free slot: {n} matching agent{'s' if n > 1 else ''}, "
             "all slots busy or draining"
@@ -418,11 +496,18 @@ class Scheduler:
                     by_queue.setdefault(q, []).append(sess)
             claimed: list[tuple[AgentSession, Job]] = []
             until = utcnow() + lease
+            # GPUs taken in this pass, per agent (held only once the claim commits).
+            taken: dict[str, set[str]] = {}
             for job in candidates:
-                target = next(
-                    (x for x in by_queue.get(job.queue, ()) if slots[x.id] > 0 and x.accepts(job)),
-                    None,
-                )
+                target: AgentSession | None = None
+                gpus: tuple[str, ...] = ()
+                for x in by_queue.get(job.queue, ()):
+                    if slots[x.id] <= 0 or not x.accepts(job):
+                        continue
+                    placed = x.place(job.resources, taken.get(x.id, frozenset()))
+                    if placed is not None:
+                        target, gpus = x, placed
+                        break
                 if target is None:
                     continue
                 number = job.attempt + 1
@@ -435,19 +520,22 @@ class Scheduler:
                         "attempt": number,
                         "agent_id": target.id,
                         "state_reason": "",
+                        "gpu_uuids": list(gpus),
+                        "image_digest": "",
                     },
                     attempt=job.attempt,
                 )
                 if updated is None:
                     continue  # another replica took it
-                Attempts.add(s, job.id, number, target.id, until)
+                Attempts.add(s, job.id, number, target.id, until, gpus)
+                taken.setdefault(target.id, set()).update(gpus)
                 slots[target.id] -= 1
                 claimed.append((target, updated))
             return claimed, len(candidates)
 
         claimed, seen = await self.db.batch(claim)
         for target, job in claimed:
-            target.hold((job.id, job.attempt))
+            target.hold((job.id, job.attempt), job.gpu_uuids)
             if self.sessions.get(target.id) is target:
                 target.outbox.put_nowait(Assign(job, job.attempt, self._job_env(job), grace))
             self.notifier.notify(job.id)
@@ -486,15 +574,19 @@ class Scheduler:
 
         def apply(s: Session) -> JobHead | None:
             if rep.state == JobState.RUNNING:
-                job = Jobs.transition(
-                    s,
-                    rep.job_id,
-                    [JobState.ASSIGNED],
-                    {"state": JobState.RUNNING.value, "start_time": now},
-                    **fence,
-                )
+                running: dict[str, Any] = {"state": JobState.RUNNING.value, "start_time": now}
+                if rep.image_digest:
+                    running["image_digest"] = rep.image_digest
+                job = Jobs.transition(s, rep.job_id, [JobState.ASSIGNED], running, **fence)
                 if job is not None:
-                    Attempts.set(s, job.id, rep.attempt, state="RUNNING", start_time=now)
+                    Attempts.set(
+                        s,
+                        job.id,
+                        rep.attempt,
+                        state="RUNNING",
+                        start_time=now,
+                        **({"image_digest": rep.image_digest} if rep.image_digest else {}),
+                    )
                 return job
             values: dict[str, Any] = {
                 "state": rep.state.value,
@@ -542,7 +634,7 @@ class Scheduler:
                 return None
             if job.state != JobState.RUNNING:
                 if session is not None and (rep.job_id, rep.attempt) in session.running:
-                    session.running.discard((rep.job_id, rep.attempt))
+                    del session.running[(rep.job_id, rep.attempt)]
                     self.wake()
                 else:
                     self._release(rep.job_id, rep.attempt)
@@ -577,8 +669,7 @@ class Scheduler:
 
     def _release(self, job_id: str, attempt: int) -> None:
         for session in self.sessions.values():
-            if (job_id, attempt) in session.running:
-                session.running.discard((job_id, attempt))
+            if session.running.pop((job_id, attempt), None) is not None:
                 self.wake()
 
     def _after_change(self, job: Job | JobHead) -> None:

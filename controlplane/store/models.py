@@ -119,6 +119,12 @@ class JobRow(Base):
     plugins: Mapped[list[Any]] = mapped_column(default=list)
     version: Mapped[int] = mapped_column(Integer, default=1)
     creator: Mapped[str] = mapped_column(String(80), default="")
+    # {"cpus", "memory_bytes", "gpus", "gpu_model"}; {} asks for nothing in particular.
+    resources: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    image: Mapped[str] = mapped_column(String(512), default="")
+    # Of the current or last attempt.
+    image_digest: Mapped[str] = mapped_column(String(600), default="")
+    gpu_uuids: Mapped[list[Any]] = mapped_column(default=list)
     create_time: Mapped[datetime]
     start_time: Mapped[datetime | None] = mapped_column(nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -136,6 +142,9 @@ class AttemptRow(Base):
     lease_expires: Mapped[datetime]
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
+    # The GPUs the attempt holds while it is active.
+    gpu_uuids: Mapped[list[Any]] = mapped_column(default=list)
+    image_digest: Mapped[str] = mapped_column(String(600), default="")
     create_time: Mapped[datetime]
     start_time: Mapped[datetime | None] = mapped_column(nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -72,12 +72,12 @@ def _job_cas(guards: tuple[str, ...], head: bool = False) -> Update:
 
 
 _QUEUED = (
-    select(J.c.id, J.c.queue, J.c.selector, J.c.attempt)
+    select(J.c.id, J.c.queue, J.c.selector, J.c.attempt, J.c.resources)
     .where(J.c.state == JobState.QUEUED.value, J.c.queue.in_(bindparam("queues", expanding=True)))
     .order_by(J.c.seq)
     .limit(bindparam("limit"))
 )
-_WAITING = select(J.c.id, J.c.queue, J.c.selector, J.c.state_reason).where(
+_WAITING = select(J.c.id, J.c.queue, J.c.selector, J.c.state_reason, J.c.resources).where(
     J.c.state == JobState.QUEUED.value
 )
 _SET_WAITING_REASON = (
@@ -165,6 +165,10 @@ def _job(r: Row[Any] | JobRow) -> m.Job:
             m.PluginPin(p["plugin"], p["version"], p["digest"], p["package"]) for p in r.plugins
         ),
         creator=r.creator,
+        resources=m.Resources.from_dict(r.resources),
+        image=r.image,
+        image_digest=r.image_digest,
+        gpu_uuids=tuple(r.gpu_uuids),
     )
 
 
@@ -386,6 +390,10 @@ class Jobs:
                     }
                     for p in job.plugins
                 ],
+                resources=job.resources.to_dict(),
+                image=job.image,
+                image_digest="",
+                gpu_uuids=[],
                 create_time=job.create_time,
                 start_time=None,
                 end_time=None,
@@ -442,7 +450,13 @@ class Jobs:
     def waiting(s: Session) -> list[tuple[m.QueuedJob, str]]:
         """Every queued job with its current reason (for saying why it waits)."""
         rows = s.connection().execute(_WAITING)
-        return [(m.QueuedJob(r.id, r.queue, r.selector, 0), r.state_reason) for r in rows]
+        return [
+            (
+                m.QueuedJob(r.id, r.queue, r.selector, 0, m.Resources.from_dict(r.resources)),
+                r.state_reason,
+            )
+            for r in rows
+        ]
 
     @staticmethod
     def set_waiting_reason(s: Session, job_ids: Sequence[str], reason: str) -> list[str]:
@@ -458,7 +472,10 @@ class Jobs:
     def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.QueuedJob]:
         """The oldest queued jobs: only what placement needs (the claim returns the rest)."""
         rows = s.connection().execute(_QUEUED, {"queues": list(queues), "limit": limit})
-        return [m.QueuedJob(r.id, r.queue, r.selector, r.attempt) for r in rows]
+        return [
+            m.QueuedJob(r.id, r.queue, r.selector, r.attempt, m.Resources.from_dict(r.resources))
+            for r in rows
+        ]
 
     @staticmethod
     def compare_and_set(
@@ -515,7 +532,14 @@ class Jobs:
 
 class Attempts:
     @staticmethod
-    def add(s: Session, job_id: str, number: int, agent_id: str, lease_expires: datetime) -> None:
+    def add(
+        s: Session,
+        job_id: str,
+        number: int,
+        agent_id: str,
+        lease_expires: datetime,
+        gpu_uuids: Sequence[str] = (),
+    ) -> None:
         s.connection().execute(
             insert(A),
             dict(
@@ -527,6 +551,8 @@ class Attempts:
                 lease_expires=lease_expires,
                 exit_code=None,
                 message="",
+                gpu_uuids=list(gpu_uuids),
+                image_digest="",
                 create_time=utcnow(),
                 start_time=None,
                 end_time=None,
@@ -565,6 +591,20 @@ class Attempts:
             .limit(limit)
         ).all()
         return [(r[0], r[1], r[2]) for r in rows]
+
+    @staticmethod
+    def gpus(s: Session, refs: Sequence[m.AttemptRef]) -> dict[tuple[str, int], tuple[str, ...]]:
+        """The GPUs each of these attempts holds."""
+        if not refs:
+            return {}
+        rows = s.execute(
+            select(AttemptRow.job_id, AttemptRow.number, AttemptRow.gpu_uuids).where(
+                tuple_(AttemptRow.job_id, AttemptRow.number).in_(
+                    [(r.job_id, r.attempt) for r in refs]
+                )
+            )
+        ).all()
+        return {(r[0], r[1]): tuple(r[2] or ()) for r in rows}
 
     @staticmethod
     def active_for_agent(s: Session, agent_id: str) -> list[m.AttemptRef]:
@@ -622,6 +662,18 @@ class Logs:
             ],
         )
         return len(fresh)
+
+    @staticmethod
+    def cursor(s: Session, job_id: str, attempt: int) -> tuple[int, int, int]:
+        """(highest sequence, stdout lines, stderr lines) stored for an attempt."""
+        row = s.execute(
+            select(
+                func.coalesce(func.max(LogLineRow.sequence), 0),
+                func.count().filter(LogLineRow.stream == m.STREAM_STDOUT),
+                func.count().filter(LogLineRow.stream == m.STREAM_STDERR),
+            ).where(LogLineRow.job_id == job_id, LogLineRow.attempt == attempt)
+        ).one()
+        return int(row[0]), int(row[1]), int(row[2])
 
     @staticmethod
     def read(s: Session, job_id: str, start: int, limit: int, attempt: int = 0) -> list[m.LogLine]:

@@ -40,6 +40,7 @@ def start_agent(
     agent_id: str = "e2e-agent",
     slots: int = 2,
     *args: str,
+    env: dict[str, str] | None = None,
 ) -> Proc:
     return Proc(
         [
@@ -61,6 +62,7 @@ def start_agent(
             *args,
         ],
         work.parent / f"{agent_id}.log",
+        env=env,
     )
 
 

@@ -143,6 +143,7 @@ class AttemptUpdate(_message.Message):
     HAS_EXIT_CODE_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     attempt: _builtins.int
     state: _job_pb2.JobState.ValueType
@@ -151,6 +152,8 @@ class AttemptUpdate(_message.Message):
     """Set with a final state after the process exited."""
     exit_code: _builtins.int
     message: _builtins.str
+    image_digest: _builtins.str
+    """With RUNNING, from a docker executor: the image it started, `repository@sha256:<hex>`."""
     def __init__(
         self,
         *,
@@ -160,10 +163,11 @@ class AttemptUpdate(_message.Message):
         has_exit_code: _builtins.bool = ...,
         exit_code: _builtins.int = ...,
         message: _builtins.str = ...,
+        image_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "job", b"job", "message", b"message", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "image_digest", b"image_digest", "job", b"job", "message", b"message", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,6 +242,7 @@ class Registered(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    CURSORS_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """`agents/{agent_id}`."""
     @_builtins.property
@@ -246,20 +251,64 @@ class Registered(_message.Message):
     def lease_duration(self) -> _duration_pb2.Duration:
         """An attempt not heard of for this long is considered lost."""
 
+    @_builtins.property
+    def cursors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptCursor]:
+        """For each attempt the agent reported running and still holds: what the control plane
+        has stored of its log, so an agent that restarted and re-attaches to the attempt resumes
+        its log where the stored part ends.
+        """
+
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
+        cursors: _abc.Iterable[Global___AttemptCursor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cursors", b"cursors", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Registered: _TypeAlias = Registered  # noqa: Y015
+
+@_typing.final
+class AttemptCursor(_message.Message):
+    """How much of an attempt's log the control plane has stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    STDOUT_LINES_FIELD_NUMBER: _builtins.int
+    STDERR_LINES_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    """`jobs/{job_id}`."""
+    attempt: _builtins.int
+    last_sequence: _builtins.int
+    """The highest sequence number stored (0: none)."""
+    stdout_lines: _builtins.int
+    """Lines stored from the process's stdout and stderr."""
+    stderr_lines: _builtins.int
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        last_sequence: _builtins.int = ...,
+        stdout_lines: _builtins.int = ...,
+        stderr_lines: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job", b"job", "last_sequence", b"last_sequence", "stderr_lines", b"stderr_lines", "stdout_lines", b"stdout_lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptCursor: _TypeAlias = AttemptCursor  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):
@@ -292,6 +341,7 @@ class Assignment(_message.Message):
     ARCHIVE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     archive_size_bytes: _builtins.int
     """Size of the entry-point archive blob (its digest is job.entry_point_digest)."""
@@ -305,6 +355,10 @@ class Assignment(_message.Message):
     def grace_period(self) -> _duration_pb2.Duration:
         """SIGTERM to SIGKILL on cancel and timeout."""
 
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the GPUs the attempt may use (and only those)."""
+
     def __init__(
         self,
         *,
@@ -313,10 +367,11 @@ class Assignment(_message.Message):
         archive_size_bytes: _builtins.int = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         grace_period: _duration_pb2.Duration | None = ...,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_size_bytes", b"archive_size_bytes", "attempt", b"attempt", "env", b"env", "grace_period", b"grace_period", "job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_size_bytes", b"archive_size_bytes", "attempt", b"attempt", "env", b"env", "gpu_uuids", b"gpu_uuids", "grace_period", b"grace_period", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

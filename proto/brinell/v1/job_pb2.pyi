@@ -151,6 +151,10 @@ class Job(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PLUGINS_FIELD_NUMBER: _builtins.int
     CREATOR_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job_id}`. Output only."""
     experiment: _builtins.str
@@ -179,6 +183,14 @@ class Job(_message.Message):
     cancel_requested: _builtins.bool
     creator: _builtins.str
     """Who created it: `users/{user_id}` (empty for what predates users). Output only."""
+    image: _builtins.str
+    """The container image the docker executor runs it in: the submit's, else the MLproject's
+    `docker_env.image`; empty means the agent's default image for the job's queue.
+    """
+    image_digest: _builtins.str
+    """The image the current or last attempt ran in, as `repository@sha256:<hex>`, recorded by
+    a docker executor when it started the container. Output only.
+    """
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The parameters, defaults filled in. Values are strings, validated against their types."""
@@ -202,6 +214,14 @@ class Job(_message.Message):
     @_builtins.property
     def plugins(self) -> _containers.RepeatedCompositeFieldContainer[_plugin_pb2.PluginPin]:
         """The plugin versions this job runs with, pinned at submit."""
+
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """What one attempt needs of the agent that runs it."""
+
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the GPUs the current or last attempt holds. Output only."""
 
     def __init__(
         self,
@@ -229,14 +249,56 @@ class Job(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         plugins: _abc.Iterable[_plugin_pb2.PluginPin] | None = ...,
         creator: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
+        image: _builtins.str = ...,
+        image_digest: _builtins.str = ...,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "resources", b"resources", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "queue", b"queue", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "gpu_uuids", b"gpu_uuids", "image", b"image", "image_digest", b"image_digest", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "queue", b"queue", "resources", b"resources", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class Resources(_message.Message):
+    """What one attempt of a job needs of its agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    GPU_MODEL_FIELD_NUMBER: _builtins.int
+    cpus: _builtins.float
+    """CPUs the job may use (the docker executor's CPU quota); zero means no limit. An agent
+    reporting fewer CPUs does not take the job.
+    """
+    memory_bytes: _builtins.int
+    """Memory the job may use (the docker executor's memory limit); zero means no limit. An
+    agent reporting less memory does not take the job.
+    """
+    gpus: _builtins.int
+    """GPUs the attempt holds alone, for as long as it runs."""
+    gpu_model: _builtins.str
+    """Only GPUs whose model contains this, ignoring case (`H100`); empty means any model."""
+    def __init__(
+        self,
+        *,
+        cpus: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        gpus: _builtins.int = ...,
+        gpu_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "gpu_model", b"gpu_model", "gpus", b"gpus", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
 @_typing.final
 class LogLine(_message.Message):

@@ -95,6 +95,8 @@ class SubmitJobRequest(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PLUGIN_VERSIONS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """`experiments/{experiment_id}`."""
     entry_point: _builtins.str
@@ -109,6 +111,10 @@ class SubmitJobRequest(_message.Message):
     """Zero means 3."""
     request_id: _builtins.str
     """Idempotency key (for example a UUID) chosen by the client."""
+    image: _builtins.str
+    """A container image for the docker executor, overriding the MLproject's
+    `docker_env.image` (`registry:port/repository:tag` or `…@sha256:<hex>`).
+    """
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Parameter values, as strings."""
@@ -128,6 +134,10 @@ class SubmitJobRequest(_message.Message):
         the version named here, else at its latest version that is not yanked.
         """
 
+    @_builtins.property
+    def resources(self) -> _job_pb2.Resources:
+        """CPUs, memory and GPUs one attempt needs; unset means none in particular."""
+
     def __init__(
         self,
         *,
@@ -142,10 +152,12 @@ class SubmitJobRequest(_message.Message):
         max_attempts: _builtins.int = ...,
         request_id: _builtins.str = ...,
         plugin_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        resources: _job_pb2.Resources | None = ...,
+        image: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "queue", b"queue", "request_id", b"request_id", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "image", b"image", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "queue", b"queue", "request_id", b"request_id", "resources", b"resources", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
