@@ -16,21 +16,19 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import signal
 import socket
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
-from google.protobuf import duration_pb2
 
 from brinell.credentials import TLS, auth_metadata, resolve_token, tls_from
-from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2, plugin_pb2
+from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 from .attempts import AttemptKey, AttemptState, PendingUpdate
 from .channel import Backoff, channel_options
@@ -39,24 +37,12 @@ from .executor import (
     ExecutionResult,
     Executor,
     Outcome,
-    PluginBundle,
     ProcessExecutor,
-    RunSpec,
     Stream,
 )
 from .host import agent_version, discover_gpus, memory_bytes
-from .prefect_server import PrefectServer, serves_ui
-from .workspace import (
-    BlobCache,
-    BlobError,
-    PluginBundles,
-    WorkspaceError,
-    extract_archive,
-    plugin_bundle_root,
-    prepare_workspace,
-    prune_workspaces,
-    workspace_dir,
-)
+from .prepare import AttemptPreparer, seconds
+from .workspace import WorkspaceError, prune_workspaces, workspace_dir
 
 log = logging.getLogger("brinell.agent")
 
@@ -75,16 +61,6 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 # Shutdown: how long to try to deliver final updates and lines, then to let the stream close.
 SHUTDOWN_DELIVERY_TIMEOUT = 10.0
 SHUTDOWN_CLOSE_TIMEOUT = 5.0
-DOWNLOAD_ATTEMPTS = 5
-_RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.CANCELLED,
-}
 
 _STATES = {
     Outcome.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
@@ -94,16 +70,10 @@ _STATES = {
 }
 #: What goes on the stream after Register; None ends the request side.
 Outbox: TypeAlias = asyncio.Queue[agent_service_pb2.ConnectRequest | None]
-#: Writes a SYSTEM line to the attempt's log.
-SystemLog: TypeAlias = Callable[[str], None]
 if TYPE_CHECKING:
     ConnectCall: TypeAlias = grpc.aio.StreamStreamCall[
         agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
     ]
-
-
-def _seconds(duration: duration_pb2.Duration) -> float:
-    return float(duration.seconds) + float(duration.nanos) / 1e9
 
 
 class _StreamEnded(Exception):
@@ -123,13 +93,7 @@ class Agent:
     def __init__(self, config: AgentConfig, executor: Executor | None = None) -> None:
         self.config = config
         self.executor = executor if executor is not None else ProcessExecutor()
-        self.cache = BlobCache(config.work_dir / "cache" / "blobs")
-        # Extracted once per digest and shared by jobs; never reloaded or replaced, so a new
-        # plugin version changes nothing for jobs that pinned an older one.
-        self.plugin_bundles = PluginBundles(config.work_dir / "cache" / "plugins")
-        self.prefect: PrefectServer | None = None
-        if config.prefect_mode == "auto":
-            self.prefect = PrefectServer(config.work_dir / "prefect")
+        self._ctx = f"agent={config.id}"
         # Found once at start: a host's GPUs do not change under a running agent.
         self._gpus = discover_gpus()
         if self._gpus:
@@ -138,6 +102,10 @@ class Agent:
         self._recently_finished: OrderedDict[AttemptKey, None] = OrderedDict()
         # The credential and TLS settings, resolved once (brinell.credentials).
         self._metadata = auth_metadata(resolve_token(config.control_plane, config.token))
+        self.preparer = AttemptPreparer(
+            config, lambda: self._stub, self._metadata, self._gpus, self._ctx
+        )
+        self.prefect = self.preparer.prefect
         self._tls = (
             TLS.load(config.tls_ca, config.tls_cert, config.tls_key)
             if config.tls_ca or config.tls_cert
@@ -147,7 +115,6 @@ class Agent:
         self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
         self._old_channels: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[None]] = set()  # background work kept referenced
-        self._prefect_ui: dict[str, bool] = {}  # Prefect API URL -> serves its UI
         self._call: ConnectCall | None = None
         self._outbox: Outbox | None = None
         self._gen = 0
@@ -162,7 +129,6 @@ class Agent:
         self._closing = False
         self._force = False  # a second stop(): no more waiting for anything
         self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
-        self._ctx = f"agent={config.id}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -440,7 +406,7 @@ class Agent:
         )
 
     def _on_registered(self, registered: agent_service_pb2.Registered, outbox: Outbox) -> None:
-        interval = _seconds(registered.heartbeat_interval) or DEFAULT_HEARTBEAT_INTERVAL
+        interval = seconds(registered.heartbeat_interval) or DEFAULT_HEARTBEAT_INTERVAL
         self._gen += 1
         self._heartbeats = 0
         self._outbox = outbox
@@ -449,7 +415,7 @@ class Agent:
             self._ctx,
             registered.agent,
             interval,
-            _seconds(registered.lease_duration),
+            seconds(registered.lease_duration),
             len(self._attempts),
         )
         # Replay in the original order: each pending update after the lines written before it.
@@ -644,7 +610,7 @@ class Agent:
                 running,
                 self.config.slots,
             )
-        grace = _seconds(assignment.grace_period) or self.config.grace_period
+        grace = seconds(assignment.grace_period) or self.config.grace_period
         st = AttemptState(job=job, attempt=attempt, grace_period=grace)
         self._attempts[key] = st
         log.info(
@@ -661,7 +627,7 @@ class Agent:
         key = (cancel.job, cancel.attempt)
         st = self._attempts.get(key)
         # Zero or unset: the attempt's own grace period.
-        grace = _seconds(cancel.grace_period) or None
+        grace = seconds(cancel.grace_period) or None
         if st is not None and not st.finished:
             log.info(
                 "%s job=%s attempt=%d: cancel requested (%s)",
@@ -714,7 +680,7 @@ class Agent:
             self._on_line(st, Stream.SYSTEM, text)
 
         try:
-            prepare = asyncio.create_task(self._prepare(st, assignment, system))
+            prepare = asyncio.create_task(self.preparer.run_spec(st, assignment, system))
             cancelled = asyncio.create_task(st.cancel.wait())
             try:
                 await asyncio.wait({prepare, cancelled}, return_when=asyncio.FIRST_COMPLETED)
@@ -755,171 +721,6 @@ class Agent:
             system(message)
             result = ExecutionResult(Outcome.FAILED, None, message)
         self._finish(st, result)
-
-    async def _prepare(
-        self, st: AttemptState, assignment: agent_service_pb2.Assignment, system: SystemLog
-    ) -> RunSpec:
-        """Fetches and extracts the archive and works out the environment."""
-        cfg = self.config
-        job = assignment.job
-        if not st.job.startswith("jobs/"):
-            raise WorkspaceError(f"malformed job name {st.job!r}")
-        digest = job.entry_point_digest
-        size = int(assignment.archive_size_bytes) or None
-        if self.cache.lookup(digest) is not None:
-            system(f"archive {digest} found in the cache")
-        else:
-            system(f"fetching archive {digest}" + (f" ({size} bytes)" if size else ""))
-        archive = await self._fetch(digest, size)
-        dest = await asyncio.to_thread(prepare_workspace, cfg.work_dir, st.job_id, st.attempt)
-        system(f"extracting archive into {dest}")
-        root = await asyncio.to_thread(
-            extract_archive, archive, dest, cfg.max_archive_bytes, cfg.max_archive_files
-        )
-        plugins = await self._prepare_plugins(job, system)
-        prefect_url = await self._prefect_url(system)
-        timeout = _seconds(job.timeout) if job.HasField("timeout") else 0.0
-        return RunSpec(
-            project_root=root,
-            entry=job.entry or "main",
-            parameters=dict(job.parameters),
-            job_id=st.job_id,
-            attempt=st.attempt,
-            env=dict(assignment.env),
-            timeout=timeout if timeout > 0 else None,
-            grace_period=st.grace_period,
-            prefect_api_url=prefect_url,
-            prefect_ui_url=await self._prefect_ui_url(prefect_url),
-            plugins=plugins,
-            gpu_uuids=tuple(assignment.gpu_uuids),
-            host_has_gpus=bool(self._gpus),
-        )
-
-    async def _prepare_plugins(
-        self, job: job_pb2.Job, system: SystemLog
-    ) -> tuple[PluginBundle, ...]:
-        """Fetches and extracts the job's pinned plugin bundles (each once per digest)."""
-        bundles: list[PluginBundle] = []
-        for pin in job.plugins:
-            label = f"plugin {pin.plugin.removeprefix('plugins/')} {pin.version} ({pin.digest})"
-            try:
-                root = await self._prepare_plugin(pin, label, system)
-            except grpc.aio.AioRpcError as exc:
-                raise WorkspaceError(
-                    f"cannot fetch {label}: {exc.code().name}: {exc.details()}"
-                ) from exc
-            except WorkspaceError as exc:
-                raise WorkspaceError(f"cannot use {label}: {exc}") from exc
-            bundles.append(
-                PluginBundle(
-                    plugin=pin.plugin,
-                    version=pin.version,
-                    digest=pin.digest,
-                    package=pin.package,
-                    path=root,
-                )
-            )
-        if bundles:
-            system(
-                "using plugins: "
-                + ", ".join(
-                    f"{b.plugin.removeprefix('plugins/')} {b.version} "
-                    f"(package {b.package or '-'}, {b.digest})"
-                    for b in bundles
-                )
-            )
-            log.info(
-                "%s job=%s: plugins %s",
-                self._ctx,
-                job.name,
-                ", ".join(f"{b.plugin}=={b.version}" for b in bundles),
-            )
-        return tuple(bundles)
-
-    async def _prepare_plugin(
-        self, pin: plugin_pb2.PluginPin, label: str, system: SystemLog
-    ) -> Path:
-        """One pinned bundle: from the extracted cache, or fetched and extracted now."""
-        cfg = self.config
-        dest = self.plugin_bundles.lookup(pin.digest)
-        if dest is not None:
-            system(f"{label}: already extracted")
-        else:
-            if self.cache.lookup(pin.digest) is None:
-                system(f"{label}: fetching bundle")
-            archive = await self._fetch(pin.digest, None)
-            dest, extracted = await self.plugin_bundles.extract(
-                archive, pin.digest, cfg.max_archive_bytes, cfg.max_archive_files
-            )
-            system(f"{label}: " + ("extracted" if extracted else "already extracted"))
-        root: Path = await asyncio.to_thread(plugin_bundle_root, dest, pin.package)
-        return root
-
-    async def _fetch(self, digest: str, size: int | None) -> Path:
-        cfg = self.config
-        # The largest archive whose content passes the extraction limits, with room for headers.
-        limit = cfg.max_archive_bytes + 4096 * cfg.max_archive_files + 1024 * 1024
-        delay = 0.5
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            chunks = self._download(digest)
-            try:
-                return await self.cache.fetch(digest, chunks, expected_size=size, max_bytes=limit)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE or attempt == DOWNLOAD_ATTEMPTS:
-                    raise
-                log.warning(
-                    "%s: download of %s failed (%s); retrying", self._ctx, digest, exc.code().name
-                )
-            except BlobError:
-                if attempt >= 2:
-                    raise
-                log.warning("%s: download of %s was corrupt; retrying", self._ctx, digest)
-            finally:
-                await chunks.aclose()  # ends the RPC when the cache stopped reading early
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, 8.0)
-        raise AssertionError("unreachable")
-
-    async def _download(self, digest: str) -> AsyncGenerator[bytes, None]:
-        assert self._stub is not None
-        call = self._stub.DownloadBlob(
-            agent_service_pb2.DownloadBlobRequest(digest=digest), metadata=self._metadata
-        )
-        try:
-            async for response in call:
-                yield response.chunk
-        finally:
-            call.cancel()
-
-    async def _prefect_url(self, system: SystemLog) -> str | None:
-        mode = self.config.prefect_mode
-        if mode == "none":
-            return None
-        if mode == "url":
-            return self.config.prefect_api_url
-        assert self.prefect is not None
-        if self.prefect.ready:
-            return self.prefect.url
-        if self.prefect.last_error is None:
-            system("waiting for the agent's local Prefect server to start")
-            url = await self.prefect.wait_ready(self.prefect.startup_timeout)
-            if url is not None:
-                return url
-        system(
-            "the agent's local Prefect server is not available "
-            f"({self.prefect.last_error or 'not started'}); Prefect runs in ephemeral mode"
-        )
-        return None
-
-    async def _prefect_ui_url(self, api_url: str | None) -> str | None:
-        """ "" (no link) unless the Prefect server serves its UI; asked once per URL."""
-        if api_url is None:
-            return None
-        if api_url not in self._prefect_ui:
-            own = self.prefect is not None and api_url == self.prefect.url  # runs --no-ui
-            served = False if own else await asyncio.to_thread(serves_ui, api_url)
-            self._prefect_ui[api_url] = served
-        return None if self._prefect_ui[api_url] else ""
 
     def _on_started(self, st: AttemptState, pid: int) -> None:
         log.info("%s job=%s attempt=%d: process %d started", self._ctx, st.job, st.attempt, pid)
