@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make proto` writes; tests/unit/test_generated.py points it elsewhere to compare.
 PROTO_OUT := proto
 
-.PHONY: setup demo test lint lint-proto proto bench clean
+.PHONY: setup demo test lint lint-proto proto bench clean wheelhouse images
 
 setup: $(STAMP)
 
@@ -46,6 +46,28 @@ proto: setup
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=quiet:$(PROTO_OUT) \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=quiet:$(PROTO_OUT) \
 	  proto/brinell/v1/*.proto
+
+# Images build offline from a wheelhouse made here: deps/ (what EXTRAS of this project need,
+# made again only when pyproject.toml or images/wheelhouse.txt change) and brinell/ (this
+# checkout's wheel, made every time). The build context of images/*/Dockerfile.
+EXTRAS ?= runtime
+WHEELHOUSE ?= build/wheelhouse-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+WHEEL_KEY = $(shell cat pyproject.toml images/wheelhouse.txt | sha256sum | cut -c1-16)-$(EXTRAS)
+
+wheelhouse: setup
+	@mkdir -p $(WHEELHOUSE)/deps $(WHEELHOUSE)/brinell
+	@if [ "$$(cat $(WHEELHOUSE)/deps/.key 2>/dev/null)" != "$(WHEEL_KEY)" ]; then \
+	  rm -f $(WHEELHOUSE)/deps/*.whl; \
+	  $(PY) -m pip wheel -q --disable-pip-version-check -w $(WHEELHOUSE)/deps \
+	    '.[$(EXTRAS)]' -r images/wheelhouse.txt 2>&1 | grep -v '^WARNING: Location' || true; \
+	  rm -f $(WHEELHOUSE)/deps/brinell-*.whl; \
+	  ls $(WHEELHOUSE)/deps/*.whl >/dev/null && echo '$(WHEEL_KEY)' >$(WHEELHOUSE)/deps/.key; \
+	fi
+	@rm -f $(WHEELHOUSE)/brinell/*.whl
+	@$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(WHEELHOUSE)/brinell . \
+	  2>&1 | grep -v '^WARNING: Location' || true
+	@ls $(WHEELHOUSE)/brinell/brinell-*.whl >/dev/null
 
 bench: setup
 	$(PY) bench/dispatch.py

@@ -11,7 +11,7 @@ from typing import Any
 from brinell.extras import needs
 
 with needs("agent", "python -m brinell.agent"):
-    from .config import AgentConfig
+    from .config import EXECUTORS, PULL_POLICIES, AgentConfig, per_queue
     from .daemon import run_forever
 
 
@@ -74,6 +74,38 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     parser.add_argument("--tls-cert", type=Path, help="this agent's certificate (mutual TLS)")
     parser.add_argument("--tls-key", type=Path, help="this agent's private key (mutual TLS)")
     parser.add_argument(
+        "--executor",
+        default="process",
+        choices=list(EXECUTORS),
+        help="process: jobs run in this environment (default); docker: one container each",
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="[QUEUE=]IMAGE",
+        help="docker: image for jobs that name none (per queue; repeat)",
+    )
+    parser.add_argument(
+        "--network",
+        action="append",
+        default=[],
+        metavar="[QUEUE=]MODE",
+        help="docker: network mode of containers, host|none|bridge (per queue; default host)",
+    )
+    parser.add_argument(
+        "--registry-auth",
+        type=Path,
+        help="docker: config file with registry credentials (default: BRINELL_REGISTRY_AUTH, "
+        "~/.docker/config.json)",
+    )
+    parser.add_argument("--pull", default="always", choices=list(PULL_POLICIES))
+    parser.add_argument(
+        "--keep-failed-containers",
+        action="store_true",
+        help="docker: keep the containers of attempts that did not succeed",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
@@ -105,6 +137,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
             agent_id=args.agent_id,
             slots=args.slots,
             prefect_api_url=args.prefect_api_url,
+            executor=args.executor,
+            images=per_queue(args.image),
+            networks=per_queue(args.network),
+            registry_auth=args.registry_auth,
+            pull=args.pull,
+            keep_failed_containers=args.keep_failed_containers,
             **extra,
         )
     except ValueError as exc:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from brinell.v1 import agent_service_pb2, job_pb2
 
-from .executor import CancelSignal, Stream
+from .executor import CancelSignal, Recovered, Stream
 
 # Per attempt, while disconnected; the oldest lines are dropped beyond it (the control plane
 # sees a gap in the sequence numbers, and a SYSTEM line says so).
@@ -53,6 +53,8 @@ class AttemptState:
     delivered_at: float | None = None
     # False for the record made to answer a Cancel for an attempt this agent never had.
     assigned: bool = True
+    # Found at agent start (a container left by the previous run), until re-attached.
+    recovered: Recovered | None = None
 
     @property
     def key(self) -> AttemptKey:

@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from brinell import images
+
 MIB = 1024 * 1024
 
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+EXECUTORS = ("process", "docker")
+PULL_POLICIES = ("always", "missing")
+NETWORK_MODES = ("host", "none", "bridge")
+
+
+def per_queue(values: list[str]) -> dict[str, str]:
+    """`[QUEUE=]VALUE` options (repeatable) as {queue: value}; "" for every queue."""
+    found: dict[str, str] = {}
+    for text in values:
+        queue, sep, value = text.partition("=")
+        found[queue if sep else ""] = value if sep else text
+    return found
+
+
+def docker_settings_problems(
+    images_by_queue: dict[str, str], networks: dict[str, str], pull: str
+) -> list[str]:
+    """What is wrong with the docker executor's settings (image references, network modes)."""
+    problems = []
+    for queue, ref in images_by_queue.items():
+        if problem := images.reference_problem(ref):
+            problems.append(f"default image{f' of queue {queue}' if queue else ''}: {problem}")
+    for queue, mode in networks.items():
+        if mode not in NETWORK_MODES and not mode.startswith("container:"):
+            problems.append(
+                f"network mode {mode!r}{f' of queue {queue}' if queue else ''} must be one of "
+                f"{', '.join(NETWORK_MODES)} or container:NAME"
+            )
+    if pull not in PULL_POLICIES:
+        problems.append(f"pull policy must be one of {', '.join(PULL_POLICIES)}")
+    return problems
 
 
 def default_agent_id() -> str:
@@ -61,6 +95,20 @@ class AgentConfig:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # "process": jobs run in the agent's Python environment; "docker": one container per
+    # attempt (agent/docker_executor.py), with these settings:
+    executor: str = "process"
+    # Default image and network mode per queue ("" key: every queue); network default host.
+    images: dict[str, str] = field(default_factory=dict)
+    networks: dict[str, str] = field(default_factory=dict)
+    # A docker config file with the registries' credentials (None: BRINELL_REGISTRY_AUTH,
+    # else docker's own ~/.docker/config.json).
+    registry_auth: Path | None = None
+    # "always" pulls each attempt's image (a moved tag is seen); "missing" only when absent.
+    pull: str = "always"
+    keep_failed_containers: bool = False
+    # The Docker engine (None: DOCKER_HOST, else the default socket).
+    docker_host: str | None = None
 
     def __post_init__(self) -> None:
         # Callers may hand in strings (argparse, typer); normalise once here.
@@ -87,6 +135,11 @@ class AgentConfig:
             problems.append("keep_workspaces and workspace_ttl_hours must not be negative")
         if self.reconnect_min <= 0 or self.reconnect_max < self.reconnect_min:
             problems.append("need 0 < reconnect_min <= reconnect_max")
+        if self.executor not in EXECUTORS:
+            problems.append(f"executor must be one of {', '.join(EXECUTORS)}")
+        if self.registry_auth is None and os.environ.get("BRINELL_REGISTRY_AUTH"):
+            self.registry_auth = Path(os.environ["BRINELL_REGISTRY_AUTH"])
+        problems += docker_settings_problems(self.images, self.networks, self.pull)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -110,7 +163,13 @@ class AgentConfig:
         Jobs run in the agent's Python environment; with Prefect on (the default), their flows
         need it there, and without it every job would fail one by one after starting.
         """
-        if self.prefect_mode != "none" and importlib.util.find_spec("prefect") is None:
+        if self.executor == "docker" and importlib.util.find_spec("docker") is None:
+            return "the docker executor needs the docker SDK: pip install 'brinell[agent]'"
+        # With the docker executor the agent needs Prefect only to run its own server.
+        needs_prefect = self.prefect_mode == "auto" or (
+            self.executor == "process" and self.prefect_mode != "none"
+        )
+        if needs_prefect and importlib.util.find_spec("prefect") is None:
             return (
                 "the agent's jobs need Prefect, which is not installed here: "
                 "pip install 'brinell[agent]' (or start the agent with --prefect-api-url none "

@@ -38,6 +38,7 @@ from .executor import (
     Executor,
     Outcome,
     ProcessExecutor,
+    Recovered,
     Stream,
 )
 from .host import agent_version, discover_gpus, memory_bytes
@@ -80,6 +81,27 @@ class _StreamEnded(Exception):
     """The control plane ended or refused the stream without a gRPC error."""
 
 
+def make_executor(config: AgentConfig) -> Executor:
+    """The executor the configuration names (the docker SDK is imported only for docker)."""
+    if config.executor == "docker":
+        from .docker_executor import DockerExecutor, DockerSettings
+
+        return DockerExecutor(
+            DockerSettings(
+                agent_id=config.id,
+                plugin_cache=config.work_dir / "cache" / "plugins",
+                images=config.images,
+                networks=config.networks,
+                registry_auth=config.registry_auth,
+                pull=config.pull,
+                keep_failed=config.keep_failed_containers,
+                host=config.docker_host,
+                max_connections=4 * config.slots + 4,
+            )
+        )
+    return ProcessExecutor()
+
+
 # --------------------------------------------------------------------------- the agent
 
 
@@ -92,7 +114,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, executor: Executor | None = None) -> None:
         self.config = config
-        self.executor = executor if executor is not None else ProcessExecutor()
+        self.executor = executor if executor is not None else make_executor(config)
         self._ctx = f"agent={config.id}"
         # Found once at start: a host's GPUs do not change under a running agent.
         self._gpus = discover_gpus()
@@ -168,6 +190,7 @@ class Agent:
         if self.prefect is not None:
             background.append(asyncio.create_task(self.prefect.supervise()))
         background.append(asyncio.create_task(self._flush_loop()))
+        await self._recover()
         connection = asyncio.create_task(self._connect_when_ready())
         try:
             await self._stop_requested.wait()
@@ -195,6 +218,22 @@ class Agent:
             for closing in list(self._old_channels):
                 closing.cancel()
             log.info("%s: stopped", self._ctx)
+
+    async def _recover(self) -> None:
+        """Attempts the agent's previous run left running here (containers): reported as
+        running at registration, re-attached or removed once the control plane answers."""
+        for found in await self.executor.recover():
+            key = (f"jobs/{found.job_id}", found.attempt)
+            st = AttemptState(job=key[0], attempt=found.attempt, grace_period=found.grace_period)
+            st.recovered = found
+            self._attempts[key] = st
+            log.info(
+                "%s job=%s attempt=%d: found it %s from the agent's previous run",
+                self._ctx,
+                st.job,
+                st.attempt,
+                "running" if found.running else "exited",
+            )
 
     async def _stop_attempts(self) -> None:
         tasks = []
@@ -418,6 +457,7 @@ class Agent:
             seconds(registered.lease_duration),
             len(self._attempts),
         )
+        self._reattach(registered)
         # Replay in the original order: each pending update after the lines written before it.
         for st in list(self._attempts.values()):
             st.sent_upto = st.acked
@@ -426,6 +466,50 @@ class Agent:
                 self._put_update(pending)
             self._send_lines(st)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(outbox, interval))
+
+    def _reattach(self, registered: agent_service_pb2.Registered) -> None:
+        """Recovered attempts: the control plane sends a cursor for each it still assigns
+        here (the log resumes after what it stored); the others are removed."""
+        cursors = {(c.job, c.attempt): c for c in registered.cursors}
+        for st in list(self._attempts.values()):
+            found = st.recovered
+            if found is None or st.task is not None:
+                continue
+            cursor = cursors.get(st.key)
+            if cursor is None:
+                del self._attempts[st.key]
+                self._remember_finished(st.key)
+                task = asyncio.create_task(self.executor.discard(found))
+                self._chores.add(task)
+                task.add_done_callback(self._chores.discard)
+                continue
+            st.next_seq = int(cursor.last_sequence) + 1
+            st.acked = st.sent_upto = int(cursor.last_sequence)
+            skip = {
+                Stream.STDOUT: int(cursor.stdout_lines),
+                Stream.STDERR: int(cursor.stderr_lines),
+            }
+            st.task = asyncio.create_task(self._resume_attempt(st, found, skip))
+
+    async def _resume_attempt(
+        self, st: AttemptState, found: Recovered, skip: dict[Stream, int]
+    ) -> None:
+        try:
+            result = await self.executor.resume(
+                found,
+                skip,
+                on_line=lambda stream, text: self._on_line(st, stream, text),
+                on_start=lambda pid, digest: self._on_started(st, pid, digest),
+                cancel=st.cancel,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s job=%s attempt=%d: agent error", self._ctx, st.job, st.attempt)
+            message = f"agent error: {exc!r}"
+            self._on_line(st, Stream.SYSTEM, message)
+            result = ExecutionResult(Outcome.FAILED, None, message)
+        self._finish(st, result)
 
     def _disconnect(self) -> None:
         if self._outbox is not None:
@@ -496,9 +580,10 @@ class Agent:
         state: job_pb2.JobState.ValueType,
         exit_code: int | None = None,
         message: str = "",
+        image_digest: str = "",
     ) -> None:
         update = agent_service_pb2.AttemptUpdate(
-            job=st.job, attempt=st.attempt, state=state, message=message
+            job=st.job, attempt=st.attempt, state=state, message=message, image_digest=image_digest
         )
         if exit_code is not None:
             update.has_exit_code = True
@@ -700,7 +785,7 @@ class Agent:
                 result = await self.executor.run(
                     spec,
                     on_line=lambda stream, text: self._on_line(st, stream, text),
-                    on_start=lambda pid: self._on_started(st, pid),
+                    on_start=lambda pid, digest: self._on_started(st, pid, digest),
                     cancel=st.cancel,
                 )
         except WorkspaceError as exc:
@@ -722,9 +807,16 @@ class Agent:
             result = ExecutionResult(Outcome.FAILED, None, message)
         self._finish(st, result)
 
-    def _on_started(self, st: AttemptState, pid: int) -> None:
-        log.info("%s job=%s attempt=%d: process %d started", self._ctx, st.job, st.attempt, pid)
-        self._post_update(st, job_pb2.JOB_STATE_RUNNING)
+    def _on_started(self, st: AttemptState, pid: int, image_digest: str = "") -> None:
+        log.info(
+            "%s job=%s attempt=%d: process %d started%s",
+            self._ctx,
+            st.job,
+            st.attempt,
+            pid,
+            f" in a container of {image_digest}" if image_digest else "",
+        )
+        self._post_update(st, job_pb2.JOB_STATE_RUNNING, image_digest=image_digest)
 
     def _finish(self, st: AttemptState, result: ExecutionResult) -> None:
         st.finished = True
@@ -785,8 +877,8 @@ def configure_logging(config: AgentConfig, level: int | str = logging.INFO) -> N
     root.setLevel(level)
 
 
-async def _serve(config: AgentConfig) -> None:
-    agent = Agent(config)
+async def _serve(config: AgentConfig, executor: Executor | None = None) -> None:
+    agent = Agent(config, executor)
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -808,4 +900,7 @@ def run_forever(config: AgentConfig) -> None:
     if missing := config.missing_runtime():
         sys.exit(f"brinell agent: {missing}")
     configure_logging(config)
-    asyncio.run(_serve(config))
+    executor = make_executor(config)
+    if problem := executor.check():
+        sys.exit(f"brinell agent: {problem}")
+    asyncio.run(_serve(config, executor))

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from brinell import mlproject
 
@@ -62,7 +63,9 @@ class ExecutionResult:
 
 
 LineCallback = Callable[[Stream, str], None]
-StartCallback = Callable[[int], None]
+#: Called once the job runs: its main process id (0 when unknown) and, in a container, the
+#: image digest it runs (`repo@sha256:...`; "" otherwise).
+StartCallback = Callable[[int, str], None]
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,14 @@ class RunSpec:
     # The GPUs the attempt holds (UUIDs); on a host with GPUs, a job that holds none sees none.
     gpu_uuids: tuple[str, ...] = ()
     host_has_gpus: bool = False
+    # The attempt's workspace (project_root is in it): the docker executor mounts it.
+    workspace: Path | None = None
+    # The job's queue and container image (docker executor; "" for the queue's default).
+    queue: str = "default"
+    image: str = ""
+    # The job's resource request; the docker executor makes them limits (0: none).
+    cpus: float = 0.0
+    memory_bytes: int = 0
 
 
 class CancelSignal:
@@ -139,10 +150,50 @@ class CancelSignal:
         await self._event.wait()
 
 
+@dataclass(frozen=True)
+class Recovered:
+    """An attempt an executor found at agent start, left by the agent's previous run (a
+    container outlives its agent)."""
+
+    job_id: str
+    attempt: int
+    grace_period: float
+    # What is left of its run-time limit (None: none).
+    timeout: float | None
+    # The executor's own reference to it.
+    handle: Any
+    running: bool
+
+
 class Executor(abc.ABC):
     """Runs one attempt to completion; never raises for job failures, only returns them."""
 
     name: str
+
+    async def recover(self) -> list[Recovered]:
+        """Attempts left running on this host by the agent's previous run (none here: a
+        process dies with its agent)."""
+        return []
+
+    async def resume(
+        self,
+        found: Recovered,
+        skip: Mapping[Stream, int],
+        *,
+        on_line: LineCallback,
+        on_start: StartCallback | None = None,
+        cancel: CancelSignal | None = None,
+    ) -> ExecutionResult:
+        """Re-attaches to a recovered attempt and runs it to completion; the first
+        ``skip[stream]`` lines of each stream are already stored and not passed on."""
+        raise NotImplementedError(f"the {self.name} executor cannot re-attach")
+
+    async def discard(self, found: Recovered) -> None:  # noqa: B027 - optional
+        """Stops and removes a recovered attempt the control plane no longer assigns here."""
+
+    def check(self) -> str:
+        """Why this executor cannot run jobs on this host ("" when it can)."""
+        return ""
 
     @abc.abstractmethod
     async def run(
@@ -176,7 +227,7 @@ def load_command(project_root: Path, entry: str, parameters: Mapping[str, str]) 
 def build_env(
     spec: RunSpec,
     base: Mapping[str, str] | None = None,
-    python: str = sys.executable,
+    python: str | None = sys.executable,
 ) -> dict[str, str]:
     """The job's environment: the agent's, then the assignment's, then what the agent owns.
 
@@ -192,10 +243,12 @@ def build_env(
         env["PREFECT_API_URL"] = spec.prefect_api_url
     if spec.prefect_ui_url is not None:
         env["PREFECT_UI_URL"] = spec.prefect_ui_url
-    # `python` in a command means the agent's interpreter, which has prefect and mlflow.
-    bin_dir = os.path.dirname(python)
-    path = env.get("PATH") or os.defpath
-    env["PATH"] = bin_dir + os.pathsep + path if bin_dir else path
+    if python is not None:
+        # `python` in a command means the agent's interpreter, which has prefect and mlflow.
+        # (None: a container's, found on the image's PATH.)
+        bin_dir = os.path.dirname(python)
+        path = env.get("PATH") or os.defpath
+        env["PATH"] = bin_dir + os.pathsep + path if bin_dir else path
     env["PYTHONUNBUFFERED"] = "1"
     env["BRINELL_JOB"] = f"jobs/{spec.job_id}"
     env["BRINELL_JOB_ID"] = spec.job_id
@@ -306,14 +359,14 @@ class ProcessExecutor(Executor):
 
         pgid = proc.pid  # start_new_session makes the child the leader of its own group
         assert proc.stdout is not None and proc.stderr is not None
-        last_error = _LastErrorLine(on_line)
+        last_error = LastErrorLine(on_line)
         readers = [
             asyncio.create_task(_read_lines(proc.stdout, Stream.STDOUT, on_line)),
             asyncio.create_task(_read_lines(proc.stderr, Stream.STDERR, last_error)),
         ]
         try:
             if on_start is not None:
-                on_start(proc.pid)
+                on_start(proc.pid, "")
             outcome, message = await self._supervise(proc, pgid, spec, cancel, system)
             returncode = proc.returncode
             assert returncode is not None
@@ -443,7 +496,7 @@ async def _drain(readers: list[asyncio.Task[None]], proc: asyncio.subprocess.Pro
             await asyncio.wait_for(proc.wait(), _DRAIN_WAIT)
 
 
-class _LastErrorLine:
+class LastErrorLine:
     """Passes stderr lines on, remembering the last non-blank one (bounded)."""
 
     def __init__(self, on_line: LineCallback) -> None:
@@ -459,29 +512,53 @@ class _LastErrorLine:
         self._on_line(stream, text)
 
 
+class LineSplitter:
+    """Splits a byte stream into lines (``\n``; a trailing ``\r`` dropped); a line longer than
+    MAX_LINE_BYTES comes out in MAX_LINE_BYTES pieces. The result depends only on the bytes,
+    not on how they were chunked, so a stream read twice splits the same way twice (the docker
+    executor counts lines to resume a log where the stored part ends)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        lines: list[str] = []
+        buffer = self._buffer + chunk
+        start = 0
+        while True:
+            newline = buffer.find(b"\n", start)
+            if newline < 0:
+                # `>`, as below: a line of exactly MAX_LINE_BYTES stays one line however the
+                # bytes arrive.
+                while len(buffer) - start > MAX_LINE_BYTES:
+                    lines.append(_decode(buffer[start : start + MAX_LINE_BYTES]))
+                    start += MAX_LINE_BYTES
+                break
+            while newline - start > MAX_LINE_BYTES:
+                lines.append(_decode(buffer[start : start + MAX_LINE_BYTES]))
+                start += MAX_LINE_BYTES
+            lines.append(_decode(buffer[start:newline]))
+            start = newline + 1
+        self._buffer = buffer[start:]
+        return lines
+
+    def end(self) -> list[str]:
+        """What is left at end of file: a last line without a newline."""
+        rest, self._buffer = self._buffer, b""
+        return [_decode(rest)] if rest else []
+
+
 async def _read_lines(reader: asyncio.StreamReader, stream: Stream, on_line: LineCallback) -> None:
     """Splits a pipe into lines; a trailing partial line is emitted at end of file."""
-    buffer = b""
+    splitter = LineSplitter()
     while True:
         chunk = await reader.read(_READ_CHUNK)
         if not chunk:
             break
-        buffer += chunk
-        while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                if len(buffer) >= MAX_LINE_BYTES:
-                    on_line(stream, _decode(buffer[:MAX_LINE_BYTES]))
-                    buffer = buffer[MAX_LINE_BYTES:]
-                    continue
-                break
-            line, buffer = buffer[:newline], buffer[newline + 1 :]
-            while len(line) > MAX_LINE_BYTES:
-                on_line(stream, _decode(line[:MAX_LINE_BYTES]))
-                line = line[MAX_LINE_BYTES:]
-            on_line(stream, _decode(line))
-    if buffer:
-        on_line(stream, _decode(buffer))
+        for line in splitter.feed(chunk):
+            on_line(stream, line)
+    for line in splitter.end():
+        on_line(stream, line)
 
 
 def _decode(raw: bytes) -> str:

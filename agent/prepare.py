@@ -115,6 +115,11 @@ class AttemptPreparer:
             plugins=plugins,
             gpu_uuids=tuple(assignment.gpu_uuids),
             host_has_gpus=bool(self.gpus),
+            workspace=dest,
+            queue=job.queue or "default",
+            image=job.image,
+            cpus=job.resources.cpus,
+            memory_bytes=int(job.resources.memory_bytes),
         )
 
     async def _plugins(self, job: job_pb2.Job, system: SystemLog) -> tuple[PluginBundle, ...]:

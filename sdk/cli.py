@@ -246,12 +246,38 @@ def agent(
         Path | None, typer.Option(help="This agent's certificate, for mutual TLS.")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    executor: Annotated[
+        str, typer.Option(help="process: jobs run in this environment; docker: in containers.")
+    ] = "process",
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="[QUEUE=]IMAGE", help="docker: image for jobs naming none (per queue, repeat)."
+        ),
+    ] = None,
+    network: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="[QUEUE=]MODE", help="docker: host|none|bridge (per queue, repeat; host)."
+        ),
+    ] = None,
+    registry_auth: Annotated[
+        Path | None,
+        typer.Option(
+            help="docker: config file with registry credentials (default: "
+            "BRINELL_REGISTRY_AUTH, ~/.docker/config.json)."
+        ),
+    ] = None,
+    pull: Annotated[str, typer.Option(help="docker: always | missing.")] = "always",
+    keep_failed_containers: Annotated[
+        bool, typer.Option(help="docker: keep containers of attempts that did not succeed.")
+    ] = False,
 ) -> None:
     """Run the agent daemon: take jobs from the control plane and run them on this host."""
     if ctx.invoked_subcommand is not None:
         return
     with needs("agent", "brinell agent"):
-        from brinell.agent.config import AgentConfig
+        from brinell.agent.config import AgentConfig, per_queue
         from brinell.agent.daemon import run_forever
 
     config = AgentConfig(
@@ -268,6 +294,12 @@ def agent(
         tls_ca=Path(tls_ca) if (tls_ca := _state(ctx).tls_ca) else None,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        executor=executor,
+        images=per_queue(image or []),
+        networks=per_queue(network or []),
+        registry_auth=registry_auth,
+        pull=pull,
+        keep_failed_containers=keep_failed_containers,
     )
     run_forever(config)
 

@@ -6,6 +6,8 @@ import asyncio
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from brinell import Client
-from brinell.agent.prefect_server import PrefectServer
+from brinell.agent.prefect_server import PrefectServer, free_port
 from tests.conftest import Proc, start_server
 
 
@@ -64,6 +66,45 @@ def start_agent(
         work.parent / f"{agent_id}.log",
         env=env,
     )
+
+
+def status(url: str, host: str) -> int:
+    """The HTTP status of a GET with this Host header (loopback, no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with opener.open(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def start_mlflow_server(store: Path, host: str, allowed: list[str]) -> tuple[Proc, int]:
+    """An MLflow tracking server (SQLite backend, proxied artifacts in ``store``) answering
+    the Host names in ``allowed``; returns once its health check answers."""
+    port = free_port(host)
+    store.mkdir(parents=True)
+    proc = Proc(
+        [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
+        + ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"]
+        + ["--artifacts-destination", str(store / "mlartifacts")]
+        + ["--allowed-hosts", ",".join(f"{name}:{port}" for name in allowed)],
+        store.parent / f"{store.name}.log",
+        cwd=store,
+    )
+    health = f"http://127.0.0.1:{port}/health"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if status(health, f"localhost:{port}") == 200:
+                return proc, port
+        except OSError:
+            pass
+        if proc.proc.poll() is not None or time.monotonic() > deadline:
+            proc.stop()
+            log = (store.parent / f"{store.name}.log").read_text()[-3000:]
+            raise AssertionError(f"mlflow server did not answer:\n{log}")
+        time.sleep(0.5)
 
 
 def wait_connected(client: Client, agent_id: str, timeout: float = 60) -> None:

@@ -10,19 +10,14 @@ and downloaded through the control plane (artifacts proxied by the MLflow server
 from __future__ import annotations
 
 import socket
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from brinell import Client, JobState
-from brinell.agent.prefect_server import free_port
-from tests.conftest import Proc, start_server
-from tests.e2e.conftest import start_agent, wait_connected
+from tests.conftest import start_server
+from tests.e2e.conftest import start_agent, start_mlflow_server, status, wait_connected
 
 LOGGER = """\
 name: logger
@@ -62,45 +57,13 @@ def _host_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def _status(url: str, host: str) -> int:
-    """The HTTP status of a GET with this Host header (loopback, no proxy)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, headers={"Host": host})
-    try:
-        with opener.open(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Any:
     address = _host_address()
     if address is None:
         pytest.skip("this host has no non-loopback IPv4 address for a second host to use")
-    port = free_port("0.0.0.0")
-    store = tmp_path / "mlflow"
-    store.mkdir()
     # The README's command for a server other hosts reach.
-    proc = Proc(
-        [sys.executable, "-m", "mlflow", "server", "--host", "0.0.0.0", "--port", str(port)]
-        + ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"]
-        + ["--artifacts-destination", str(store / "mlartifacts")]
-        + ["--allowed-hosts", f"{address}:{port},localhost:{port}"],
-        tmp_path / "mlflow.log",
-        cwd=store,
-    )
-    health = f"http://127.0.0.1:{port}/health"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if _status(health, f"localhost:{port}") == 200:
-                break
-        except OSError:
-            pass
-        assert proc.proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "mlflow server did not answer"
-        time.sleep(0.5)
+    proc, port = start_mlflow_server(tmp_path / "mlflow", "0.0.0.0", [address, "localhost"])
     try:
         yield address, port
     finally:
@@ -115,8 +78,8 @@ def test_control_plane_and_agent_with_an_mlflow_server_over_http(
     # What --allowed-hosts is for: the API answers a Host it was told about and refuses
     # another (without the flag, this host's own address is refused too, unless private).
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert _status(api, f"{address}:{port}") == 200
-    assert _status(api, f"elsewhere.example:{port}") == 403
+    assert status(api, f"{address}:{port}") == 200
+    assert status(api, f"elsewhere.example:{port}") == 403
 
     server, target = start_server(tmp_path / "server", 0, "--mlflow-tracking-uri", uri)
     agent = start_agent(target, tmp_path / "agent", prefect_api_url)

@@ -63,7 +63,7 @@ class Run:
         return await ProcessExecutor().run(
             self.spec,
             on_line=lambda s, t: self.lines.append((s, t)),
-            on_start=self.pids.append,
+            on_start=lambda pid, _digest: self.pids.append(pid),
             cancel=self.cancel,
         )
 
