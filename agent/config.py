@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brinell import images
+from brinell.ids import AGENT_ID_RE
 
 MIB = 1024 * 1024
 
-_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 EXECUTORS = ("process", "docker")
 PULL_POLICIES = ("always", "missing")
 NETWORK_MODES = ("host", "none", "bridge")
@@ -118,7 +118,7 @@ class AgentConfig:
         problems: list[str] = []
         if not self.control_plane.strip():
             problems.append("control_plane must be HOST:PORT")
-        if not _AGENT_ID.match(self.agent_id):
+        if not AGENT_ID_RE.match(self.agent_id):
             problems.append(
                 f"agent id {self.agent_id!r} must be 1-63 characters of [a-z0-9-.], "
                 "starting with a letter or digit"

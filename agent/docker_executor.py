@@ -38,6 +38,7 @@ import docker.types  # type: ignore[import-untyped]
 import requests
 
 from brinell import images, mlproject
+from brinell.ids import JOB_ID_RE
 
 from .executor import (
     MAX_REASON_CHARS,
@@ -470,9 +471,12 @@ class DockerExecutor(Executor):
         for container in await _in_thread(find):
             labels = container.labels
             try:
+                job_id = labels.get(LABEL_JOB, "")
                 attempt = int(labels.get(LABEL_ATTEMPT, ""))
                 grace = float(labels.get(LABEL_GRACE) or 10.0)
                 limit = float(labels.get(LABEL_TIMEOUT) or 0.0)
+                if not JOB_ID_RE.match(job_id) or attempt < 1:
+                    raise ValueError(job_id)
             except ValueError:
                 log.warning("container %s has malformed brinell labels; removing it", container.id)
                 with contextlib.suppress(docker.errors.DockerException):
@@ -483,7 +487,7 @@ class DockerExecutor(Executor):
                 timeout = max(0.0, limit - _running_for(container))
             found.append(
                 Recovered(
-                    job_id=labels.get(LABEL_JOB, ""),
+                    job_id=job_id,
                     attempt=attempt,
                     grace_period=grace,
                     timeout=timeout,

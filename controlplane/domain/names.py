@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 import uuid
 
+from brinell.ids import AGENT_ID_RE as AGENT_ID_RE
+from brinell.ids import JOB_ID_RE as JOB_ID_RE
 from brinell.mlproject import ID_RE as ID_RE
 from brinell.mlproject import shown
 
 from .errors import InvalidArgument
 
-AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-JOB_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 TOKEN_ID_RE = re.compile(r"^tok-[0-9a-f]{12}$")
 
 

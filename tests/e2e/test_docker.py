@@ -26,6 +26,9 @@ from tests.e2e.conftest import start_agent, start_mlflow_server, wait_connected
 # The engine's containers take their time on 2 cores with the vfs storage driver.
 pytestmark = pytest.mark.timeout(900)
 
+# A job id no control plane ever made (the scheme's shape, not its randomness).
+STRAY = "00000000deadbeef"
+
 TICKER = """\
 name: ticker
 entry_points:
@@ -122,6 +125,16 @@ def _project(tmp: Path, name: str, mlproject: str, files: dict[str, str]) -> Pat
 
 def _containers(denv: DockerEnv, job_id: str) -> list[Any]:
     return list(denv.client().containers.list(all=True, filters={"label": f"brinell.job={job_id}"}))
+
+
+def _gone(denv: DockerEnv, container_id: str) -> bool:
+    import docker.errors  # type: ignore[import-untyped]
+
+    try:
+        denv.client().containers.get(container_id)
+    except docker.errors.NotFound:
+        return True
+    return False
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
@@ -232,7 +245,7 @@ def test_clear_failures(
         assert denv.password not in json.dumps([ln.text for ln in c.jobs.logs(job)])
     finally:
         wrong.stop()
-    assert denv.password not in (plane["tmp"] / "docker-wrong.log").read_text()
+    assert denv.password not in (plane["tmp"] / "docker-wrong" / "docker-wrong.log").read_text()
 
     agent = _agent(plane, denv, "docker-fail", prefect_api_url)
     try:
@@ -269,17 +282,29 @@ def test_a_container_survives_an_agent_restart_and_leftovers_are_removed(
         container = _containers(denv, job.id)[0]
         container.reload()
         assert container.status == "running"
-        # A container of an attempt the control plane does not assign to this agent.
+        # Containers of an attempt the control plane does not assign to this agent, and one
+        # with labels no agent writes (it must not keep the agent from registering).
         stray = denv.client().containers.run(
             runtime_image,
             ["sleep", "600"],
             detach=True,
             network_mode="none",
             labels={
-                "brinell.job": "stray-job",
+                "brinell.job": STRAY,
                 "brinell.attempt": "1",
                 "brinell.agent": "docker-restart",
                 "brinell.grace-period": "1",
+            },
+        )
+        malformed = denv.client().containers.run(
+            runtime_image,
+            ["sleep", "600"],
+            detach=True,
+            network_mode="none",
+            labels={
+                "brinell.job": "not/a job",
+                "brinell.attempt": "x",
+                "brinell.agent": "docker-restart",
             },
         )
         time.sleep(2)  # lines printed while no agent reads them
@@ -297,7 +322,8 @@ def test_a_container_survives_an_agent_restart_and_leftovers_are_removed(
         sequences = [ln.sequence for ln in lines]
         assert sequences == sorted(set(sequences))
         assert any("re-attached to container" in ln.text for ln in lines)
-        _wait_for(lambda: _containers(denv, "stray-job") == [], 60, "the stray container to go")
+        _wait_for(lambda: _containers(denv, STRAY) == [], 60, "the stray container to go")
+        _wait_for(lambda: _gone(denv, malformed.id), 60, "the malformed container to go")
         del stray
         assert _containers(denv, job.id) == []
     finally:
