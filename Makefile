@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make proto` writes; tests/unit/test_generated.py points it elsewhere to compare.
 PROTO_OUT := proto
 
-.PHONY: setup demo test lint lint-proto proto bench clean wheelhouse images
+.PHONY: setup demo test lint lint-proto proto bench clean wheelhouse images up down
 
 setup: $(STAMP)
 
@@ -31,6 +31,7 @@ BUF_MAIN ?= .git\#$(shell git rev-parse -q --verify refs/heads/main >/dev/null &
 BUF_V1_BASE ?= $(shell git log --reverse --format=%H -- 'proto/brinell/v1/*.proto' | head -n 1)
 
 lint: setup lint-proto
+	$(BIN)/hadolint images/*/Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(PY) tools/typecheck.py
@@ -68,6 +69,16 @@ wheelhouse: setup
 	@$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(WHEELHOUSE)/brinell . \
 	  2>&1 | grep -v '^WARNING: Location' || true
 	@ls $(WHEELHOUSE)/brinell/brinell-*.whl >/dev/null
+
+# Every image, built offline (tools/images); `make up` also starts images/compose.yaml.
+images: setup
+	tools/images build
+
+up: setup
+	tools/images up
+
+down:
+	tools/images down
 
 bench: setup
 	$(PY) bench/dispatch.py
