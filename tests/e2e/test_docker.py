@@ -247,7 +247,7 @@ def test_clear_failures(
         wrong.stop()
     assert denv.password not in (plane["tmp"] / "docker-wrong" / "docker-wrong.log").read_text()
 
-    agent = _agent(plane, denv, "docker-fail", prefect_api_url)
+    agent = _agent(plane, denv, "docker-fail", prefect_api_url, "--keep-failed-containers")
     try:
         cases = {
             f"{denv.registry}/brinell/nothing-here:1": "no such image",
@@ -261,6 +261,11 @@ def test_clear_failures(
             assert expected in final.state_reason, (ref, final.state_reason)
             assert "Traceback" not in final.state_reason
         assert "not in image" in c.jobs.get(jobs[bare]).state_reason
+        # Asked to, the agent keeps a failed attempt's container for `docker logs`.
+        kept = _containers(denv, jobs[bare].id)
+        assert len(kept) == 1 and kept[0].status == "exited"
+        assert "python: not found" in kept[0].logs().decode()
+        kept[0].remove()
     finally:
         agent.stop()
 
