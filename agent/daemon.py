@@ -176,6 +176,8 @@ class Agent:
         """Runs until stop(); then drains attempts, delivers, closes, stops Prefect."""
         cfg = self.config
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        # What the previous run left running (containers) first: their workspaces are busy.
+        await self._recover()
         self._prune_workspaces()  # what earlier runs of the agent left
         log.info(
             "%s: starting (control plane %s, queues %s, slots %d, work dir %s, executor %s)",
@@ -190,7 +192,6 @@ class Agent:
         if self.prefect is not None:
             background.append(asyncio.create_task(self.prefect.supervise()))
         background.append(asyncio.create_task(self._flush_loop()))
-        await self._recover()
         connection = asyncio.create_task(self._connect_when_ready())
         try:
             await self._stop_requested.wait()

@@ -67,6 +67,8 @@ LABEL_AGENT = "brinell.agent"
 LABEL_TIMEOUT = "brinell.timeout"
 LABEL_GRACE = "brinell.grace-period"
 LABEL_DIGEST = "brinell.image-digest"
+# Appended to the name of a container kept after a failed attempt (--keep-failed-containers).
+KEPT_SUFFIX = "-failed"
 # After the container exited, how long to wait for the end of its log streams.
 _DRAIN_WAIT = 5.0
 # Extra seconds the engine gets to answer a stop beyond the grace period.
@@ -156,9 +158,6 @@ class DockerExecutor(Executor):
                 else docker.from_env(**kwargs)
             )
         self.client = client
-        self._auth = docker.auth.load_config(
-            config_path=str(settings.registry_auth) if settings.registry_auth else None
-        )
 
     # ------------------------------------------------------------------ checks
 
@@ -171,7 +170,10 @@ class DockerExecutor(Executor):
         return ""
 
     def _auth_for(self, ref: str) -> dict[str, str] | None:
-        found = docker.auth.resolve_authconfig(self._auth, images.registry(ref))
+        """The registry's credentials, read at each pull (a rotated password needs no restart)."""
+        path = self.settings.registry_auth
+        auth = docker.auth.load_config(config_path=str(path) if path else None)
+        found = docker.auth.resolve_authconfig(auth, images.registry(ref))
         if not found or not found.get("username"):
             return None
         return {"username": found["username"], "password": found.get("password", "")}
@@ -452,7 +454,11 @@ class DockerExecutor(Executor):
 
     async def _remove_after(self, container: Any, result: ExecutionResult | None) -> None:
         if self.settings.keep_failed and (result is None or result.outcome != Outcome.SUCCEEDED):
-            log.info("keeping container %s of a failed attempt", container.short_id)
+            # Renamed, so that an agent that restarts leaves it alone (recover skips it).
+            kept = f"{container.name}{KEPT_SUFFIX}"
+            with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+                await _in_thread(lambda: container.rename(kept))
+            log.info("keeping container %s (%s) of a failed attempt", kept, container.short_id)
             return
         with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
             await _in_thread(lambda: container.remove(force=True))
@@ -469,6 +475,8 @@ class DockerExecutor(Executor):
 
         found: list[Recovered] = []
         for container in await _in_thread(find):
+            if container.name.endswith(KEPT_SUFFIX):
+                continue  # a failed attempt's, kept for debugging
             labels = container.labels
             try:
                 job_id = labels.get(LABEL_JOB, "")

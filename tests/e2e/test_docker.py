@@ -264,6 +264,7 @@ def test_clear_failures(
         # Asked to, the agent keeps a failed attempt's container for `docker logs`.
         kept = _containers(denv, jobs[bare].id)
         assert len(kept) == 1 and kept[0].status == "exited"
+        assert kept[0].name == f"brinell-{jobs[bare].id}-1-failed"
         assert "python: not found" in kept[0].logs().decode()
         kept[0].remove()
     finally:
