@@ -266,6 +266,16 @@ def build_env(
     return env
 
 
+#: The attempt's supervisor (agent/supervise.py): kills the attempt's process group if the
+#: agent dies, even by SIGKILL.
+SUPERVISOR = Path(__file__).with_name("supervise.py")
+
+
+def supervised(*command: str) -> list[str]:
+    """``command`` under the supervisor, which passes its exit status on unchanged."""
+    return [sys.executable, "-I", str(SUPERVISOR), str(os.getpid()), *command]
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group.
 
@@ -342,9 +352,7 @@ class ProcessExecutor(Executor):
         system(f"running: {command}")
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.shell,
-                "-c",
-                command,
+                *supervised(self.shell, "-c", command),
                 cwd=spec.project_root,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,

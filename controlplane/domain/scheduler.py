@@ -300,12 +300,28 @@ class Scheduler:
         session = AgentSession(info, credential=credential)
         until = now + timedelta(seconds=self.config.lease_duration)
 
+        lost: list[Job] = []
+
         def reconcile(
             s: Session,
         ) -> tuple[list[AttemptRef], list[tuple[AttemptRef, str]], dict[Any, tuple[str, ...]]]:
             Agents.upsert(s, info)
             keep: list[AttemptRef] = []
             stale: list[tuple[AttemptRef, str]] = []
+            # What this agent held and no longer reports is gone (it restarted, or the
+            # assignment never reached it): requeued now instead of when the lease expires.
+            reported = {(r.job_id, r.attempt) for r in running}
+            for held in Attempts.active_for_agent(s, info.id):
+                if (held.job_id, held.attempt) in reported:
+                    continue
+                job = Jobs.get(s, held.job_id)
+                if job is None or job.attempt != held.attempt or not job.state.is_active:
+                    Attempts.set(s, held.job_id, held.attempt, active=False)
+                    continue
+                why = f"agent {info.id} came back without this attempt (it restarted)"
+                updated = self._requeue_or_fail(s, job, why)
+                if updated is not None:
+                    lost.append(updated)
             for ref in running:
                 job = Jobs.get(s, ref.job_id)
                 if (
@@ -330,6 +346,10 @@ class Scheduler:
             return keep, stale, Attempts.gpus(s, keep)
 
         keep, stale, gpus = await self.db.run(reconcile)
+        for job in lost:
+            log.warning("job %s: %s", job.id, job.state_reason)
+            self._release(job.id, job.attempt)
+            self._after_change(job)
         for r in keep:
             session.hold((r.job_id, r.attempt), gpus.get((r.job_id, r.attempt), ()))
         for ref, reason in stale:

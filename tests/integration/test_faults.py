@@ -1,0 +1,98 @@
+"""Faults the control plane must handle without losing or duplicating work (issue 10)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from brinell.v1 import job_pb2
+from brinell.v1 import job_service_pb2 as job_pb
+from tests.conftest import ServerThread, admin_channel, make_server, wait_until
+from tests.integration.test_api import setup_job_world, submit
+from tests.simagent import SimAgent
+
+S = job_pb2
+
+
+@pytest.fixture
+def long_lease(tmp_path: Path, database_url: str) -> Iterator[ServerThread]:
+    """A control plane whose leases outlast every test here: whatever requeues a job in
+    these tests, it is not the lease."""
+    srv = make_server(tmp_path, database_url=database_url, lease_duration=120.0)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def stubs(long_lease: ServerThread) -> Iterator[Any]:
+    from brinell.v1 import (
+        agent_service_pb2_grpc,
+        entry_point_service_pb2_grpc,
+        experiment_service_pb2_grpc,
+        job_service_pb2_grpc,
+    )
+
+    with admin_channel(long_lease.target) as channel:
+
+        class Stubs:
+            exp = experiment_service_pb2_grpc.ExperimentServiceStub(channel)
+            ep = entry_point_service_pb2_grpc.EntryPointServiceStub(channel)
+            job = job_service_pb2_grpc.JobServiceStub(channel)
+            agent = agent_service_pb2_grpc.AgentServiceStub(channel)
+
+        yield Stubs
+
+
+def _job(stubs: Any, name: str) -> job_pb2.Job:
+    return stubs.job.GetJob(job_pb.GetJobRequest(name=name)).job
+
+
+def test_an_agent_back_without_its_attempt_has_it_requeued_at_once(
+    stubs: Any, long_lease: ServerThread
+) -> None:
+    """Fix 4: a restarted agent that reports it runs nothing does not make its old attempt
+    wait out the lease (9-30 s measured) before it is requeued."""
+    setup_job_world(stubs)
+    job = submit(stubs, max_attempts=3)
+    first = SimAgent(long_lease.target, "restarts")
+    assert first.next("assignment").attempt == 1
+    first.update(job.name, 1, S.JOB_STATE_RUNNING)
+    wait_until(lambda: _job(stubs, job.name).state == S.JOB_STATE_RUNNING)
+    first.close()
+    started = time.monotonic()
+    # The agent's new incarnation: same id, nothing running.
+    again = SimAgent(long_lease.target, "restarts", running=[])
+    try:
+        second = again.next("assignment", timeout=10)
+        assert second.attempt == 2 and second.job.name == job.name
+        assert time.monotonic() - started < 10  # the lease is 120 s
+        requeued = _job(stubs, job.name)
+        assert requeued.attempt == 2
+        attempts = stubs.job.GetJob(job_pb.GetJobRequest(name=job.name)).job
+        assert attempts.state == S.JOB_STATE_ASSIGNED
+    finally:
+        again.close()
+
+
+def test_an_agent_back_with_its_attempt_keeps_it(stubs: Any, long_lease: ServerThread) -> None:
+    setup_job_world(stubs)
+    job = submit(stubs)
+    first = SimAgent(long_lease.target, "reconnects")
+    assert first.next("assignment").attempt == 1
+    first.update(job.name, 1, S.JOB_STATE_RUNNING)
+    wait_until(lambda: _job(stubs, job.name).state == S.JOB_STATE_RUNNING)
+    first.close()
+    again = SimAgent(long_lease.target, "reconnects", running=[(job.name, 1)])
+    try:
+        time.sleep(1.0)
+        kept = _job(stubs, job.name)
+        assert kept.state == S.JOB_STATE_RUNNING and kept.attempt == 1
+        again.update(job.name, 1, S.JOB_STATE_SUCCEEDED, exit_code=0)
+        done = wait_until(lambda: (j := _job(stubs, job.name)).state == S.JOB_STATE_SUCCEEDED and j)
+        assert done.attempt == 1
+    finally:
+        again.close()
