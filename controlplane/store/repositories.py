@@ -96,9 +96,11 @@ _LOG_SEEN = select(L.c.sequence).where(
     L.c.attempt == bindparam("attempt"),
     L.c.sequence.in_(bindparam("seqs", expanding=True)),
 )
+# Fenced like attempt updates: the lines of an attempt the job has moved past (requeued
+# while its agent was frozen or cut off) match no row and are not stored.
 _LOG_COUNT = (
     update(J)
-    .where(J.c.id == bindparam("w_id"))
+    .where(J.c.id == bindparam("w_id"), J.c.attempt == bindparam("w_attempt"))
     .values(log_count=J.c.log_count + bindparam("n"))
     .returning(J.c.log_count)
 )
@@ -624,7 +626,7 @@ class Logs:
         """Stores (sequence, stream, text, time) lines not seen before; returns how many.
 
         Agents replay unacknowledged lines after a reconnect, so duplicates are expected and
-        dropped by (job, attempt, sequence).
+        dropped by (job, attempt, sequence). Lines of a superseded attempt are dropped too.
         """
         if not lines:
             return 0
@@ -642,7 +644,9 @@ class Logs:
                 fresh.append(ln)
         if not fresh:
             return 0
-        base = conn.execute(_LOG_COUNT, {"w_id": job_id, "n": len(fresh)}).scalar()
+        base = conn.execute(
+            _LOG_COUNT, {"w_id": job_id, "w_attempt": attempt, "n": len(fresh)}
+        ).scalar()
         if base is None:
             return 0
         start = base - len(fresh)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from brinell.v1 import job_pb2
+from brinell.v1 import (
+    agent_service_pb2_grpc,
+    entry_point_service_pb2_grpc,
+    experiment_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2_grpc,
+)
 from brinell.v1 import job_service_pb2 as job_pb
 from tests.conftest import ServerThread, admin_channel, make_server, wait_until
 from tests.integration.test_api import setup_job_world, submit
@@ -27,16 +34,9 @@ def long_lease(tmp_path: Path, database_url: str) -> Iterator[ServerThread]:
     srv.stop()
 
 
-@pytest.fixture
-def stubs(long_lease: ServerThread) -> Iterator[Any]:
-    from brinell.v1 import (
-        agent_service_pb2_grpc,
-        entry_point_service_pb2_grpc,
-        experiment_service_pb2_grpc,
-        job_service_pb2_grpc,
-    )
-
-    with admin_channel(long_lease.target) as channel:
+@contextlib.contextmanager
+def _stubs(target: str) -> Iterator[Any]:
+    with admin_channel(target) as channel:
 
         class Stubs:
             exp = experiment_service_pb2_grpc.ExperimentServiceStub(channel)
@@ -45,6 +45,12 @@ def stubs(long_lease: ServerThread) -> Iterator[Any]:
             agent = agent_service_pb2_grpc.AgentServiceStub(channel)
 
         yield Stubs
+
+
+@pytest.fixture
+def stubs(long_lease: ServerThread) -> Iterator[Any]:
+    with _stubs(long_lease.target) as found:
+        yield found
 
 
 def _job(stubs: Any, name: str) -> job_pb2.Job:
@@ -96,3 +102,35 @@ def test_an_agent_back_with_its_attempt_keeps_it(stubs: Any, long_lease: ServerT
         assert done.attempt == 1
     finally:
         again.close()
+
+
+def _lines(stubs: Any, name: str) -> list[tuple[int, str]]:
+    request = job_pb.StreamJobLogsRequest(name=name)
+    return [(ln.attempt, ln.text) for r in stubs.job.StreamJobLogs(request) for ln in r.lines]
+
+
+def test_a_superseded_attempt_writes_no_more_lines(tmp_path: Path, database_url: str) -> None:
+    """Fix 3: 152 lines of a superseded attempt 1 were stored after attempt 2's began (an
+    agent frozen past its lease keeps its stream and writes on when it thaws)."""
+    srv = make_server(tmp_path, database_url=database_url)  # a 3 s lease
+    frozen = healthy = None
+    try:
+        with _stubs(srv.target) as stubs:
+            setup_job_world(stubs)
+            job = submit(stubs, max_attempts=3)
+            frozen = SimAgent(srv.target, "frozen")
+            assert frozen.next("assignment").attempt == 1
+            frozen.logs(job.name, 1, [(1, "one: before the requeue")])
+            frozen.next("log_ack")
+            # No heartbeats: the lease expires and the job moves on to attempt 2.
+            healthy = SimAgent(srv.target, "healthy", queues=["default"])
+            wait_until(lambda: _job(stubs, job.name).attempt == 2, timeout=30)
+            # The frozen agent thaws and writes on for attempt 1, on the same stream.
+            frozen.logs(job.name, 1, [(2, "one: late"), (3, "one: later")])
+            time.sleep(1.0)
+            assert [t for a, t in _lines(stubs, job.name) if a == 1] == ["one: before the requeue"]
+    finally:
+        for agent in (frozen, healthy):
+            if agent is not None:
+                agent.close()
+        srv.stop()
