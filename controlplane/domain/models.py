@@ -165,6 +165,8 @@ class QueuedJob:
     selector: dict[str, str]
     attempt: int
     resources: Resources = Resources()
+    # The agent of its last attempt ("" before the first): a requeued job prefers another.
+    last_agent: str = ""
 
 
 # LogStream values of brinell.v1 that the store counts by.

@@ -128,6 +128,9 @@ class AgentSession:
     # The attempts it runs, each with the UUIDs of the GPUs it holds.
     running: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
     draining: bool = False
+    # Its lease expired while its stream stayed open (the agent froze, or the network did):
+    # it gets no work until a heartbeat proves it alive again.
+    suspect: bool = False
     # The token the session authenticated with ("" for a certificate): a reconnect with the
     # same credential replaces this session, any other credential is refused.
     credential: str = ""
@@ -152,7 +155,9 @@ class AgentSession:
 
     @property
     def free(self) -> int:
-        return 0 if self.draining else self.info.capacity.slots - len(self.running)
+        if self.draining or self.suspect:
+            return 0
+        return self.info.capacity.slots - len(self.running)
 
     def accepts(self, job: Job | QueuedJob) -> bool:
         return job.queue in self.info.queues and all(
@@ -388,6 +393,10 @@ class Scheduler:
 
     async def heartbeat(self, session: AgentSession, running: Sequence[AttemptRef]) -> None:
         now = utcnow()
+        if session.suspect:
+            log.info("agent %s is alive again (a heartbeat after its lease expired)", session.id)
+            session.suspect = False
+            self.wake()
         known = [r for r in running if (r.job_id, r.attempt) in session.running]
         for r in running:
             if (r.job_id, r.attempt) not in session.running:
@@ -521,7 +530,13 @@ class Scheduler:
             for job in candidates:
                 target: AgentSession | None = None
                 gpus: tuple[str, ...] = ()
-                for x in by_queue.get(job.queue, ()):
+                agents = by_queue.get(job.queue, ())
+                if job.last_agent:
+                    # Requeued: its last agent only when no other can take it.
+                    agents = [x for x in agents if x.id != job.last_agent] + [
+                        x for x in agents if x.id == job.last_agent
+                    ]
+                for x in agents:
                     if slots[x.id] <= 0 or not x.accepts(job):
                         continue
                     placed = x.place(job.resources, taken.get(x.id, frozenset()))
@@ -786,9 +801,19 @@ class Scheduler:
                 updated = self._requeue_or_fail(s, job, why)
                 if updated is not None:
                     changed.append(updated)
+                    silent.add(agent_id)
             return changed
 
+        silent: set[str] = set()
+
         changed = await self.db.run(apply)
+        for agent_id in silent:
+            session = self.sessions.get(agent_id)
+            if session is not None and not session.suspect:
+                log.warning(
+                    "agent %s: lease expired on a live stream; no work until it beats", agent_id
+                )
+                session.suspect = True
         for job in changed:
             log.warning("job %s: %s", job.id, job.state_reason)
             self._release(job.id, job.attempt)

@@ -72,7 +72,7 @@ def _job_cas(guards: tuple[str, ...], head: bool = False) -> Update:
 
 
 _QUEUED = (
-    select(J.c.id, J.c.queue, J.c.selector, J.c.attempt, J.c.resources)
+    select(J.c.id, J.c.queue, J.c.selector, J.c.attempt, J.c.resources, J.c.agent_id)
     .where(J.c.state == JobState.QUEUED.value, J.c.queue.in_(bindparam("queues", expanding=True)))
     .order_by(J.c.seq)
     .limit(bindparam("limit"))
@@ -475,7 +475,14 @@ class Jobs:
         """The oldest queued jobs: only what placement needs (the claim returns the rest)."""
         rows = s.connection().execute(_QUEUED, {"queues": list(queues), "limit": limit})
         return [
-            m.QueuedJob(r.id, r.queue, r.selector, r.attempt, m.Resources.from_dict(r.resources))
+            m.QueuedJob(
+                r.id,
+                r.queue,
+                r.selector,
+                r.attempt,
+                m.Resources.from_dict(r.resources),
+                r.agent_id or "",
+            )
             for r in rows
         ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,42 @@ def test_a_superseded_attempt_writes_no_more_lines(tmp_path: Path, database_url:
             frozen.logs(job.name, 1, [(2, "one: late"), (3, "one: later")])
             time.sleep(1.0)
             assert [t for a, t in _lines(stubs, job.name) if a == 1] == ["one: before the requeue"]
+    finally:
+        for agent in (frozen, healthy):
+            if agent is not None:
+                agent.close()
+        srv.stop()
+
+
+def test_a_frozen_agent_gets_no_work_until_it_beats_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Fix 1: an agent stopped with SIGSTOP keeps its TCP connection; its requeued job went
+    back to it, twice, until the job FAILED while a healthy agent sat idle."""
+    srv = make_server(tmp_path, database_url=database_url)  # a 3 s lease
+    frozen = healthy = None
+    try:
+        with _stubs(srv.target) as stubs:
+            setup_job_world(stubs)
+            job = submit(stubs, max_attempts=3)
+            frozen = SimAgent(srv.target, "frozen")
+            assert frozen.next("assignment").attempt == 1
+            healthy = SimAgent(srv.target, "healthy")
+            # The frozen agent says nothing; its lease expires.
+            second = healthy.next("assignment", timeout=30)
+            assert (second.job.name, second.attempt) == (job.name, 2)
+            assert _job(stubs, job.name).agent == "agents/healthy"
+            # More work while the frozen agent is silent: it waits for the busy healthy one.
+            other = submit(stubs)
+            with pytest.raises(queue.Empty):
+                frozen.next("assignment", timeout=2)
+            assert _job(stubs, other.name).state == S.JOB_STATE_QUEUED
+            # A heartbeat after the expiry: alive again, and its stale attempt is cancelled.
+            frozen.heartbeat([(job.name, 1)])
+            cancel = frozen.next("cancel", timeout=10)
+            assert (cancel.job, cancel.attempt) == (job.name, 1)
+            third = frozen.next("assignment", timeout=10)
+            assert third.job.name == other.name
     finally:
         for agent in (frozen, healthy):
             if agent is not None:
