@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -41,11 +42,9 @@ from brinell.v1 import (
 from .credentials import TLS, open_channel, resolve_token, tls_from
 from .errors import (
     AlreadyExistsError,
-    BrinellError,
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
-    UnavailableError,
     from_rpc_error,
 )
 from .pack import default_id, is_archive, pack_directory, sha256_hex
@@ -61,7 +60,9 @@ CHUNK_SIZE = 1 << 20
 #: An upload's deadline grows with its size: at least this many bytes per second.
 _UPLOAD_MIN_RATE = 1 << 20
 #: Reconnects of a dropped watch/logs stream before giving up (each after a growing pause).
-_STREAM_RETRIES = 5
+# A watch or follow reopens its stream on these, however long the outage: the control plane
+# restarting (UNAVAILABLE), or a connection it dropped mid-stream on shutdown.
+_RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 _T = TypeVar("_T")
 _Req = TypeVar("_Req", contravariant=True)
@@ -171,6 +172,34 @@ def _pages(fetch: Callable[[str], tuple[list[_T], str]]) -> Iterator[_T]:
             return
 
 
+_IDEMPOTENT = {
+    f"/{service}/{method}" for service, methods in _RETRIED_METHODS.items() for method in methods
+}
+
+
+def _path(method: object) -> str:
+    """The full method name of a stub's callable (`/pkg.Service/Method`)."""
+    raw = getattr(method, "_method", b"")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+# UNAVAILABLE that waiting does not cure: a wrong CA or certificate, a name that does not
+# resolve. Reported at once instead of after the client's whole timeout.
+_HOPELESS = ("ssl", "handshake", "certificate", "dns resolution failed")
+
+
+def _misconfigured(err: grpc.RpcError) -> bool:
+    details = getattr(err, "details", None)
+    text = (details() if callable(details) else "") or ""
+    return any(word in text.lower() for word in _HOPELESS)
+
+
+def _pause(failures: int) -> float:
+    """Backoff between attempts to reopen a stream: 0.5 s doubling to 5 s, jittered."""
+    base: float = min(0.25 * 2.0**failures, 5.0)
+    return base * random.uniform(0.8, 1.2)
+
+
 def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
     code = getattr(err, "code", None)
     return code() if callable(code) else None
@@ -183,10 +212,23 @@ class _Service:
     def _unary(
         self, method: _Callable[_Req, _Resp], request: _Req, timeout: float | None = None
     ) -> _Resp:
-        try:
-            return method(request, timeout=self._client.timeout if timeout is None else timeout)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+        """One call within the client's timeout. An idempotent one (see _RETRIED_METHODS)
+        that finds the control plane UNAVAILABLE is tried again, with backoff, for as long as
+        that timeout lasts: a restart of a few seconds goes unnoticed (gRPC's own retries
+        stop after 5 attempts, about 1.5 s)."""
+        budget = self._client.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        retry = _path(method) in _IDEMPOTENT
+        pause = 0.25
+        while True:
+            try:
+                return method(request, timeout=max(deadline - time.monotonic(), 0.001))
+            except grpc.RpcError as err:
+                unavailable = _code(err) == grpc.StatusCode.UNAVAILABLE and not _misconfigured(err)
+                if not (retry and unavailable) or deadline - time.monotonic() < pause:
+                    raise from_rpc_error(err) from err
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 class Experiments(_Service):
@@ -476,15 +518,15 @@ class Jobs(_Service):
     def watch(self, job: str | Job, *, timeout: float | None = None) -> Iterator[Job]:
         """Yields the job now and after every change; ends after a final state.
 
-        A dropped stream is reopened (the server starts again with the current state, so
-        nothing is missed; repeats are skipped). ``timeout`` (seconds) bounds the whole watch
-        and raises ``DeadlineExceededError`` when it runs out.
+        A dropped stream is reopened, for as long as the control plane stays away (the
+        server starts again with the current state, so nothing is missed; repeats are
+        skipped). ``timeout`` (seconds) bounds the whole watch and raises
+        ``DeadlineExceededError`` when it runs out.
         """
         name = _name(job, "jobs", "job")
         deadline = None if timeout is None else time.monotonic() + timeout
         last: Job | None = None
         failures = 0
-        failure: BrinellError
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -501,20 +543,17 @@ class Jobs(_Service):
                         yield current
                 if last is not None and last.is_final:
                     return
-                failure = UnavailableError(f"{name}: the watch ended before the job did")
+                # The server ended the stream before the job ended (it is shutting down).
             except grpc.RpcError as err:
                 code = _code(err)
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
                     raise _watch_timeout(name, timeout, last) from err
-                if code != grpc.StatusCode.UNAVAILABLE:
+                if code not in _RESUMABLE:
                     raise from_rpc_error(err) from err
-                failure = from_rpc_error(err)
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]  # unannotated in types-grpcio
             failures += 1
-            if failures > _STREAM_RETRIES:
-                raise failure
-            pause = min(0.25 * 2**failures, 5.0)
+            pause = _pause(failures)
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             time.sleep(pause)
@@ -531,23 +570,33 @@ class Jobs(_Service):
         return last if last is not None else self.get(job)
 
     def logs(
-        self, job: str | Job, follow: bool = False, start_offset: int = 0, attempt: int = 0
+        self,
+        job: str | Job,
+        follow: bool = False,
+        start_offset: int = 0,
+        attempt: int = 0,
+        timeout: float | None = None,
     ) -> Iterator[LogLine]:
         """Yields the job's log lines from ``start_offset``, one by one (with ``attempt``, only
         that attempt's lines; each line says its attempt).
 
         With ``follow``, keeps yielding new lines until the job has ended and every line was
         sent. A dropped stream is resumed after the last line received, so no line is lost or
-        repeated.
+        repeated, for as long as the control plane stays away; ``timeout`` (seconds) bounds
+        the whole read and raises ``DeadlineExceededError`` when it runs out.
         """
         name = _name(job, "jobs", "job")
+        deadline = None if timeout is None else time.monotonic() + timeout
         next_offset = start_offset
         failures = 0
         while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError(f"{name}: its log did not end within {timeout:g} s")
             request = job_service_pb2.StreamJobLogsRequest(
                 name=name, start_offset=next_offset, follow=follow, attempt=attempt
             )
-            call = self._stub.StreamJobLogs(request)
+            call = self._stub.StreamJobLogs(request, timeout=remaining)
             try:
                 for response in call:
                     failures = 0
@@ -559,12 +608,20 @@ class Jobs(_Service):
                         yield line
                 return
             except grpc.RpcError as err:
-                if _code(err) != grpc.StatusCode.UNAVAILABLE or failures >= _STREAM_RETRIES:
+                code = _code(err)
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
+                    raise DeadlineExceededError(
+                        f"{name}: its log did not end within {timeout:g} s"
+                    ) from err
+                if code not in _RESUMABLE:
                     raise from_rpc_error(err) from err
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]  # unannotated in types-grpcio
             failures += 1
-            time.sleep(min(0.25 * 2**failures, 5.0))
+            pause = _pause(failures)
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(pause)
 
 
 def _watch_timeout(name: str, timeout: float | None, last: Job | None) -> DeadlineExceededError:

@@ -4,10 +4,12 @@ the job still succeeds exactly once."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Any
 
-from brinell import Client, JobState
+from brinell import Client, JobState, LogStream
+from tests.conftest import start_server
 from tests.e2e.conftest import start_agent, wait_connected
 from tests.e2e.test_jobs import alive, pids
 
@@ -60,3 +62,88 @@ def test_a_killed_agent_takes_its_job_with_it_and_the_job_succeeds_once(
         assert [ln.attempt for ln in done] == [2]
     finally:
         other.stop()
+
+
+TICKER = """\
+name: ticker
+entry_points:
+  main:
+    parameters:
+      n: {type: int, default: 10}
+    command: "python ticker.py {n}"
+"""
+TICKER_PY = """\
+import sys, time
+for i in range(int(sys.argv[1])):
+    print(f"tick {i}", flush=True)
+    time.sleep(0.25)
+"""
+
+
+def test_followers_and_watchers_ride_out_a_control_plane_restart(
+    cluster: dict[str, Any],
+) -> None:
+    """Fix 5: with 23 s of downtime, 3/3 log followers and 3/3 watchers raised
+    UnavailableError (the SDK gave up after about 12 s)."""
+    c: Client = cluster["client"]
+    project = cluster["tmp"] / "ticker"
+    project.mkdir()
+    (project / "MLproject").write_text(TICKER)
+    (project / "ticker.py").write_text(TICKER_PY)
+    c.experiments.create("outage")
+    ep, _ = c.entry_points.push(project)
+    n = 120
+    job = c.jobs.submit("outage", ep, {"n": n})
+    target = cluster["target"]
+    results: dict[str, Any] = {}
+
+    def follow(key: str) -> None:
+        with Client(target, timeout=30) as mine:
+            try:
+                results[key] = list(mine.jobs.logs(job, follow=True, timeout=300))
+            except Exception as exc:  # the assertion below shows it
+                results[key] = exc
+
+    def watch(key: str) -> None:
+        with Client(target, timeout=30) as mine:
+            try:
+                results[key] = mine.jobs.wait(job, timeout=300)
+            except Exception as exc:
+                results[key] = exc
+
+    while not any(ln.text == "tick 2" for ln in c.jobs.logs(job)):
+        time.sleep(0.1)
+    threads = [threading.Thread(target=follow, args=(f"follow{i}",)) for i in range(2)]
+    threads += [threading.Thread(target=watch, args=(f"watch{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    cluster["server"].stop(signal.SIGKILL)
+
+    def get() -> None:
+        # A one-shot call during the outage: retried for as long as the client's timeout.
+        with Client(target, timeout=40) as mine:
+            try:
+                results["get"] = mine.jobs.get(job)
+            except Exception as exc:
+                results["get"] = exc
+
+    threads.append(threading.Thread(target=get))
+    threads[-1].start()
+    time.sleep(20)  # longer than the old SDK's retries lasted
+    server, _ = start_server(cluster["data"], port=int(target.rsplit(":", 1)[1]))
+    cluster["server"] = server
+    for thread in threads:
+        thread.join(300)
+    assert not isinstance(results["get"], Exception), results["get"]
+    assert results["get"].id == job.id
+    for key in ("watch0", "watch1"):
+        assert not isinstance(results[key], Exception), results[key]
+        assert results[key].state == JobState.SUCCEEDED, results[key].state_reason
+    for key in ("follow0", "follow1"):
+        lines = results[key]
+        assert not isinstance(lines, Exception), lines
+        ticks = [ln.text for ln in lines if ln.stream == LogStream.STDOUT]
+        assert ticks == [f"tick {i}" for i in range(n)]
+        offsets = [ln.offset for ln in lines]
+        assert offsets == list(range(len(lines)))
