@@ -602,6 +602,7 @@ def _show_job(j: Job) -> None:
         ("agent", j.agent or "-"),
         ("timeout", _seconds(j.timeout)),
         ("resources", _resources(j.resources)),
+        ("priority", str(j.priority)),
     ]
     if j.image or j.image_digest:
         rows.append(("image", j.image or "(the queue's default)"))
@@ -762,6 +763,9 @@ def job_submit(
         str | None,
         typer.Option(help="Container image (docker executor), over MLproject docker_env.image."),
     ] = None,
+    priority: Annotated[
+        int, typer.Option(help="Higher runs first (-1000 to 1000); FIFO within a priority.")
+    ] = 0,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Follow state and logs until it ends.")
     ] = False,
@@ -783,6 +787,7 @@ def job_submit(
         plugin_versions=_kv(plugin, "--plugin"),
         resources=Resources(cpus, _bytes(memory, "--memory") if memory else 0, gpus, gpu_model),
         image=image,
+        priority=priority,
     )
     if not watch:
         if as_json:

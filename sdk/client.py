@@ -452,6 +452,7 @@ class Jobs(_Service):
         plugin_versions: Mapping[str, str] | None = None,
         resources: Resources | None = None,
         image: str | None = None,
+        priority: int = 0,
     ) -> Job:
         """Submits a job; parameter values are sent as strings (bools as ``true``/``false``).
 
@@ -463,6 +464,7 @@ class Jobs(_Service):
         plugin not named runs at its latest version as of this submit (see ``Job.plugins``).
         ``resources`` asks for CPUs, memory and GPUs (see ``Resources``); ``image`` overrides
         the MLproject's ``docker_env.image`` for agents with the docker executor.
+        ``priority`` (-1000 to 1000): higher runs first, first come first served within one.
         """
         request = job_service_pb2.SubmitJobRequest(
             experiment=_name(experiment, "experiments", "experiment"),
@@ -478,6 +480,7 @@ class Jobs(_Service):
                 _id(k, "plugins", "plugin"): str(v) for k, v in (plugin_versions or {}).items()
             },
             image=image or "",
+            priority=priority,
         )
         if resources is not None:
             r = request.resources

@@ -325,6 +325,8 @@ class Job:
     resources: Resources = field(default_factory=lambda: Resources())
     #: The container image asked for (submit, else the MLproject's ``docker_env.image``).
     image: str = ""
+    #: Higher runs first (FIFO within a priority).
+    priority: int = 0
     #: The image the current or last attempt ran in (``repository@sha256:…``).
     image_digest: str = ""
     #: UUIDs of the GPUs the current or last attempt holds.
@@ -380,6 +382,7 @@ class Job:
             image=str(msg.image),
             image_digest=str(msg.image_digest),
             gpu_uuids=tuple(str(u) for u in msg.gpu_uuids),
+            priority=int(msg.priority),
         )
 
 

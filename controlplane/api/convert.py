@@ -148,6 +148,7 @@ def job(j: m.Job) -> job_pb2.Job:
         image=j.image,
         image_digest=j.image_digest,
         gpu_uuids=j.gpu_uuids,
+        priority=j.priority,
     )
 
 

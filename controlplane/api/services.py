@@ -208,6 +208,7 @@ class JobServicer(job_grpc.JobServiceServicer):
                 creator=current().name,
                 resources=convert.resources_from(request.resources),
                 image=request.image,
+                priority=request.priority,
             ),
             current(),
         )

@@ -43,6 +43,7 @@ MAX_PLUGIN_VERSIONS = 64
 MAX_CPUS = 4096
 MAX_MEMORY_BYTES = 1 << 50
 MAX_GPUS = 64
+MAX_PRIORITY = 1000
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,14 @@ class SubmitSpec:
     resources: Resources = Resources()
     # Overrides the MLproject's docker_env.image.
     image: str = ""
+    priority: int = 0
 
     def fingerprint(self) -> str:
         """What makes two submits with one request_id "the same request"."""
         data = {k: v for k, v in vars(self).items() if k not in ("request_id", "resources")}
         data["resources"] = self.resources.to_dict()
+        if not self.priority:
+            del data["priority"]  # as before priorities existed: old request ids still match
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -156,6 +160,10 @@ class JobManager:
                 ("max_attempts", f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
             )
         problems += _resource_problems(spec.resources)
+        if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
+            problems.append(
+                ("priority", f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+            )
         if spec.image and (problem := images.reference_problem(spec.image)):
             problems.append(("image", problem))
         if len(spec.request_id) > 128:
@@ -374,6 +382,7 @@ class JobManager:
             creator=spec.creator,
             resources=spec.resources,
             image=checked.image,
+            priority=spec.priority,
         )
 
     @staticmethod

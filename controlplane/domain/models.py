@@ -143,6 +143,7 @@ class Job:
     # Of the current or last attempt.
     image_digest: str = ""
     gpu_uuids: tuple[str, ...] = ()
+    priority: int = 0
 
 
 @dataclass(frozen=True)

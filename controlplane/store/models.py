@@ -92,6 +92,8 @@ class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_state_queue_seq", "state", "queue", "seq"),
+        # The dispatcher's order: highest priority first, oldest first within one.
+        Index("ix_jobs_state_queue_priority_seq", "state", "queue", "priority", "seq"),
         Index("ix_jobs_experiment_seq", "experiment_id", "seq"),
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -122,6 +124,7 @@ class JobRow(Base):
     # {"cpus", "memory_bytes", "gpus", "gpu_model"}; {} asks for nothing in particular.
     resources: Mapped[dict[str, Any]] = mapped_column(default=dict)
     image: Mapped[str] = mapped_column(String(512), default="")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
     # Of the current or last attempt.
     image_digest: Mapped[str] = mapped_column(String(600), default="")
     gpu_uuids: Mapped[list[Any]] = mapped_column(default=list)

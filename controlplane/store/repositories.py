@@ -74,7 +74,7 @@ def _job_cas(guards: tuple[str, ...], head: bool = False) -> Update:
 _QUEUED = (
     select(J.c.id, J.c.queue, J.c.selector, J.c.attempt, J.c.resources, J.c.agent_id)
     .where(J.c.state == JobState.QUEUED.value, J.c.queue.in_(bindparam("queues", expanding=True)))
-    .order_by(J.c.seq)
+    .order_by(J.c.priority.desc(), J.c.seq)
     .limit(bindparam("limit"))
 )
 _WAITING = select(J.c.id, J.c.queue, J.c.selector, J.c.state_reason, J.c.resources).where(
@@ -171,6 +171,7 @@ def _job(r: Row[Any] | JobRow) -> m.Job:
         image=r.image,
         image_digest=r.image_digest,
         gpu_uuids=tuple(r.gpu_uuids),
+        priority=r.priority,
     )
 
 
@@ -394,6 +395,7 @@ class Jobs:
                 ],
                 resources=job.resources.to_dict(),
                 image=job.image,
+                priority=job.priority,
                 image_digest="",
                 gpu_uuids=[],
                 create_time=job.create_time,

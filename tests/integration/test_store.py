@@ -98,7 +98,13 @@ def test_compare_and_set_and_log_dedup(database_url: str) -> None:
         t = utcnow()
         assert Logs.append(s, "0000000000000001", 1, [(1, 1, "a", t), (2, 1, "b", t)]) == 2
         assert Logs.append(s, "0000000000000001", 1, [(2, 1, "b", t), (3, 2, "c", t)]) == 1
+        # Lines are fenced by the job's attempt: none for one it has not reached ...
+        assert Logs.append(s, "0000000000000001", 2, [(1, 1, "early", t)]) == 0
+        requeued = {"state": "ASSIGNED", "attempt": 2}
+        assert Jobs.compare_and_set(s, "0000000000000001", [JobState.ASSIGNED], requeued)
         assert Logs.append(s, "0000000000000001", 2, [(1, 1, "retry", t)]) == 1
+        # ... nor for one it has moved past.
+        assert Logs.append(s, "0000000000000001", 1, [(4, 1, "stale", t)]) == 0
     with db.session() as s:
         lines = Logs.read(s, "0000000000000001", 0, 10)
         assert [(ln.offset, ln.attempt, ln.sequence, ln.text) for ln in lines] == [

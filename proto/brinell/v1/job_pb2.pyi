@@ -155,6 +155,7 @@ class Job(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     GPU_UUIDS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job_id}`. Output only."""
     experiment: _builtins.str
@@ -191,6 +192,8 @@ class Job(_message.Message):
     """The image the current or last attempt ran in, as `repository@sha256:<hex>`, recorded by
     a docker executor when it started the container. Output only.
     """
+    priority: _builtins.int
+    """Higher runs first; first come, first served within a priority. Default 0."""
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The parameters, defaults filled in. Values are strings, validated against their types."""
@@ -253,10 +256,11 @@ class Job(_message.Message):
         image: _builtins.str = ...,
         image_digest: _builtins.str = ...,
         gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "resources", b"resources", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "gpu_uuids", b"gpu_uuids", "image", b"image", "image_digest", b"image_digest", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "queue", b"queue", "resources", b"resources", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "gpu_uuids", b"gpu_uuids", "image", b"image", "image_digest", b"image_digest", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "priority", b"priority", "queue", b"queue", "resources", b"resources", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

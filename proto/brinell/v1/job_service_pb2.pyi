@@ -97,6 +97,7 @@ class SubmitJobRequest(_message.Message):
     PLUGIN_VERSIONS_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """`experiments/{experiment_id}`."""
     entry_point: _builtins.str
@@ -115,6 +116,8 @@ class SubmitJobRequest(_message.Message):
     """A container image for the docker executor, overriding the MLproject's
     `docker_env.image` (`registry:port/repository:tag` or `…@sha256:<hex>`).
     """
+    priority: _builtins.int
+    """Higher runs first (-1000 to 1000; default 0); FIFO within a priority."""
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Parameter values, as strings."""
@@ -154,10 +157,11 @@ class SubmitJobRequest(_message.Message):
         plugin_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         resources: _job_pb2.Resources | None = ...,
         image: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "image", b"image", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "queue", b"queue", "request_id", b"request_id", "resources", b"resources", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "image", b"image", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "priority", b"priority", "queue", b"queue", "request_id", b"request_id", "resources", b"resources", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
