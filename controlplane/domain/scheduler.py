@@ -238,6 +238,10 @@ class Scheduler:
         self._explain = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        # How long past a job's run-time limit the control plane waits for its agent to
+        # report the end before ending it itself: the agent's grace period and a couple of
+        # heartbeats for the report to arrive.
+        self._timeout_slack = config.grace_period + 2 * config.heartbeat_interval + 5.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -806,7 +810,44 @@ class Scheduler:
 
         silent: set[str] = set()
 
+        def overdue(s: Session) -> list[Job]:
+            # The agent enforces a job's run-time limit; this catches an agent that beats
+            # but never reports the end (a process stuck in the kernel, an agent bug).
+            now = utcnow()
+            ended = []
+            for job_id, number in Jobs.running_past(s, now, self._timeout_slack):
+                job = Jobs.get(s, job_id)
+                if job is None:
+                    continue
+                why = (
+                    f"timed out after {job.timeout_s:g}s (ended by the control plane: agent "
+                    f"{job.agent_id} did not report the end within "
+                    f"{self._timeout_slack:g} s more)"
+                )
+                done = Jobs.compare_and_set(
+                    s,
+                    job_id,
+                    [JobState.RUNNING],
+                    {"state": JobState.TIMED_OUT.value, "end_time": now, "state_reason": why},
+                    attempt=number,
+                )
+                if done is not None:
+                    ends = {"state": "TIMED_OUT", "active": False, "end_time": now}
+                    Attempts.set(s, job_id, number, message=why, **ends)
+                    ended.append(done)
+            return ended
+
         changed = await self.db.run(apply)
+        for job in await self.db.run(overdue):
+            log.warning("job %s: %s", job.id, job.state_reason)
+            session = self.sessions.get(job.agent_id)
+            if session is not None:
+                session.outbox.put_nowait(
+                    Cancel(job.id, job.attempt, job.state_reason, self.config.grace_period)
+                )
+            self._release(job.id, job.attempt)
+            self._after_change(job)
+            changed.append(job)
         for agent_id in silent:
             session = self.sessions.get(agent_id)
             if session is not None and not session.suspect:

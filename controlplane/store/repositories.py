@@ -473,6 +473,26 @@ class Jobs:
         return changed
 
     @staticmethod
+    def running_past(s: Session, now: datetime, slack: float) -> list[tuple[str, int]]:
+        """(id, attempt) of running jobs whose run-time limit, plus ``slack`` seconds, has
+        passed. Running jobs are bounded by the agents' slots, so the filter is in Python
+        (date arithmetic differs between SQLite and PostgreSQL)."""
+        rows = s.execute(
+            select(JobRow.id, JobRow.attempt, JobRow.start_time, JobRow.timeout_s).where(
+                JobRow.state == JobState.RUNNING.value, JobRow.timeout_s > 0
+            )
+        ).all()
+        found = []
+        for job_id, attempt, started, timeout_s in rows:
+            if started is None:
+                continue
+            if started.tzinfo is None:  # SQLite hands back naive UTC
+                started = started.replace(tzinfo=now.tzinfo)
+            if (now - started).total_seconds() > timeout_s + slack:
+                found.append((job_id, attempt))
+        return found
+
+    @staticmethod
     def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.QueuedJob]:
         """The oldest queued jobs: only what placement needs (the claim returns the rest)."""
         rows = s.connection().execute(_QUEUED, {"queues": list(queues), "limit": limit})

@@ -171,3 +171,33 @@ def test_a_frozen_agent_gets_no_work_until_it_beats_again(
             if agent is not None:
                 agent.close()
         srv.stop()
+
+
+def test_the_control_plane_ends_a_job_past_its_limit_that_its_agent_never_reports(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Run-time limits are enforced by the control plane as well: an agent that heartbeats
+    but never reports the end (a stuck process, an agent bug) does not hold the job forever."""
+    srv = make_server(tmp_path, database_url=database_url)  # grace 2 s, heartbeat 0.5 s
+    agent = None
+    try:
+        with _stubs(srv.target) as stubs:
+            setup_job_world(stubs)
+            request = {"timeout": {"seconds": 1}}
+            job = submit(stubs, **request)
+            agent = SimAgent(srv.target, "stuck")
+            a = agent.next("assignment")
+            agent.update(job.name, a.attempt, S.JOB_STATE_RUNNING)
+            deadline = time.monotonic() + 30
+            while _job(stubs, job.name).state != S.JOB_STATE_TIMED_OUT:
+                assert time.monotonic() < deadline, _job(stubs, job.name)
+                agent.heartbeat([(job.name, a.attempt)])  # alive: the lease is not the cause
+                time.sleep(0.5)
+            ended = _job(stubs, job.name)
+            assert "ended by the control plane" in ended.state_reason
+            cancel = agent.next("cancel", timeout=10)
+            assert (cancel.job, cancel.attempt) == (job.name, a.attempt)
+    finally:
+        if agent is not None:
+            agent.close()
+        srv.stop()
