@@ -603,6 +603,7 @@ def _show_job(j: Job) -> None:
         ("timeout", _seconds(j.timeout)),
         ("resources", _resources(j.resources)),
         ("priority", str(j.priority)),
+        ("queue timeout", _seconds(j.queue_timeout)),
     ]
     if j.image or j.image_digest:
         rows.append(("image", j.image or "(the queue's default)"))
@@ -766,6 +767,10 @@ def job_submit(
     priority: Annotated[
         int, typer.Option(help="Higher runs first (-1000 to 1000); FIFO within a priority.")
     ] = 0,
+    queue_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds it may wait in the queue before it ends TIMED_OUT."),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Follow state and logs until it ends.")
     ] = False,
@@ -788,6 +793,7 @@ def job_submit(
         resources=Resources(cpus, _bytes(memory, "--memory") if memory else 0, gpus, gpu_model),
         image=image,
         priority=priority,
+        queue_timeout=queue_timeout,
     )
     if not watch:
         if as_json:

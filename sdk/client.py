@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import field_mask_pb2
 
 from brinell.v1 import (
     agent_service_pb2,
@@ -453,6 +453,7 @@ class Jobs(_Service):
         resources: Resources | None = None,
         image: str | None = None,
         priority: int = 0,
+        queue_timeout: float | timedelta | None = None,
     ) -> Job:
         """Submits a job; parameter values are sent as strings (bools as ``true``/``false``).
 
@@ -465,6 +466,7 @@ class Jobs(_Service):
         ``resources`` asks for CPUs, memory and GPUs (see ``Resources``); ``image`` overrides
         the MLproject's ``docker_env.image`` for agents with the docker executor.
         ``priority`` (-1000 to 1000): higher runs first, first come first served within one.
+        ``queue_timeout`` ends the job TIMED_OUT if it waits longer than that in the queue.
         """
         request = job_service_pb2.SubmitJobRequest(
             experiment=_name(experiment, "experiments", "experiment"),
@@ -486,11 +488,10 @@ class Jobs(_Service):
             r = request.resources
             r.cpus, r.memory_bytes = resources.cpus, resources.memory_bytes
             r.gpus, r.gpu_model = resources.gpus, resources.gpu_model
-        if timeout is not None:
-            limit = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
-            d = duration_pb2.Duration()
-            d.FromTimedelta(limit)
-            request.timeout.CopyFrom(d)
+        for field, value in (("timeout", timeout), ("queue_timeout", queue_timeout)):
+            if value is not None:
+                limit = value if isinstance(value, timedelta) else timedelta(seconds=value)
+                getattr(request, field).FromTimedelta(limit)
         return Job.from_proto(self._unary(self._stub.SubmitJob, request).job)
 
     def get(self, job: str | Job) -> Job:

@@ -327,6 +327,8 @@ class Job:
     image: str = ""
     #: Higher runs first (FIFO within a priority).
     priority: int = 0
+    #: How long it may wait in the queue before it ends TIMED_OUT (None: forever).
+    queue_timeout: timedelta | None = None
     #: The image the current or last attempt ran in (``repository@sha256:…``).
     image_digest: str = ""
     #: UUIDs of the GPUs the current or last attempt holds.
@@ -383,6 +385,7 @@ class Job:
             image_digest=str(msg.image_digest),
             gpu_uuids=tuple(str(u) for u in msg.gpu_uuids),
             priority=int(msg.priority),
+            queue_timeout=_duration(msg, "queue_timeout"),
         )
 
 

@@ -149,6 +149,7 @@ def job(j: m.Job) -> job_pb2.Job:
         image_digest=j.image_digest,
         gpu_uuids=j.gpu_uuids,
         priority=j.priority,
+        queue_timeout=duration(j.queue_timeout_s),
     )
 
 

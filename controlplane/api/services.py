@@ -209,6 +209,7 @@ class JobServicer(job_grpc.JobServiceServicer):
                 resources=convert.resources_from(request.resources),
                 image=request.image,
                 priority=request.priority,
+                queue_timeout_s=request.queue_timeout.ToNanoseconds() / 1e9,
             ),
             current(),
         )

@@ -66,13 +66,15 @@ class SubmitSpec:
     # Overrides the MLproject's docker_env.image.
     image: str = ""
     priority: int = 0
+    queue_timeout_s: float = 0.0
 
     def fingerprint(self) -> str:
         """What makes two submits with one request_id "the same request"."""
         data = {k: v for k, v in vars(self).items() if k not in ("request_id", "resources")}
         data["resources"] = self.resources.to_dict()
-        if not self.priority:
-            del data["priority"]  # as before priorities existed: old request ids still match
+        for added in ("priority", "queue_timeout_s"):  # newer than some stored requests:
+            if not data[added]:  # left out at their default, old request ids still match
+                del data[added]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -154,6 +156,8 @@ class JobManager:
             problems.append(("plugin_versions", f"at most {MAX_PLUGIN_VERSIONS} plugins"))
         if spec.timeout_s < 0:
             problems.append(("timeout", "timeout must not be negative"))
+        if spec.queue_timeout_s < 0:
+            problems.append(("queue_timeout", "queue_timeout must not be negative"))
         max_attempts = spec.max_attempts or DEFAULT_MAX_ATTEMPTS
         if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
             problems.append(
@@ -383,6 +387,7 @@ class JobManager:
             resources=spec.resources,
             image=checked.image,
             priority=spec.priority,
+            queue_timeout_s=spec.queue_timeout_s,
         )
 
     @staticmethod

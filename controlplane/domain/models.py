@@ -144,6 +144,7 @@ class Job:
     image_digest: str = ""
     gpu_uuids: tuple[str, ...] = ()
     priority: int = 0
+    queue_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -837,7 +837,28 @@ class Scheduler:
                     ended.append(done)
             return ended
 
+        def waited_too_long(s: Session) -> list[Job]:
+            now = utcnow()
+            ended = []
+            for job_id in Jobs.queued_past(s, now):
+                job = Jobs.get(s, job_id)
+                if job is None:
+                    continue
+                limit = job.queue_timeout_s
+                why = f"waited in the queue longer than its queue_timeout of {limit:g}s"
+                if job.state_reason:
+                    why += f" ({job.state_reason})"
+                values = {"state": JobState.TIMED_OUT.value, "end_time": now, "state_reason": why}
+                done = Jobs.compare_and_set(s, job_id, [JobState.QUEUED], values)
+                if done is not None:
+                    ended.append(done)
+            return ended
+
         changed = await self.db.run(apply)
+        for job in await self.db.run(waited_too_long):
+            log.info("job %s: %s", job.id, job.state_reason)
+            self._after_change(job)
+            changed.append(job)
         for job in await self.db.run(overdue):
             log.warning("job %s: %s", job.id, job.state_reason)
             session = self.sessions.get(job.agent_id)

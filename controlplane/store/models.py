@@ -125,6 +125,7 @@ class JobRow(Base):
     resources: Mapped[dict[str, Any]] = mapped_column(default=dict)
     image: Mapped[str] = mapped_column(String(512), default="")
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    queue_timeout_s: Mapped[float] = mapped_column(Float, default=0.0)
     # Of the current or last attempt.
     image_digest: Mapped[str] = mapped_column(String(600), default="")
     gpu_uuids: Mapped[list[Any]] = mapped_column(default=list)

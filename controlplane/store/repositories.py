@@ -172,6 +172,7 @@ def _job(r: Row[Any] | JobRow) -> m.Job:
         image_digest=r.image_digest,
         gpu_uuids=tuple(r.gpu_uuids),
         priority=r.priority,
+        queue_timeout_s=r.queue_timeout_s,
     )
 
 
@@ -396,6 +397,7 @@ class Jobs:
                 resources=job.resources.to_dict(),
                 image=job.image,
                 priority=job.priority,
+                queue_timeout_s=job.queue_timeout_s,
                 image_digest="",
                 gpu_uuids=[],
                 create_time=job.create_time,
@@ -490,6 +492,22 @@ class Jobs:
                 started = started.replace(tzinfo=now.tzinfo)
             if (now - started).total_seconds() > timeout_s + slack:
                 found.append((job_id, attempt))
+        return found
+
+    @staticmethod
+    def queued_past(s: Session, now: datetime) -> list[str]:
+        """Ids of queued jobs that have waited longer than their queue-time limit."""
+        rows = s.execute(
+            select(JobRow.id, JobRow.create_time, JobRow.queue_timeout_s).where(
+                JobRow.state == JobState.QUEUED.value, JobRow.queue_timeout_s > 0
+            )
+        ).all()
+        found = []
+        for job_id, created, limit in rows:
+            if created.tzinfo is None:  # SQLite hands back naive UTC
+                created = created.replace(tzinfo=now.tzinfo)
+            if (now - created).total_seconds() > limit:
+                found.append(job_id)
         return found
 
     @staticmethod

@@ -147,3 +147,51 @@ def test_followers_and_watchers_ride_out_a_control_plane_restart(
         assert ticks == [f"tick {i}" for i in range(n)]
         offsets = [ln.offset for ln in lines]
         assert offsets == list(range(len(lines)))
+
+
+def test_a_frozen_agent_past_its_lease_changes_nothing_when_it_thaws(
+    cluster: dict[str, Any],
+) -> None:
+    """SIGSTOP an agent past its lease (5 s here), then SIGCONT: the job succeeds on another
+    agent; the frozen one gets no work meanwhile, and what its stale attempt then reports and
+    logs changes nothing."""
+    c: Client = cluster["client"]
+    project = cluster["tmp"] / "quiet"
+    project.mkdir()
+    (project / "MLproject").write_text(QUIET)
+    (project / "quiet.py").write_text(QUIET_PY)
+    c.experiments.create("frozen")
+    ep, _ = c.entry_points.push(project)
+    job = c.jobs.submit("frozen", ep, {"seconds": 4})
+    pids(c, job)  # running on the only agent
+    frozen = cluster["agent"]
+    frozen.proc.send_signal(signal.SIGSTOP)
+    other = start_agent(cluster["target"], cluster["tmp"] / "agent2", cluster["prefect"], "spare")
+    try:
+        wait_connected(c, "spare")
+        deadline = time.monotonic() + 60
+        while (j := c.jobs.get(job)).attempt < 2:
+            assert time.monotonic() < deadline, j
+            time.sleep(0.2)
+        assert j.agent == "agents/spare"
+        time.sleep(6)  # attempt 1 has finished meanwhile, unseen: its agent is frozen
+        frozen.proc.send_signal(signal.SIGCONT)
+        final = c.jobs.wait(job, timeout=120)
+        assert final.state == JobState.SUCCEEDED and final.attempt == 2, final.state_reason
+        time.sleep(3)  # the thawed agent reports and replays what it has
+        again = c.jobs.get(job)
+        assert (again.state, again.attempt, again.agent) == (
+            JobState.SUCCEEDED,
+            2,
+            "agents/spare",
+        )
+        done = [ln.attempt for ln in c.jobs.logs(job) if ln.text == "done"]
+        assert done == [2]
+        # Alive again after a heartbeat: the thawed agent takes new work (the spare is gone).
+        other.stop()
+        extra = c.jobs.submit("frozen", ep, {"seconds": 0})
+        finished = c.jobs.wait(extra, timeout=120)
+        assert finished.state == JobState.SUCCEEDED and finished.agent == "agents/e2e-agent"
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        other.stop()

@@ -7,7 +7,8 @@ from typing import Any
 import grpc
 
 from brinell.v1 import job_pb2
-from tests.conftest import ServerThread
+from brinell.v1 import job_service_pb2 as job_pb2_service
+from tests.conftest import ServerThread, wait_until
 from tests.integration.test_api import code_of, setup_job_world, stubs, submit
 from tests.simagent import SimAgent
 
@@ -47,3 +48,18 @@ def _request(**kwargs: Any) -> Any:
         parameters={"label": "x"},
         **kwargs,
     )
+
+
+def test_a_queue_timeout_ends_a_job_nobody_takes(stubs: Any, server: ServerThread) -> None:
+    setup_job_world(stubs)
+    patient = submit(stubs)
+    job = submit(stubs, queue_timeout={"seconds": 1}, selector={"gpu": "none-here"})
+    assert job.queue_timeout.seconds == 1
+
+    def state() -> Any:
+        return stubs.job.GetJob(job_pb2_service.GetJobRequest(name=job.name)).job
+
+    ended = wait_until(lambda: (j := state()).state == job_pb2.JOB_STATE_TIMED_OUT and j)
+    assert "waited in the queue longer than its queue_timeout of 1s" in ended.state_reason
+    still = stubs.job.GetJob(job_pb2_service.GetJobRequest(name=patient.name)).job
+    assert still.state == job_pb2.JOB_STATE_QUEUED

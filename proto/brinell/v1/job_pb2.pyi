@@ -156,6 +156,7 @@ class Job(_message.Message):
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     GPU_UUIDS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job_id}`. Output only."""
     experiment: _builtins.str
@@ -226,6 +227,10 @@ class Job(_message.Message):
     def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """UUIDs of the GPUs the current or last attempt holds. Output only."""
 
+    @_builtins.property
+    def queue_timeout(self) -> _duration_pb2.Duration:
+        """How long it may wait in QUEUED (since submit) before it ends TIMED_OUT; unset: forever."""
+
     def __init__(
         self,
         *,
@@ -257,10 +262,11 @@ class Job(_message.Message):
         image_digest: _builtins.str = ...,
         gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
         priority: _builtins.int = ...,
+        queue_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "resources", b"resources", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "queue_timeout", b"queue_timeout", "resources", b"resources", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "gpu_uuids", b"gpu_uuids", "image", b"image", "image_digest", b"image_digest", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "priority", b"priority", "queue", b"queue", "resources", b"resources", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "gpu_uuids", b"gpu_uuids", "image", b"image", "image_digest", b"image_digest", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "priority", b"priority", "queue", b"queue", "queue_timeout", b"queue_timeout", "resources", b"resources", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,6 +98,7 @@ class SubmitJobRequest(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """`experiments/{experiment_id}`."""
     entry_point: _builtins.str
@@ -141,6 +142,10 @@ class SubmitJobRequest(_message.Message):
     def resources(self) -> _job_pb2.Resources:
         """CPUs, memory and GPUs one attempt needs; unset means none in particular."""
 
+    @_builtins.property
+    def queue_timeout(self) -> _duration_pb2.Duration:
+        """How long it may wait in the queue (since submit) before it ends TIMED_OUT; unset: forever."""
+
     def __init__(
         self,
         *,
@@ -158,10 +163,11 @@ class SubmitJobRequest(_message.Message):
         resources: _job_pb2.Resources | None = ...,
         image: _builtins.str = ...,
         priority: _builtins.int = ...,
+        queue_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_timeout", b"queue_timeout", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "image", b"image", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "priority", b"priority", "queue", b"queue", "request_id", b"request_id", "resources", b"resources", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "image", b"image", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "priority", b"priority", "queue", b"queue", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "resources", b"resources", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
