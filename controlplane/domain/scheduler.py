@@ -111,6 +111,8 @@ class Close:
 
 Outbound = Assign | Cancel | LogAck | Close
 HELD_LIMIT = 4096
+# Seconds agents have to come back after a control-plane restart (at least one lease).
+RECONNECT_WINDOW = 30.0
 
 
 class SessionConflict(FailedPrecondition):
@@ -246,11 +248,13 @@ class Scheduler:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        lease = timedelta(seconds=self.config.lease_duration)
+        # After a restart, agents get a lease, and at least RECONNECT_WINDOW, to reconnect
+        # before their attempts count as lost: the leases may have run out while we were
+        # down, and an agent that retried all along waits up to its backoff's cap (10 s by
+        # default) before it tries again.
+        lease = timedelta(seconds=max(self.config.lease_duration, RECONNECT_WINDOW))
 
         def recover(s: Session) -> None:
-            # After a restart, give agents one lease to reconnect before their attempts
-            # count as lost: the leases may have run out while we were down.
             Agents.mark_all_disconnected(s)
             Attempts.extend_all(s, utcnow() + lease)
 
