@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         "--grace-period", type=float, help="SIGTERM to SIGKILL seconds (default: 10)"
     )
     parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="on SIGTERM or a drain, seconds running jobs may finish (default: 60)",
+    )
+    parser.add_argument(
         "--keep-workspaces",
         type=int,
         help="finished attempts' workspaces kept, newest first (default: 10)",
@@ -121,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         extra["grace_period"] = args.grace_period
     if args.keep_workspaces is not None:
         extra["keep_workspaces"] = args.keep_workspaces
+    if args.drain_timeout is not None:
+        extra["drain_timeout"] = args.drain_timeout
     if args.workspace_ttl_hours is not None:
         extra["workspace_ttl_hours"] = args.workspace_ttl_hours
     if args.token_file is not None:

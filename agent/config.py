@@ -79,6 +79,8 @@ class AgentConfig:
     prefect_api_url: str = "auto"
     # SIGTERM to SIGKILL, when the assignment does not say.
     grace_period: float = 10.0
+    # Draining (SIGTERM, `brinell agent drain`): how long running attempts may finish.
+    drain_timeout: float = 60.0
     max_archive_bytes: int = 512 * MIB
     max_archive_files: int = 20000
     reconnect_min: float = 0.2
@@ -129,6 +131,8 @@ class AgentConfig:
             problems.append("slots must be at least 1")
         if self.grace_period < 0:
             problems.append("grace_period must not be negative")
+        if self.drain_timeout < 0:
+            problems.append("drain_timeout must not be negative")
         if self.max_archive_bytes < 1 or self.max_archive_files < 1:
             problems.append("archive limits must be positive")
         if self.keep_workspaces < 0 or self.workspace_ttl_hours < 0:

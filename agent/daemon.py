@@ -22,6 +22,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -148,6 +149,8 @@ class Agent:
         self._closing_event = asyncio.Event()
         self._stop_reason = "agent is shutting down"
         self._stopping = False
+        self._draining = ""  # why it drains ("": it does not)
+        self._drain_task: asyncio.Task[None] | None = None
         self._closing = False
         self._force = False  # a second stop(): no more waiting for anything
         self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
@@ -171,6 +174,40 @@ class Agent:
         self._stop_reason = reason
         self._stopping = True
         self._stop_requested.set()
+
+    def drain(self, reason: str = "agent is draining", deadline: float | None = None) -> None:
+        """Takes no new work, lets running attempts finish for up to ``deadline`` seconds
+        (default: the configured drain timeout), stops what is left (the control plane
+        requeues those jobs), then stops itself. While
+        draining, a second call stops at once (as a second signal does)."""
+        if self._stopping:
+            return
+        if self._draining:
+            log.warning("%s: asked to drain again; stopping now", self._ctx)
+            self.stop(self._draining)
+            return
+        limit = self.config.drain_timeout if deadline is None else deadline
+        self._draining = reason
+        log.info("%s: draining (%s): running attempts get %gs to finish", self._ctx, reason, limit)
+        self._announce_drain()
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(limit))
+
+    def _announce_drain(self) -> None:
+        if self._draining and self._outbox is not None:
+            draining = agent_service_pb2.Draining(reason=self._draining)
+            draining.deadline.FromTimedelta(timedelta(seconds=self.config.drain_timeout))
+            self._outbox.put_nowait(agent_service_pb2.ConnectRequest(draining=draining))
+
+    async def _drain(self, limit: float) -> None:
+        running = [st.task for st in self._attempts.values() if not st.finished and st.task]
+        if running:
+            _done, late = await asyncio.wait(running, timeout=limit)
+            if late:
+                log.warning(
+                    "%s: drain deadline passed; cancelling %d attempt(s)", self._ctx, len(late)
+                )
+        if not self._stopping:
+            self.stop(f"drained: {self._draining}")
 
     async def run(self) -> None:
         """Runs until stop(); then drains attempts, delivers, closes, stops Prefect."""
@@ -204,6 +241,8 @@ class Agent:
             self._closing_event.set()
             for task in [*background, connection]:
                 task.cancel()
+            if self._drain_task is not None:
+                self._drain_task.cancel()
             leftovers = [
                 st.task
                 for st in self._attempts.values()
@@ -459,6 +498,7 @@ class Agent:
             len(self._attempts),
         )
         self._reattach(registered)
+        self._announce_drain()  # a new stream: the control plane must hear it again
         # Replay in the original order: each pending update after the lines written before it.
         for st in list(self._attempts.values()):
             st.sent_upto = st.acked
@@ -665,6 +705,9 @@ class Agent:
             self._on_cancel(response.cancel)
         elif kind == "log_ack":
             self._on_log_ack(response.log_ack)
+        elif kind == "drain":
+            d = response.drain
+            self.drain(d.reason or "drained by the control plane", seconds(d.deadline) or None)
         elif kind == "registered":
             log.debug("%s: Registered again on a live stream; ignored", self._ctx)
         else:
@@ -673,7 +716,7 @@ class Agent:
     def _on_assignment(self, assignment: agent_service_pb2.Assignment) -> None:
         job, attempt = assignment.job.name, assignment.attempt
         key = (job, attempt)
-        if self._stopping:
+        if self._stopping or self._draining:
             # Not started and not reported: the attempt is lost with this agent's stream and
             # the control plane requeues it elsewhere.
             log.warning(
@@ -882,9 +925,12 @@ async def _serve(config: AgentConfig, executor: Executor | None = None) -> None:
     agent = Agent(config, executor)
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
+    # SIGTERM drains (running attempts may finish, up to --drain-timeout); SIGINT, or a second
+    # SIGTERM, stops at once.
+    handlers = {signal.SIGINT: agent.stop, signal.SIGTERM: agent.drain}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, agent.stop, f"received {sig.name}")
+            loop.add_signal_handler(sig, handlers[sig], f"received {sig.name}")
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread, or no signals here: the embedder calls stop()

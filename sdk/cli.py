@@ -272,6 +272,9 @@ def agent(
     keep_failed_containers: Annotated[
         bool, typer.Option(help="docker: keep containers of attempts that did not succeed.")
     ] = False,
+    drain_timeout: Annotated[
+        float, typer.Option(help="On SIGTERM or a drain, seconds running jobs may finish.")
+    ] = 60.0,
 ) -> None:
     """Run the agent daemon: take jobs from the control plane and run them on this host."""
     if ctx.invoked_subcommand is not None:
@@ -300,6 +303,7 @@ def agent(
         registry_auth=registry_auth,
         pull=pull,
         keep_failed_containers=keep_failed_containers,
+        drain_timeout=drain_timeout,
     )
     run_forever(config)
 
@@ -335,6 +339,25 @@ def agent_list(
     for a in agents:
         table.add_row(*_agent_row(a))
     _print_table(table)
+
+
+@agent_app.command("drain")
+def agent_drain(
+    ctx: typer.Context,
+    agent_id: str,
+    deadline: Annotated[
+        float | None,
+        typer.Option(help="Seconds its running jobs may finish (default: its --drain-timeout)."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (shown in its jobs' reasons).")] = "",
+    json_output: JsonOpt = False,
+) -> None:
+    """Drain an agent: no new work, running jobs finish (until the deadline), then it exits."""
+    a = _client(ctx).agents.drain(agent_id, deadline, reason)
+    if _want_json(ctx, json_output):
+        _print_json(a)
+        return
+    out.print(f"{escape(a.name)} is {a.state}")
 
 
 @agent_app.command("get")

@@ -656,6 +656,19 @@ class Agents(_Service):
         request = agent_service_pb2.GetAgentRequest(name=_name(id_or_name, "agents", "agent"))
         return Agent.from_proto(self._unary(self._stub.GetAgent, request).agent)
 
+    def drain(
+        self, id_or_name: str | Agent, deadline: float | None = None, reason: str = ""
+    ) -> Agent:
+        """Drains an agent (admins): no new work; its running jobs may finish for up to
+        ``deadline`` seconds (default: the agent's --drain-timeout); what still runs then is
+        stopped and requeued; then the agent exits. It shows DRAINING meanwhile."""
+        request = agent_service_pb2.DrainAgentRequest(
+            name=_name(id_or_name, "agents", "agent"), reason=reason
+        )
+        if deadline is not None:
+            request.deadline.FromTimedelta(timedelta(seconds=deadline))
+        return Agent.from_proto(self._unary(self._stub.DrainAgent, request).agent)
+
 
 class Client:
     """A connection to a Brinell control plane.

@@ -61,6 +61,7 @@ _POLICY_BY_SERVICE: dict[Any, dict[str, Access]] = {
         "DownloadBlob": Access.BLOB,
         "GetAgent": R,
         "ListAgents": R,
+        "DrainAgent": A,
     },
     plugin_service_pb2: {
         "UploadPlugin": A,

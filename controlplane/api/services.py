@@ -51,6 +51,7 @@ from ..domain.scheduler import (
     AttemptReport,
     Cancel,
     Close,
+    Drain,
     LogAck,
     Outbound,
     Scheduler,
@@ -276,6 +277,10 @@ def _outbound(msg: Outbound) -> agent_pb.ConnectResponse:
                 grace_period=convert.duration(msg.grace_period),
             )
         )
+    if isinstance(msg, Drain):
+        return agent_pb.ConnectResponse(
+            drain=agent_pb.Drain(reason=msg.reason, deadline=convert.duration(msg.deadline))
+        )
     assert isinstance(msg, LogAck)
     return agent_pb.ConnectResponse(
         log_ack=agent_pb.LogAck(
@@ -384,6 +389,8 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                         await self.scheduler.heartbeat(session, refs)
                     elif kind in ("attempt_update", "log_batch"):
                         await self._apply(session, req, in_flight, track)
+                    elif kind == "draining":
+                        self.scheduler.draining(session, req.draining.reason[:500])
                     else:
                         log.warning("agent %s sent an unexpected %s", session.id, kind)
                 except DomainError as exc:  # one bad message is dropped, not the stream
@@ -479,6 +486,14 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
     ) -> agent_pb.GetAgentResponse:
         agent = await self.directory.get(request.name)
         return agent_pb.GetAgentResponse(agent=convert.agent(agent))
+
+    @unary
+    async def DrainAgent(
+        self, request: agent_pb.DrainAgentRequest, context: Ctx
+    ) -> agent_pb.DrainAgentResponse:
+        deadline = request.deadline.ToNanoseconds() / 1e9 if request.HasField("deadline") else 0
+        agent = await self.directory.drain(request.name, deadline, request.reason)
+        return agent_pb.DrainAgentResponse(agent=convert.agent(agent))
 
     @unary
     async def ListAgents(

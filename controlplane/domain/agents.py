@@ -22,6 +22,8 @@ MAX_QUEUES = 32
 MAX_RUNNING = 10_000
 MAX_HOSTNAME = 255
 MAX_GPUS = 64
+# The longest drain an admin may ask for (a week).
+MAX_DRAIN_SECONDS = 7 * 24 * 3600
 
 
 def check_registration(info: AgentInfo, running: int) -> None:
@@ -114,6 +116,18 @@ class AgentDirectory:
         return replace(
             a, state="DRAINING" if session.draining else "CONNECTED", running=len(session.running)
         )
+
+    async def drain(self, name: str, deadline: float, reason: str) -> AgentInfo:
+        agent_id = names.agent_id(name)
+        if deadline < 0 or deadline > MAX_DRAIN_SECONDS:
+            raise InvalidArgument(
+                f"deadline must be between 0 and {MAX_DRAIN_SECONDS} s", field="deadline"
+            )
+        if len(reason) > 500:
+            raise InvalidArgument("reason is at most 500 characters", field="reason")
+        found = await self.get(f"agents/{agent_id}")
+        self.scheduler.drain(agent_id, deadline, reason or "drained by an admin")
+        return self._live(found)
 
     async def get(self, name: str) -> AgentInfo:
         agent_id = names.agent_id(name)

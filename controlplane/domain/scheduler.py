@@ -109,7 +109,16 @@ class Close:
     reason: str
 
 
-Outbound = Assign | Cancel | LogAck | Close
+@dataclass(frozen=True)
+class Drain:
+    """Asks the agent to drain: finish what runs (until ``deadline`` seconds; 0: its own
+    drain timeout), cancel the rest, exit."""
+
+    reason: str
+    deadline: float
+
+
+Outbound = Assign | Cancel | LogAck | Close | Drain
 HELD_LIMIT = 4096
 # Seconds agents have to come back after a control-plane restart (at least one lease).
 RECONNECT_WINDOW = 30.0
@@ -380,6 +389,23 @@ class Scheduler:
         )
         self.wake()
         return session
+
+    def drain(self, agent_id: str, deadline: float, reason: str) -> AgentSession:
+        """Stops assigning to the agent and asks it to drain (FailedPrecondition when it is
+        not connected here)."""
+        session = self.sessions.get(agent_id)
+        if session is None:
+            raise FailedPrecondition(f"agent {agent_id!r} is not connected: nothing to drain")
+        self.draining(session, reason)
+        session.outbox.put_nowait(Drain(reason, deadline))
+        return session
+
+    def draining(self, session: AgentSession, reason: str) -> None:
+        """The agent drains (it said so, or was told to): no new work for it."""
+        if not session.draining:
+            log.info("agent %s drains: %s", session.id, reason or "no reason given")
+        session.draining = True
+        self._explain.set()
 
     def close_sessions(self, credential: str, reason: str) -> None:
         """Ends the live sessions opened with this credential (it was revoked)."""

@@ -61,6 +61,9 @@ def start_agent(
             str(slots),
             "--prefect-api-url",
             prefect_url,
+            # SIGTERM (Proc.stop) cancels at once unless a test asks for a drain.
+            "--drain-timeout",
+            "0",
             *args,
         ],
         work.parent / f"{agent_id}.log",

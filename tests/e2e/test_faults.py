@@ -195,3 +195,73 @@ def test_a_frozen_agent_past_its_lease_changes_nothing_when_it_thaws(
     finally:
         frozen.proc.send_signal(signal.SIGCONT)
         other.stop()
+
+
+def _quiet(cluster: dict[str, Any], name: str) -> str:
+    project = cluster["tmp"] / name
+    project.mkdir()
+    (project / "MLproject").write_text(QUIET)
+    (project / "quiet.py").write_text(QUIET_PY)
+    c: Client = cluster["client"]
+    c.experiments.get_or_create("drain")
+    ep, _ = c.entry_points.push(project)
+    return ep.id
+
+
+def test_drain_lets_running_jobs_finish_takes_no_new_work_then_exits(
+    cluster: dict[str, Any],
+) -> None:
+    c: Client = cluster["client"]
+    ep = _quiet(cluster, "quiet-drain")
+    agent = start_agent(
+        cluster["target"],
+        cluster["tmp"] / "drainer",
+        cluster["prefect"],
+        "drainer",
+        2,
+        "--queue",
+        "drainq",
+        "--drain-timeout",
+        "60",
+    )
+    wait_connected(c, "drainer")
+    running = c.jobs.submit("drain", ep, {"seconds": 4}, queue="drainq")
+    pids(c, running)
+    drained = c.agents.drain("drainer", reason="maintenance")
+    assert drained.state == "DRAINING"
+    waiting = c.jobs.submit("drain", ep, {"seconds": 0}, queue="drainq")
+    assert c.jobs.wait(running, timeout=60).state == JobState.SUCCEEDED
+    assert agent.proc.wait(60) == 0  # it exits once its jobs are done
+    assert c.jobs.get(waiting).state == JobState.QUEUED  # never given to the draining agent
+    c.jobs.cancel(waiting)
+
+
+def test_sigterm_drains_until_the_deadline_then_requeues(cluster: dict[str, Any]) -> None:
+    c: Client = cluster["client"]
+    ep = _quiet(cluster, "quiet-term")
+    agent = start_agent(
+        cluster["target"],
+        cluster["tmp"] / "termed",
+        cluster["prefect"],
+        "termed",
+        1,
+        "--queue",
+        "termq",
+        "--drain-timeout",
+        "2",
+    )
+    wait_connected(c, "termed")
+    job = c.jobs.submit("drain", ep, {"seconds": 60}, queue="termq")
+    pid = pids(c, job)["pid"]
+    agent.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while c.agents.get("termed").state != "DRAINING":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert agent.proc.wait(60) == 0
+    assert not alive(pid)
+    # Stopped by its agent, not cancelled by anyone: requeued for another agent.
+    requeued = c.jobs.get(job)
+    assert requeued.state == JobState.QUEUED and requeued.attempt == 1
+    assert "stopped the attempt" in requeued.state_reason and "drained" in requeued.state_reason
+    c.jobs.cancel(job)

@@ -93,6 +93,7 @@ EXPECTED = {
         "DownloadBlob": BLOB,
         "GetAgent": READ,
         "ListAgents": READ,
+        "DrainAgent": ADMIN,
     },
     "PluginService": {
         "UploadPlugin": ADMIN,

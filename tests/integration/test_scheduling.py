@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -63,3 +64,39 @@ def test_a_queue_timeout_ends_a_job_nobody_takes(stubs: Any, server: ServerThrea
     assert "waited in the queue longer than its queue_timeout of 1s" in ended.state_reason
     still = stubs.job.GetJob(job_pb2_service.GetJobRequest(name=patient.name)).job
     assert still.state == job_pb2.JOB_STATE_QUEUED
+
+
+def test_drain_agent_rpc(stubs: Any, server: ServerThread) -> None:
+    from brinell.v1 import agent_service_pb2 as agent_pb
+
+    setup_job_world(stubs)
+    agent = SimAgent(server.target, "to-drain", slots=2)
+    try:
+        reply = stubs.agent.DrainAgent(
+            agent_pb.DrainAgentRequest(name="agents/to-drain", reason="maintenance")
+        )
+        assert reply.agent.state == 3  # AGENT_STATE_DRAINING
+        drain = agent.next("drain")
+        assert drain.reason == "maintenance"
+        job = submit(stubs)
+        time.sleep(1.0)
+        state = stubs.job.GetJob(job_pb2_service.GetJobRequest(name=job.name)).job.state
+        assert state == job_pb2.JOB_STATE_QUEUED  # nothing for a draining agent
+        code, _ = code_of(stubs.agent.DrainAgent, agent_pb.DrainAgentRequest(name="agents/nope"))
+        assert code == grpc.StatusCode.NOT_FOUND
+        bad = agent_pb.DrainAgentRequest(name="agents/to-drain")
+        bad.deadline.seconds = -1
+        assert code_of(stubs.agent.DrainAgent, bad)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        agent.close()
+    gone = agent_pb.DrainAgentRequest(name="agents/to-drain")
+
+    def drain_code() -> grpc.StatusCode:
+        try:
+            stubs.agent.DrainAgent(gone)
+        except grpc.RpcError as err:
+            return err.code()  # type: ignore[no-any-return]
+        return grpc.StatusCode.OK  # the closed session is not gone yet
+
+    code = wait_until(lambda: (c := drain_code()) != grpc.StatusCode.OK and c)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION

@@ -27,7 +27,7 @@ from brinell.v1 import job_pb2 as brinell_dot_v1_dot_job__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62rinell/v1/agent_service.proto\x12\nbrinell.v1\x1a\x16\x62rinell/v1/agent.proto\x1a\x14\x62rinell/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\".\n\x0eRunningAttempt\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\x97\x02\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .brinell.v1.Register.LabelsEntry\x12\x0e\n\x06queues\x18\x04 \x03(\t\x12&\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x14.brinell.v1.Capacity\x12+\n\x07running\x18\x06 \x03(\x0b\x32\x1a.brinell.v1.RunningAttempt\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\tHeartbeat\x12+\n\x07running\x18\x01 \x03(\x0b\x32\x1a.brinell.v1.RunningAttempt\"\xa3\x01\n\rAttemptUpdate\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.brinell.v1.JobState\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x14\n\x0cimage_digest\x18\x07 \x01(\t\"L\n\x08LogBatch\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.brinell.v1.LogLine\"\xd1\x01\n\x0e\x43onnectRequest\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.brinell.v1.RegisterH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.brinell.v1.HeartbeatH\x00\x12\x33\n\x0e\x61ttempt_update\x18\x03 \x01(\x0b\x32\x19.brinell.v1.AttemptUpdateH\x00\x12)\n\tlog_batch\x18\x04 \x01(\x0b\x32\x14.brinell.v1.LogBatchH\x00\x42\t\n\x07message\"\xb1\x01\n\nRegistered\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07\x63ursors\x18\x04 \x03(\x0b\x32\x19.brinell.v1.AttemptCursor\"p\n\rAttemptCursor\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12\x14\n\x0cstdout_lines\x18\x04 \x01(\x03\x12\x14\n\x0cstderr_lines\x18\x05 \x01(\x03\"\xf5\x01\n\nAssignment\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x1a\n\x12\x61rchive_size_bytes\x18\x03 \x01(\x03\x12,\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1f.brinell.v1.Assignment.EnvEntry\x12/\n\x0cgrace_period\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tgpu_uuids\x18\x06 \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x06\x43\x61ncel\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x0cgrace_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"8\n\x06LogAck\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08sequence\x18\x03 \x01(\x03\"\xc5\x01\n\x0f\x43onnectResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.brinell.v1.RegisteredH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.brinell.v1.AssignmentH\x00\x12$\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x12.brinell.v1.CancelH\x00\x12%\n\x07log_ack\x18\x04 \x01(\x0b\x32\x12.brinell.v1.LogAckH\x00\x42\t\n\x07message\"%\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"9\n\x14\x44ownloadBlobResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x10GetAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.brinell.v1.Agent\"J\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.brinell.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbf\x02\n\x0c\x41gentService\x12\x46\n\x07\x43onnect\x12\x1a.brinell.v1.ConnectRequest\x1a\x1b.brinell.v1.ConnectResponse(\x01\x30\x01\x12S\n\x0c\x44ownloadBlob\x12\x1f.brinell.v1.DownloadBlobRequest\x1a .brinell.v1.DownloadBlobResponse0\x01\x12\x45\n\x08GetAgent\x12\x1b.brinell.v1.GetAgentRequest\x1a\x1c.brinell.v1.GetAgentResponse\x12K\n\nListAgents\x12\x1d.brinell.v1.ListAgentsRequest\x1a\x1e.brinell.v1.ListAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62rinell/v1/agent_service.proto\x12\nbrinell.v1\x1a\x16\x62rinell/v1/agent.proto\x1a\x14\x62rinell/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\".\n\x0eRunningAttempt\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\x97\x02\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .brinell.v1.Register.LabelsEntry\x12\x0e\n\x06queues\x18\x04 \x03(\t\x12&\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x14.brinell.v1.Capacity\x12+\n\x07running\x18\x06 \x03(\x0b\x32\x1a.brinell.v1.RunningAttempt\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\tHeartbeat\x12+\n\x07running\x18\x01 \x03(\x0b\x32\x1a.brinell.v1.RunningAttempt\"\xa3\x01\n\rAttemptUpdate\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.brinell.v1.JobState\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x14\n\x0cimage_digest\x18\x07 \x01(\t\"L\n\x08LogBatch\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.brinell.v1.LogLine\"\xfb\x01\n\x0e\x43onnectRequest\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.brinell.v1.RegisterH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.brinell.v1.HeartbeatH\x00\x12\x33\n\x0e\x61ttempt_update\x18\x03 \x01(\x0b\x32\x19.brinell.v1.AttemptUpdateH\x00\x12)\n\tlog_batch\x18\x04 \x01(\x0b\x32\x14.brinell.v1.LogBatchH\x00\x12(\n\x08\x64raining\x18\x05 \x01(\x0b\x32\x14.brinell.v1.DrainingH\x00\x42\t\n\x07message\"\xb1\x01\n\nRegistered\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07\x63ursors\x18\x04 \x03(\x0b\x32\x19.brinell.v1.AttemptCursor\"p\n\rAttemptCursor\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12\x14\n\x0cstdout_lines\x18\x04 \x01(\x03\x12\x14\n\x0cstderr_lines\x18\x05 \x01(\x03\"\xf5\x01\n\nAssignment\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x1a\n\x12\x61rchive_size_bytes\x18\x03 \x01(\x03\x12,\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1f.brinell.v1.Assignment.EnvEntry\x12/\n\x0cgrace_period\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tgpu_uuids\x18\x06 \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x06\x43\x61ncel\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x0cgrace_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"8\n\x06LogAck\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08sequence\x18\x03 \x01(\x03\"\xe9\x01\n\x0f\x43onnectResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.brinell.v1.RegisteredH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.brinell.v1.AssignmentH\x00\x12$\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x12.brinell.v1.CancelH\x00\x12%\n\x07log_ack\x18\x04 \x01(\x0b\x32\x12.brinell.v1.LogAckH\x00\x12\"\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x11.brinell.v1.DrainH\x00\x42\t\n\x07message\"%\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"9\n\x14\x44ownloadBlobResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"G\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x11\x44rainAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x12\x44rainAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.brinell.v1.Agent\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x10GetAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.brinell.v1.Agent\"J\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.brinell.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8c\x03\n\x0c\x41gentService\x12\x46\n\x07\x43onnect\x12\x1a.brinell.v1.ConnectRequest\x1a\x1b.brinell.v1.ConnectResponse(\x01\x30\x01\x12S\n\x0c\x44ownloadBlob\x12\x1f.brinell.v1.DownloadBlobRequest\x1a .brinell.v1.DownloadBlobResponse0\x01\x12\x45\n\x08GetAgent\x12\x1b.brinell.v1.GetAgentRequest\x1a\x1c.brinell.v1.GetAgentResponse\x12K\n\nListAgents\x12\x1d.brinell.v1.ListAgentsRequest\x1a\x1e.brinell.v1.ListAgentsResponse\x12K\n\nDrainAgent\x12\x1d.brinell.v1.DrainAgentRequest\x1a\x1e.brinell.v1.DrainAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,33 +51,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGBATCH']._serialized_start=678
   _globals['_LOGBATCH']._serialized_end=754
   _globals['_CONNECTREQUEST']._serialized_start=757
-  _globals['_CONNECTREQUEST']._serialized_end=966
-  _globals['_REGISTERED']._serialized_start=969
-  _globals['_REGISTERED']._serialized_end=1146
-  _globals['_ATTEMPTCURSOR']._serialized_start=1148
-  _globals['_ATTEMPTCURSOR']._serialized_end=1260
-  _globals['_ASSIGNMENT']._serialized_start=1263
-  _globals['_ASSIGNMENT']._serialized_end=1508
-  _globals['_ASSIGNMENT_ENVENTRY']._serialized_start=1466
-  _globals['_ASSIGNMENT_ENVENTRY']._serialized_end=1508
-  _globals['_CANCEL']._serialized_start=1510
-  _globals['_CANCEL']._serialized_end=1613
-  _globals['_LOGACK']._serialized_start=1615
-  _globals['_LOGACK']._serialized_end=1671
-  _globals['_CONNECTRESPONSE']._serialized_start=1674
-  _globals['_CONNECTRESPONSE']._serialized_end=1871
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=1873
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=1910
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=1912
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=1969
-  _globals['_GETAGENTREQUEST']._serialized_start=1971
-  _globals['_GETAGENTREQUEST']._serialized_end=2002
-  _globals['_GETAGENTRESPONSE']._serialized_start=2004
-  _globals['_GETAGENTRESPONSE']._serialized_end=2056
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2058
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2132
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2134
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2214
-  _globals['_AGENTSERVICE']._serialized_start=2217
-  _globals['_AGENTSERVICE']._serialized_end=2536
+  _globals['_CONNECTREQUEST']._serialized_end=1008
+  _globals['_REGISTERED']._serialized_start=1011
+  _globals['_REGISTERED']._serialized_end=1188
+  _globals['_ATTEMPTCURSOR']._serialized_start=1190
+  _globals['_ATTEMPTCURSOR']._serialized_end=1302
+  _globals['_ASSIGNMENT']._serialized_start=1305
+  _globals['_ASSIGNMENT']._serialized_end=1550
+  _globals['_ASSIGNMENT_ENVENTRY']._serialized_start=1508
+  _globals['_ASSIGNMENT_ENVENTRY']._serialized_end=1550
+  _globals['_CANCEL']._serialized_start=1552
+  _globals['_CANCEL']._serialized_end=1655
+  _globals['_LOGACK']._serialized_start=1657
+  _globals['_LOGACK']._serialized_end=1713
+  _globals['_CONNECTRESPONSE']._serialized_start=1716
+  _globals['_CONNECTRESPONSE']._serialized_end=1949
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=1951
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=1988
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=1990
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=2047
+  _globals['_DRAINING']._serialized_start=2049
+  _globals['_DRAINING']._serialized_end=2120
+  _globals['_DRAIN']._serialized_start=2122
+  _globals['_DRAIN']._serialized_end=2190
+  _globals['_DRAINAGENTREQUEST']._serialized_start=2192
+  _globals['_DRAINAGENTREQUEST']._serialized_end=2286
+  _globals['_DRAINAGENTRESPONSE']._serialized_start=2288
+  _globals['_DRAINAGENTRESPONSE']._serialized_end=2342
+  _globals['_GETAGENTREQUEST']._serialized_start=2344
+  _globals['_GETAGENTREQUEST']._serialized_end=2375
+  _globals['_GETAGENTRESPONSE']._serialized_start=2377
+  _globals['_GETAGENTRESPONSE']._serialized_end=2429
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2431
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2505
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2507
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2587
+  _globals['_AGENTSERVICE']._serialized_start=2590
+  _globals['_AGENTSERVICE']._serialized_end=2986
 # @@protoc_insertion_point(module_scope)

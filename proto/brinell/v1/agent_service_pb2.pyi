@@ -209,6 +209,7 @@ class ConnectRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     ATTEMPT_UPDATE_FIELD_NUMBER: _builtins.int
     LOG_BATCH_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -217,6 +218,10 @@ class ConnectRequest(_message.Message):
     def attempt_update(self) -> Global___AttemptUpdate: ...
     @_builtins.property
     def log_batch(self) -> Global___LogBatch: ...
+    @_builtins.property
+    def draining(self) -> Global___Draining:
+        """The agent drains (it got SIGTERM or a Drain): assign it nothing more."""
+
     def __init__(
         self,
         *,
@@ -224,12 +229,13 @@ class ConnectRequest(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         attempt_update: Global___AttemptUpdate | None = ...,
         log_batch: Global___LogBatch | None = ...,
+        draining: Global___Draining | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_update", b"attempt_update", "heartbeat", b"heartbeat", "log_batch", b"log_batch", "message", b"message", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_update", b"attempt_update", "draining", b"draining", "heartbeat", b"heartbeat", "log_batch", b"log_batch", "message", b"message", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_update", b"attempt_update", "heartbeat", b"heartbeat", "log_batch", b"log_batch", "message", b"message", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_update", b"attempt_update", "draining", b"draining", "heartbeat", b"heartbeat", "log_batch", b"log_batch", "message", b"message", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "attempt_update", "log_batch"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "attempt_update", "log_batch", "draining"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -443,6 +449,7 @@ class ConnectResponse(_message.Message):
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     LOG_ACK_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -451,6 +458,8 @@ class ConnectResponse(_message.Message):
     def cancel(self) -> Global___Cancel: ...
     @_builtins.property
     def log_ack(self) -> Global___LogAck: ...
+    @_builtins.property
+    def drain(self) -> Global___Drain: ...
     def __init__(
         self,
         *,
@@ -458,12 +467,13 @@ class ConnectResponse(_message.Message):
         assignment: Global___Assignment | None = ...,
         cancel: Global___Cancel | None = ...,
         log_ack: Global___LogAck | None = ...,
+        drain: Global___Drain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "log_ack", b"log_ack", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "drain", b"drain", "log_ack", b"log_ack", "message", b"message", "registered", b"registered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "log_ack", b"log_ack", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "drain", b"drain", "log_ack", b"log_ack", "message", b"message", "registered", b"registered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "log_ack"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "log_ack", "drain"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -511,6 +521,107 @@ class DownloadBlobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadBlobResponse: _TypeAlias = DownloadBlobResponse  # noqa: Y015
+
+@_typing.final
+class Draining(_message.Message):
+    """Agent to control plane: it is draining and takes no new work."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """When it stops what still runs."""
+
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Draining: _TypeAlias = Draining  # noqa: Y015
+
+@_typing.final
+class Drain(_message.Message):
+    """Control plane to agent: drain (finish what runs, until the deadline), then exit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Drain: _TypeAlias = Drain  # noqa: Y015
+
+@_typing.final
+class DrainAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`agents/{agent_id}`."""
+    reason: _builtins.str
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """How long running attempts may go on; unset: the agent's own drain timeout."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainAgentRequest: _TypeAlias = DrainAgentRequest  # noqa: Y015
+
+@_typing.final
+class DrainAgentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _agent_pb2.Agent: ...
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainAgentResponse: _TypeAlias = DrainAgentResponse  # noqa: Y015
 
 @_typing.final
 class GetAgentRequest(_message.Message):

@@ -55,6 +55,11 @@ class AgentServiceStub:
                 request_serializer=brinell_dot_v1_dot_agent__service__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=brinell_dot_v1_dot_agent__service__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.DrainAgent = channel.unary_unary(
+                '/brinell.v1.AgentService/DrainAgent',
+                request_serializer=brinell_dot_v1_dot_agent__service__pb2.DrainAgentRequest.SerializeToString,
+                response_deserializer=brinell_dot_v1_dot_agent__service__pb2.DrainAgentResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -96,6 +101,17 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainAgent(self, request, context):
+        """Drains an agent (admins): it takes no new work, lets its running attempts finish until
+        the deadline, stops what is left then (those jobs are requeued), and exits. The agent
+        shows DRAINING meanwhile.
+        INVALID_ARGUMENT: malformed name or deadline. NOT_FOUND: never seen.
+        FAILED_PRECONDITION: not connected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +134,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=brinell_dot_v1_dot_agent__service__pb2.ListAgentsRequest.FromString,
                     response_serializer=brinell_dot_v1_dot_agent__service__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'DrainAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainAgent,
+                    request_deserializer=brinell_dot_v1_dot_agent__service__pb2.DrainAgentRequest.FromString,
+                    response_serializer=brinell_dot_v1_dot_agent__service__pb2.DrainAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +250,33 @@ class AgentService:
             '/brinell.v1.AgentService/ListAgents',
             brinell_dot_v1_dot_agent__service__pb2.ListAgentsRequest.SerializeToString,
             brinell_dot_v1_dot_agent__service__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brinell.v1.AgentService/DrainAgent',
+            brinell_dot_v1_dot_agent__service__pb2.DrainAgentRequest.SerializeToString,
+            brinell_dot_v1_dot_agent__service__pb2.DrainAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

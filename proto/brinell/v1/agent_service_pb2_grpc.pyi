@@ -51,6 +51,13 @@ class AgentServiceStub:
     """Lists agents the control plane has seen, with state and capacity.
     INVALID_ARGUMENT: bad page_size, filter or page_token.
     """
+    DrainAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.DrainAgentRequest, _agent_service_pb2.DrainAgentResponse]
+    """Drains an agent (admins): it takes no new work, lets its running attempts finish until
+    the deadline, stops what is left then (those jobs are requeued), and exits. The agent
+    shows DRAINING meanwhile.
+    INVALID_ARGUMENT: malformed name or deadline. NOT_FOUND: never seen.
+    FAILED_PRECONDITION: not connected.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -74,6 +81,13 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ListAgents: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ListAgentsRequest, _agent_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Lists agents the control plane has seen, with state and capacity.
     INVALID_ARGUMENT: bad page_size, filter or page_token.
+    """
+    DrainAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.DrainAgentRequest, _agent_service_pb2.DrainAgentResponse]  # type: ignore[assignment]
+    """Drains an agent (admins): it takes no new work, lets its running attempts finish until
+    the deadline, stops what is left then (those jobs are requeued), and exits. The agent
+    shows DRAINING meanwhile.
+    INVALID_ARGUMENT: malformed name or deadline. NOT_FOUND: never seen.
+    FAILED_PRECONDITION: not connected.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +133,19 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.ListAgentsResponse, _abc.Awaitable[_agent_service_pb2.ListAgentsResponse]]:
         """Lists agents the control plane has seen, with state and capacity.
         INVALID_ARGUMENT: bad page_size, filter or page_token.
+        """
+
+    @_abc_1.abstractmethod
+    def DrainAgent(
+        self,
+        request: _agent_service_pb2.DrainAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.DrainAgentResponse, _abc.Awaitable[_agent_service_pb2.DrainAgentResponse]]:
+        """Drains an agent (admins): it takes no new work, lets its running attempts finish until
+        the deadline, stops what is left then (those jobs are requeued), and exits. The agent
+        shows DRAINING meanwhile.
+        INVALID_ARGUMENT: malformed name or deadline. NOT_FOUND: never seen.
+        FAILED_PRECONDITION: not connected.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
