@@ -81,10 +81,6 @@ _MISSING = ("not found", "manifest unknown")
 T = TypeVar("T")
 
 
-class DockerUnavailable(Exception):
-    """The engine does not answer."""
-
-
 @dataclass(frozen=True)
 class DockerSettings:
     agent_id: str
