@@ -16,7 +16,16 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7070)
     p.add_argument("--data-dir", type=Path, default=Path.home() / ".brinell" / "server")
-    p.add_argument("--database-url")
+    p.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL (default: SQLite in the data directory); several replicas may "
+        "share one postgresql:// database",
+    )
+    p.add_argument(
+        "--replica-id",
+        help="this replica's name among those sharing the database (default: host name and "
+        "a random suffix)",
+    )
     p.add_argument("--mlflow-tracking-uri")
     p.add_argument("--heartbeat-interval", type=float, default=5.0)
     p.add_argument("--lease-duration", type=float, default=30.0)
@@ -36,6 +45,7 @@ def main() -> None:
             port=a.port,
             data_dir=a.data_dir,
             database_url=a.database_url,
+            replica_id=a.replica_id,
             mlflow_tracking_uri=a.mlflow_tracking_uri,
             heartbeat_interval=a.heartbeat_interval,
             lease_duration=a.lease_duration,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import secrets
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +54,10 @@ from .domain.plugins import PluginManager
 from .domain.registry import ModelRegistry
 from .domain.scheduler import Scheduler, SchedulerConfig
 from .domain.uploads import Inspector
-from .store.blobs import BlobStore
+from .store.blobs import BlobStore, SharedBlobStore
+from .store.bus import LocalBus, PgBus
 from .store.db import Database
+from .store.repositories import Settings
 from .tracking import MlflowTracking, NullTracking, Tracking
 
 log = logging.getLogger("brinell.controlplane")
@@ -108,6 +112,9 @@ class ServerConfig:
     bootstrap_token: str | None = field(
         default_factory=lambda: os.environ.get("BRINELL_BOOTSTRAP_TOKEN") or None
     )
+    # This process's name among the replicas sharing a PostgreSQL; None: host name and a
+    # random suffix (a restarted replica is a new one: the agents it held reconnect).
+    replica_id: str | None = None
 
 
 class ControlPlane:
@@ -117,10 +124,18 @@ class ControlPlane:
         data.mkdir(parents=True, exist_ok=True)
         self.data_dir = data
         self.db = Database(config.database_url or f"sqlite:///{data / 'brinell.db'}")
-        self.blobs = BlobStore(data / "blobs")
+        self.replica = (config.replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}")[:64]
+        # On PostgreSQL several replicas may share the database: blobs live in it (the data
+        # directory only caches them) and replicas tell each other of changes (LISTEN/NOTIFY).
+        shared = not self.db.is_sqlite
+        self.blobs = (
+            SharedBlobStore(data / "blobs", self.db) if shared else BlobStore(data / "blobs")
+        )
+        bus = PgBus(self.db.url, self.replica) if shared else LocalBus()
         self.tracking: Tracking = self._tracking(config, data)
-        self.notifier = Notifier()
-        self.tokens = PageTokens(self._secret(data))
+        self.notifier = Notifier(bus)
+        # Rekeyed at start with the secret in the database (shared by the replicas).
+        self.tokens = PageTokens(secrets.token_bytes(32))
         self.scheduler = Scheduler(
             self.db,
             self.notifier,
@@ -132,6 +147,7 @@ class ControlPlane:
                 config.grace_period,
             ),
             self._job_env,
+            self.replica,
         )
         self.accounts = Accounts(
             self.db,
@@ -166,15 +182,14 @@ class ControlPlane:
             return MlflowTracking(uri, None)
         return MlflowTracking(f"sqlite:///{data / 'mlflow.db'}", data / "mlartifacts")
 
-    @staticmethod
-    def _secret(data: Path) -> bytes:
-        """Signs page tokens; kept in the data directory so tokens survive restarts."""
-        path = data / "secret"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-        return path.read_bytes()
+    def _secret(self) -> bytes:
+        """Signs page tokens; kept in the database, so tokens survive restarts and every
+        replica accepts the others'. A data directory from before keeps its secret."""
+        old = self.data_dir / "secret"
+        fresh = old.read_bytes() if old.is_file() else secrets.token_bytes(32)
+        with self.db.session() as s:
+            stored = Settings.get_or_add(s, "page_token_secret", base64.b64encode(fresh).decode())
+        return base64.b64decode(stored)
 
     def _tls_credentials(self) -> grpc.ServerCredentials | None:
         c = self.config
@@ -199,6 +214,7 @@ class ControlPlane:
 
     async def start(self) -> int:
         await asyncio.to_thread(self.db.migrate)
+        self.tokens.rekey(await asyncio.to_thread(self._secret))
         self.admin_token_file = await asyncio.to_thread(
             self.accounts.bootstrap, self.data_dir, self.config.bootstrap_token
         )
@@ -242,13 +258,14 @@ class ControlPlane:
         )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
-        await self.scheduler.start()
+        await self.scheduler.start(f"{self.config.host}:{self.port}")
         await server.start()
         self.server = server
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "control plane listening on %s:%d (data: %s)",
+            "control plane %s listening on %s:%d (data: %s)",
+            self.replica,
             self.config.host,
             self.port,
             self.data_dir,

@@ -382,6 +382,7 @@ def agent_get(ctx: typer.Context, agent_id: str, json_output: JsonOpt = False) -
             ("memory", _size(cap.memory_bytes)),
             ("connected", _time(a.connect_time)),
             ("heartbeat", _time(a.last_heartbeat_time)),
+            ("replica", a.replica or "-"),
         ]
         + [
             (f"gpu {i}", f"{g.model} {_size(g.memory_bytes)} {g.uuid}")

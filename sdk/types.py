@@ -478,6 +478,8 @@ class Agent:
     executor: str = ""
     connect_time: datetime | None = None
     last_heartbeat_time: datetime | None = None
+    # The control-plane replica that holds its stream ("" when disconnected).
+    replica: str = ""
 
     @property
     def id(self) -> str:
@@ -497,4 +499,5 @@ class Agent:
             executor=str(msg.executor),
             connect_time=_time(msg, "connect_time"),
             last_heartbeat_time=_time(msg, "last_heartbeat_time"),
+            replica=str(msg.replica),
         )

@@ -253,6 +253,7 @@ def agent(a: m.AgentInfo) -> agent_pb2.Agent:
         executor=a.executor,
         connect_time=ts(a.connect_time),
         last_heartbeat_time=ts(a.last_heartbeat_time),
+        replica=a.replica if a.state != "DISCONNECTED" else "",
     )
 
 

@@ -466,10 +466,10 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb.DownloadBlobResponse]:
         digest = names.check_digest(request.digest)
         await self.directory.may_download(current(), digest)
-        if not self.blobs.exists(digest):
+        found = await asyncio.to_thread(self.blobs.open, digest)
+        if found is None:
             raise NotFound(f"blob {digest} not found")
-        size = self.blobs.size(digest)
-        chunks = self.blobs.read(digest)
+        size, chunks = found
         first = True
         while True:
             chunk = await asyncio.to_thread(next, chunks, None)

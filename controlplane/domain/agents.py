@@ -110,12 +110,21 @@ class AgentDirectory:
         return await self.scheduler.register(info, running, who.token_id or who.name)
 
     def _live(self, a: AgentInfo) -> AgentInfo:
+        """The agent as the replica holding its stream sees it: this one's live session,
+        or what another live replica stored."""
         session = self.scheduler.sessions.get(a.id)
-        if session is None:
-            return replace(a, state="DISCONNECTED", running=0)
-        return replace(
-            a, state="DRAINING" if session.draining else "CONNECTED", running=len(session.running)
-        )
+        if session is not None:
+            return replace(
+                a,
+                state="DRAINING" if session.draining else "CONNECTED",
+                running=len(session.running),
+                replica=self.scheduler.replica,
+            )
+        if a.state != "DISCONNECTED" and a.replica in self.scheduler.live - {
+            self.scheduler.replica
+        }:
+            return a
+        return replace(a, state="DISCONNECTED", running=0)
 
     async def drain(self, name: str, deadline: float, reason: str) -> AgentInfo:
         agent_id = names.agent_id(name)
@@ -126,8 +135,8 @@ class AgentDirectory:
         if len(reason) > 500:
             raise InvalidArgument("reason is at most 500 characters", field="reason")
         found = await self.get(f"agents/{agent_id}")
-        self.scheduler.drain(agent_id, deadline, reason or "drained by an admin")
-        return self._live(found)
+        self.scheduler.drain(found, deadline, reason or "drained by an admin")
+        return replace(found, state="DRAINING")
 
     async def get(self, name: str) -> AgentInfo:
         agent_id = names.agent_id(name)

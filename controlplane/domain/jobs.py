@@ -305,7 +305,7 @@ class JobManager:
                 job = await self.db.batch(check_and_add)
             except IntegrityError:
                 return await self._lost_race(spec, fingerprint, ""), False
-            self.scheduler.wake()
+            self.scheduler.wake(everywhere=True)
             return job, True
 
         checked = await self.db.batch(check)
@@ -333,7 +333,7 @@ class JobManager:
             await self.db.batch(lambda s: Jobs.add(s, job, fingerprint))
         except IntegrityError:
             return await self._lost_race(spec, fingerprint, run_id), False
-        self.scheduler.wake()
+        self.scheduler.wake(everywhere=True)
         return job, True
 
     async def _lost_race(self, spec: SubmitSpec, fingerprint: str, run_id: str) -> Job:

@@ -214,6 +214,8 @@ class AgentInfo:
     running: int = 0
     connect_time: datetime | None = None
     last_heartbeat_time: datetime | None = None
+    # The control-plane replica that holds its stream ("" before it first connected).
+    replica: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,10 @@ class PageTokens:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
+    def rekey(self, secret: bytes) -> None:
+        """Signs with ``secret`` from now on (the shared one, read at start)."""
+        self._secret = secret
+
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
 

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from ..store.bus import LocalBus
 from ..store.db import Database
 from ..store.models import utcnow
-from ..store.repositories import Agents, Attempts, Jobs, Logs
+from ..store.repositories import Agents, Attempts, Jobs, Logs, Replicas
 from ..tracking import Tracking
 from .errors import FailedPrecondition
 from .models import AgentInfo, AttemptRef, Gpu, Job, JobHead, QueuedJob, Resources
@@ -122,6 +123,10 @@ Outbound = Assign | Cancel | LogAck | Close | Drain
 HELD_LIMIT = 4096
 # Seconds agents have to come back after a control-plane restart (at least one lease).
 RECONNECT_WINDOW = 30.0
+# A replica says it is alive every REPLICA_BEAT seconds; one silent for REPLICA_LIVE is gone
+# (the agents it held count as disconnected).
+REPLICA_BEAT = 2.0
+REPLICA_LIVE = 10.0
 
 
 class SessionConflict(FailedPrecondition):
@@ -150,6 +155,9 @@ class AgentSession:
     held: dict[tuple[str, int], None] = field(default_factory=dict)
     # For the attempts it reported running at registration: what is stored of their logs.
     cursors: list[LogCursor] = field(default_factory=list)
+    # Attempts running on it as another replica last stored (for a session that stands for
+    # an agent connected elsewhere, in waiting reasons).
+    elsewhere: int = 0
 
     def hold(self, key: tuple[str, int], gpus: Sequence[str] = ()) -> None:
         self.running[key] = tuple(gpus)
@@ -168,7 +176,7 @@ class AgentSession:
     def free(self) -> int:
         if self.draining or self.suspect:
             return 0
-        return self.info.capacity.slots - len(self.running)
+        return self.info.capacity.slots - len(self.running) - self.elsewhere
 
     def accepts(self, job: Job | QueuedJob) -> bool:
         return job.queue in self.info.queues and all(
@@ -238,12 +246,21 @@ class Scheduler:
         tracking: Tracking,
         config: SchedulerConfig,
         job_env: Callable[[Job], dict[str, str]],
+        replica: str = "local",
     ) -> None:
         self.db = db
         self.notifier = notifier
+        self.bus: LocalBus = notifier.bus
         self.tracking = tracking
         self.config = config
         self._job_env = job_env
+        self.replica = replica
+        self.address = ""
+        # The replicas on this database that beat lately, this one included.
+        self.live: set[str] = {replica}
+        self._beat_at = 0.0
+        # Agents whose stream another live replica holds (for waiting reasons).
+        self.remote: list[AgentSession] = []
         self.sessions: dict[str, AgentSession] = {}
         self._wake = asyncio.Event()
         self._explain = asyncio.Event()
@@ -256,18 +273,27 @@ class Scheduler:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, address: str = "") -> None:
         # After a restart, agents get a lease, and at least RECONNECT_WINDOW, to reconnect
         # before their attempts count as lost: the leases may have run out while we were
         # down, and an agent that retried all along waits up to its backoff's cap (10 s by
-        # default) before it tries again.
+        # default) before it tries again. Agents that another live replica holds keep their
+        # state and leases.
         lease = timedelta(seconds=max(self.config.lease_duration, RECONNECT_WINDOW))
+        self.address = address
 
-        def recover(s: Session) -> None:
-            Agents.mark_all_disconnected(s)
-            Attempts.extend_all(s, utcnow() + lease)
+        def recover(s: Session) -> set[str]:
+            now = utcnow()
+            Replicas.beat(s, self.replica, address, now)
+            live = Replicas.live(s, now - timedelta(seconds=REPLICA_LIVE))
+            Agents.mark_disconnected(s, keep_replicas=live - {self.replica})
+            elsewhere = Agents.held_by_others(s, self.replica, live)
+            Attempts.extend_all(s, now + lease, except_agents=elsewhere)
+            return live
 
-        await self.db.run(recover)
+        self.live = await self.db.run(recover)
+        self.bus.peers = self.live - {self.replica}
+        await self.bus.start(self._heard, self._resync)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
             asyncio.create_task(self._reaper_loop(), name="lease-reaper"),
@@ -284,9 +310,71 @@ class Scheduler:
                 await t
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.bus.stop()
+        before = utcnow() - timedelta(seconds=REPLICA_LIVE * 10)
+        with contextlib.suppress(Exception):  # the database may be the thing that failed
+            await self.db.run(lambda s: Replicas.forget(s, self.replica, before))
 
-    def wake(self) -> None:
+    def wake(self, everywhere: bool = False) -> None:
+        """Runs a dispatch pass (on every replica: a job was queued that any may take)."""
         self._wake.set()
+        if everywhere:
+            self.bus.publish("wake")
+
+    # -- other replicas --------------------------------------------------------------
+
+    def _heard(self, messages: list[list[Any]]) -> None:
+        """Acts on what other replicas published (store/bus.py)."""
+        for kind, *args in messages:
+            if kind == "job" and args:
+                self.notifier.notify_here(str(args[0]))
+            elif kind == "wake":
+                self._wake.set()
+            elif kind == "cancel" and len(args) == 4:
+                agent_id, job_id, attempt, reason = args
+                session = self.sessions.get(str(agent_id))
+                if session is not None:
+                    session.outbox.put_nowait(
+                        Cancel(str(job_id), int(attempt), str(reason), self.config.grace_period)
+                    )
+            elif kind == "drain" and len(args) == 3:
+                if (session := self.sessions.get(str(args[0]))) is not None:
+                    self.draining(session, str(args[2]))
+                    session.outbox.put_nowait(Drain(str(args[2]), float(args[1])))
+            elif kind == "close" and len(args) == 2:
+                self.close_sessions(str(args[0]), str(args[1]), here=True)
+            elif kind == "agent" and args:
+                # It connected to another replica: a session here is a half-dead leftover.
+                if (session := self.sessions.get(str(args[0]))) is not None:
+                    session.outbox.put_nowait(Close("the agent connected to another replica"))
+                self._explain.set()
+            elif kind == "agents":
+                self._explain.set()
+
+    def _resync(self) -> None:
+        """The bus may have lost messages: wake every waiter and the dispatcher once."""
+        self.notifier.notify_all()
+        self._wake.set()
+        self._explain.set()
+
+    async def _beat(self) -> None:
+        """Says this replica is alive and learns which others are."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._beat_at < REPLICA_BEAT:
+            return
+        self._beat_at = loop.time()
+
+        def beat(s: Session) -> set[str]:
+            now = utcnow()
+            Replicas.beat(s, self.replica, self.address, now)
+            return Replicas.live(s, now - timedelta(seconds=REPLICA_LIVE))
+
+        live = await self.db.run(beat)
+        if live != self.live:
+            log.info("replicas on this database: %s", ", ".join(sorted(live)))
+            self.live = live
+            self.bus.peers = live - {self.replica}
+            self._explain.set()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Runs follow-up work (MLflow run ends) without holding up the caller."""
@@ -318,7 +406,14 @@ class Scheduler:
         if old is not None:
             old.outbox.put_nowait(Close("a newer connection of this agent took over"))
         now = utcnow()
-        info = replace(info, state="CONNECTED", connect_time=now, last_heartbeat_time=now)
+        info = replace(
+            info,
+            state="CONNECTED",
+            connect_time=now,
+            last_heartbeat_time=now,
+            replica=self.replica,
+            running=len(running),
+        )
         session = AgentSession(info, credential=credential)
         until = now + timedelta(seconds=self.config.lease_duration)
 
@@ -380,6 +475,7 @@ class Scheduler:
             )
         self.sessions[info.id] = session
         self._explain.set()
+        self.bus.publish("agent", info.id)
         log.info(
             "agent %s connected (queues=%s, slots=%d, running=%d)",
             info.id,
@@ -390,28 +486,38 @@ class Scheduler:
         self.wake()
         return session
 
-    def drain(self, agent_id: str, deadline: float, reason: str) -> AgentSession:
-        """Stops assigning to the agent and asks it to drain (FailedPrecondition when it is
-        not connected here)."""
-        session = self.sessions.get(agent_id)
-        if session is None:
-            raise FailedPrecondition(f"agent {agent_id!r} is not connected: nothing to drain")
-        self.draining(session, reason)
-        session.outbox.put_nowait(Drain(reason, deadline))
-        return session
+    def drain(self, agent: AgentInfo, deadline: float, reason: str) -> None:
+        """Stops assigning to the agent and asks it to drain, through the replica that holds
+        its stream (FailedPrecondition when none does)."""
+        session = self.sessions.get(agent.id)
+        if session is not None:
+            self.draining(session, reason)
+            session.outbox.put_nowait(Drain(reason, deadline))
+        elif agent.state != "DISCONNECTED" and agent.replica in self.live:
+            self.bus.publish("drain", agent.id, deadline, reason)
+        else:
+            raise FailedPrecondition(f"agent {agent.id!r} is not connected: nothing to drain")
 
     def draining(self, session: AgentSession, reason: str) -> None:
         """The agent drains (it said so, or was told to): no new work for it."""
         if not session.draining:
             log.info("agent %s drains: %s", session.id, reason or "no reason given")
+            self.spawn(
+                self.db.run(
+                    lambda s: Agents.set(s, session.id, replica=self.replica, state="DRAINING")
+                )
+            )
         session.draining = True
         self._explain.set()
 
-    def close_sessions(self, credential: str, reason: str) -> None:
-        """Ends the live sessions opened with this credential (it was revoked)."""
+    def close_sessions(self, credential: str, reason: str, here: bool = False) -> None:
+        """Ends the live sessions opened with this credential (it was revoked), on every
+        replica (``here``: on this one only)."""
         for session in list(self.sessions.values()):
             if credential and session.credential == credential:
                 session.outbox.put_nowait(Close(reason))
+        if not here:
+            self.bus.publish("close", credential, reason)
 
     async def disconnect(self, session: AgentSession) -> None:
         if self.sessions.get(session.id) is not session:
@@ -423,7 +529,12 @@ class Scheduler:
             session.id,
             len(session.running),
         )
-        await self.db.run(lambda s: Agents.set(s, session.id, state="DISCONNECTED"))
+        await self.db.run(
+            lambda s: Agents.set(
+                s, session.id, replica=self.replica, state="DISCONNECTED", running=0
+            )
+        )
+        self.bus.publish("agents")
 
     async def heartbeat(self, session: AgentSession, running: Sequence[AttemptRef]) -> None:
         now = utcnow()
@@ -446,7 +557,13 @@ class Scheduler:
         def beat(s: Session) -> None:
             until = now + timedelta(seconds=self.config.lease_duration)
             Attempts.renew(s, session.id, known, until)
-            Agents.set(s, session.id, last_heartbeat_time=now)
+            Agents.set(
+                s,
+                session.id,
+                replica=self.replica,
+                last_heartbeat_time=now,
+                running=len(session.running),
+            )
 
         await self.db.batch(beat)
 
@@ -456,12 +573,10 @@ class Scheduler:
         """Why no connected agent takes the job now, or "" when one has a free slot."""
         # The common case first, and cheaply (it runs on every submit): someone can take it.
         want = job.resources
-        if any(
-            x.free > 0 and x.accepts(job) and x.place(want) is not None
-            for x in self.sessions.values()
-        ):
+        agents = [*self.sessions.values(), *self.remote]
+        if any(x.free > 0 and x.accepts(job) and x.place(want) is not None for x in agents):
             return ""
-        serving = [x for x in self.sessions.values() if job.queue in x.info.queues]
+        serving = [x for x in agents if job.queue in x.info.queues]
         if not serving:
             return f"no connected agent serves queue {job.queue!r}"
         matching = [x for x in serving if x.accepts(job)]
@@ -507,7 +622,16 @@ class Scheduler:
 
         A job that an agent can take keeps its reason: the dispatcher assigns it and clears it.
         """
-        waiting = await self.db.run(Jobs.waiting)
+
+        def read(s: Session) -> tuple[list[tuple[QueuedJob, str]], list[AgentInfo]]:
+            return Jobs.waiting(s), Agents.connected_elsewhere(s, self.replica, self.live)
+
+        waiting, elsewhere = await self.db.run(read)
+        self.remote = [
+            AgentSession(a, draining=a.state == "DRAINING", elsewhere=a.running)
+            for a in elsewhere
+            if a.id not in self.sessions
+        ]
         by_reason: dict[str, list[str]] = {}
         for job, old in waiting:
             reason = self.waiting_reason(job)
@@ -745,6 +869,7 @@ class Scheduler:
         self.notifier.notify(job.id)
         if job.state is JobState.QUEUED:  # requeued: it may wait for a reason now
             self._explain.set()
+            self.bus.publish("wake")
         if job.state.is_final and job.mlflow_run_id:
             self.spawn(self.tracking.end_run(job.mlflow_run_id, job.state.value))
 
@@ -803,13 +928,17 @@ class Scheduler:
         if job is None:
             return None
         if job.state.is_active:
-            session = self.sessions.get(job.agent_id)
-            if session is not None:
-                session.outbox.put_nowait(
-                    Cancel(job.id, job.attempt, reason, self.config.grace_period)
-                )
+            self._cancel_attempt(job, reason)
         self._after_change(job)
         return job
+
+    def _cancel_attempt(self, job: Job, reason: str) -> None:
+        """Tells the job's agent to stop its attempt, through whichever replica holds it."""
+        session = self.sessions.get(job.agent_id)
+        if session is not None:
+            session.outbox.put_nowait(Cancel(job.id, job.attempt, reason, self.config.grace_period))
+        else:
+            self.bus.publish("cancel", job.agent_id, job.id, job.attempt, reason[:2000])
 
     # -- leases ----------------------------------------------------------------------
 
@@ -817,6 +946,7 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.config.reaper_interval)
             try:
+                await self._beat()
                 await self.reap()
             except Exception:
                 log.exception("lease reaper pass failed")
@@ -891,11 +1021,7 @@ class Scheduler:
             changed.append(job)
         for job in await self.db.run(overdue):
             log.warning("job %s: %s", job.id, job.state_reason)
-            session = self.sessions.get(job.agent_id)
-            if session is not None:
-                session.outbox.put_nowait(
-                    Cancel(job.id, job.attempt, job.state_reason, self.config.grace_period)
-                )
+            self._cancel_attempt(job, job.state_reason)
             self._release(job.id, job.attempt)
             self._after_change(job)
             changed.append(job)

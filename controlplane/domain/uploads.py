@@ -38,7 +38,7 @@ async def receive(
     """
     hasher = hashlib.sha256()
     size = 0
-    fd, tmp_name = tempfile.mkstemp(dir=blobs.root / "tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=blobs.tmp_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -62,10 +62,7 @@ async def receive(
             )
         upload = Upload(tmp, "sha256:" + hexdigest, size)
         yield upload
-        target = blobs.path(upload.digest)
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
+        await asyncio.to_thread(blobs.keep, tmp, upload.digest)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -211,6 +212,9 @@ class AgentRow(Base):
     executor: Mapped[str] = mapped_column(String(32), default="")
     connect_time: Mapped[datetime | None] = mapped_column(nullable=True)
     last_heartbeat_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The control-plane replica that holds its stream, and how many attempts it runs there.
+    replica: Mapped[str] = mapped_column(String(64), default="")
+    running: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class UserRow(Base):
@@ -264,3 +268,37 @@ class AuditEventRow(Base):
     action: Mapped[str] = mapped_column(String(63))
     resource: Mapped[str] = mapped_column(String(255))
     detail: Mapped[str] = mapped_column(String(255), default="")
+
+
+class SettingRow(Base):
+    """Values every replica shares (the page-token secret)."""
+
+    __tablename__ = "settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class ReplicaRow(Base):
+    """A control-plane process on this database, and when it last said it was alive."""
+
+    __tablename__ = "replicas"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(255), default="")
+    started: Mapped[datetime]
+    last_seen: Mapped[datetime]
+
+
+class BlobRow(Base):
+    """A blob stored in the database (PostgreSQL: shared by the replicas); written last, in
+    the transaction that writes its chunks, so a row means the whole blob is there."""
+
+    __tablename__ = "blobs"
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class BlobChunkRow(Base):
+    __tablename__ = "blob_chunks"
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -8,7 +8,19 @@ from datetime import datetime
 from typing import Any, cast
 
 from packaging.version import Version
-from sqlalchemy import Row, Table, Update, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import (
+    Row,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..domain import models as m
@@ -22,7 +34,9 @@ from .models import (
     LogLineRow,
     PluginRow,
     PluginVersionRow,
+    ReplicaRow,
     RevisionRow,
+    SettingRow,
     utcnow,
 )
 
@@ -629,8 +643,12 @@ class Attempts:
         )
 
     @staticmethod
-    def extend_all(s: Session, until: datetime) -> None:
-        s.execute(update(AttemptRow).where(AttemptRow.active.is_(True)).values(lease_expires=until))
+    def extend_all(s: Session, until: datetime, except_agents: Iterable[str] = ()) -> None:
+        """Extends every active lease (but those of these agents) to ``until``."""
+        q = update(AttemptRow).where(AttemptRow.active.is_(True))
+        if skip := list(except_agents):
+            q = q.where(AttemptRow.agent_id.not_in(skip))
+        s.execute(q.values(lease_expires=until))
 
     @staticmethod
     def expired(s: Session, now: datetime, limit: int = 100) -> list[tuple[str, int, str]]:
@@ -918,9 +936,10 @@ def _agent(r: AgentRow, running: int = 0) -> m.AgentInfo:
         state=r.state,
         version=r.version,
         executor=r.executor,
-        running=running,
+        running=running or r.running,
         connect_time=r.connect_time,
         last_heartbeat_time=r.last_heartbeat_time,
+        replica=r.replica,
     )
 
 
@@ -945,11 +964,37 @@ class Agents:
         row.executor = a.executor
         row.connect_time = a.connect_time
         row.last_heartbeat_time = a.last_heartbeat_time
+        row.replica = a.replica
+        row.running = a.running
         s.flush()
 
     @staticmethod
-    def set(s: Session, agent_id: str, **values: Any) -> None:
-        s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**values))
+    def set(s: Session, agent_id: str, replica: str | None = None, **values: Any) -> None:
+        """Updates the agent's row; with ``replica``, only while that replica holds it (an
+        agent that moved to another replica is that one's to describe)."""
+        q = update(AgentRow).where(AgentRow.id == agent_id)
+        if replica is not None:
+            q = q.where(AgentRow.replica == replica)
+        s.execute(q.values(**values))
+
+    @staticmethod
+    def held_by_others(s: Session, me: str, live: Iterable[str]) -> list[str]:
+        """The connected agents whose stream a live replica other than ``me`` holds."""
+        others = [r for r in live if r != me]
+        if not others:
+            return []
+        q = select(AgentRow.id).where(
+            AgentRow.state != "DISCONNECTED", AgentRow.replica.in_(others)
+        )
+        return list(s.scalars(q).all())
+
+    @staticmethod
+    def connected_elsewhere(s: Session, me: str, live: Iterable[str]) -> list[m.AgentInfo]:
+        others = [r for r in live if r != me]
+        if not others:
+            return []
+        q = select(AgentRow).where(AgentRow.state != "DISCONNECTED", AgentRow.replica.in_(others))
+        return [_agent(r) for r in s.scalars(q).all()]
 
     @staticmethod
     def get(s: Session, agent_id: str) -> m.AgentInfo | None:
@@ -964,11 +1009,72 @@ class Agents:
         return [_agent(r) for r in s.scalars(q.order_by(AgentRow.id).limit(limit)).all()]
 
     @staticmethod
-    def mark_all_disconnected(s: Session) -> None:
-        s.execute(update(AgentRow).values(state="DISCONNECTED"))
+    def mark_disconnected(s: Session, keep_replicas: Iterable[str] = ()) -> None:
+        """Every agent is disconnected but those that these (live) replicas hold."""
+        q = update(AgentRow).where(AgentRow.state != "DISCONNECTED")
+        if keep := list(keep_replicas):
+            q = q.where(AgentRow.replica.not_in(keep))
+        s.execute(q.values(state="DISCONNECTED", running=0))
 
 
-__all__ = ["Agents", "Attempts", "EntryPoints", "Experiments", "Jobs", "Logs", "Plugins"]
+class Replicas:
+    """Control-plane processes sharing the database; alive while they beat."""
+
+    @staticmethod
+    def beat(s: Session, replica: str, address: str, now: datetime) -> None:
+        found = s.get(ReplicaRow, replica)
+        if found is None:
+            s.add(ReplicaRow(id=replica, address=address, started=now, last_seen=now))
+        else:
+            found.last_seen = now
+            found.address = address
+
+    @staticmethod
+    def live(s: Session, since: datetime) -> set[str]:
+        return set(s.scalars(select(ReplicaRow.id).where(ReplicaRow.last_seen >= since)).all())
+
+    @staticmethod
+    def forget(s: Session, replica: str, before: datetime) -> None:
+        """Removes this replica's row and those of replicas silent since ``before``."""
+        s.execute(
+            delete(ReplicaRow).where((ReplicaRow.id == replica) | (ReplicaRow.last_seen < before))
+        )
+
+
+class Settings:
+    @staticmethod
+    def get(s: Session, name: str) -> str | None:
+        row = s.get(SettingRow, name)
+        return row.value if row else None
+
+    @staticmethod
+    def get_or_add(s: Session, name: str, value: str) -> str:
+        """The stored value, or ``value`` once stored (another replica's, if it won)."""
+        found = Settings.get(s, name)
+        if found is not None:
+            return found
+        try:
+            with s.begin_nested():
+                s.add(SettingRow(name=name, value=value))
+        except IntegrityError:
+            s.expire_all()
+            found = Settings.get(s, name)
+            assert found is not None
+            return found
+        return value
+
+
+__all__ = [
+    "Agents",
+    "Attempts",
+    "EntryPoints",
+    "Experiments",
+    "Jobs",
+    "Logs",
+    "Plugins",
+    "Replicas",
+    "Settings",
+]
 
 
 class Blobs:

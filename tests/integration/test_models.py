@@ -492,7 +492,7 @@ def test_links_out_of_the_artifact_root_are_refused(world: World) -> None:
     local = Path(client.get_run(job.mlflow_run_id).info.artifact_uri.removeprefix("file://"))
     local.mkdir(parents=True)
     (local / "fine.txt").write_text("ok")
-    os.symlink(world.data_dir / "secret", local / "leak")
+    os.symlink(world.data_dir / "brinell.db", local / "leak")
     (local / "dir").mkdir()
     os.symlink(world.data_dir, local / "dir" / "up")
 

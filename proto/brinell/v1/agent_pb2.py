@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62rinell/v1/agent.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x03Gpu\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\\\n\x08\x43\x61pacity\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.brinell.v1.Gpu\"\x83\x03\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.brinell.v1.Agent.LabelsEntry\x12\x0e\n\x06queues\x18\x04 \x03(\t\x12&\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x14.brinell.v1.Capacity\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.brinell.v1.AgentState\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x10\n\x08\x65xecutor\x18\t \x01(\t\x12\x30\n\x0c\x63onnect_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*|\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_STATE_CONNECTED\x10\x01\x12\x1c\n\x18\x41GENT_STATE_DISCONNECTED\x10\x02\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62rinell/v1/agent.proto\x12\nbrinell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x03Gpu\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\\\n\x08\x43\x61pacity\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.brinell.v1.Gpu\"\x94\x03\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.brinell.v1.Agent.LabelsEntry\x12\x0e\n\x06queues\x18\x04 \x03(\t\x12&\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x14.brinell.v1.Capacity\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.brinell.v1.AgentState\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x10\n\x08\x65xecutor\x18\t \x01(\t\x12\x30\n\x0c\x63onnect_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07replica\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*|\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_STATE_CONNECTED\x10\x01\x12\x1c\n\x18\x41GENT_STATE_DISCONNECTED\x10\x02\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENT_LABELSENTRY']._loaded_options = None
   _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=613
-  _globals['_AGENTSTATE']._serialized_end=737
+  _globals['_AGENTSTATE']._serialized_start=630
+  _globals['_AGENTSTATE']._serialized_end=754
   _globals['_GPU']._serialized_start=71
   _globals['_GPU']._serialized_end=127
   _globals['_CAPACITY']._serialized_start=129
   _globals['_CAPACITY']._serialized_end=221
   _globals['_AGENT']._serialized_start=224
-  _globals['_AGENT']._serialized_end=611
-  _globals['_AGENT_LABELSENTRY']._serialized_start=566
-  _globals['_AGENT_LABELSENTRY']._serialized_end=611
+  _globals['_AGENT']._serialized_end=628
+  _globals['_AGENT_LABELSENTRY']._serialized_start=583
+  _globals['_AGENT_LABELSENTRY']._serialized_end=628
 # @@protoc_insertion_point(module_scope)

@@ -138,6 +138,7 @@ class Agent(_message.Message):
     EXECUTOR_FIELD_NUMBER: _builtins.int
     CONNECT_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`agents/{agent_id}`; the id is chosen by the agent (its host name by default)."""
     hostname: _builtins.str
@@ -146,6 +147,10 @@ class Agent(_message.Message):
     """Attempts it runs now."""
     version: _builtins.str
     executor: _builtins.str
+    replica: _builtins.str
+    """The control-plane replica that holds its stream (several replicas may share one
+    PostgreSQL); empty when it is disconnected.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -170,10 +175,11 @@ class Agent(_message.Message):
         executor: _builtins.str = ...,
         connect_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "connect_time", b"connect_time", "last_heartbeat_time", b"last_heartbeat_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "connect_time", b"connect_time", "executor", b"executor", "hostname", b"hostname", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "name", b"name", "queues", b"queues", "running", b"running", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "connect_time", b"connect_time", "executor", b"executor", "hostname", b"hostname", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "name", b"name", "queues", b"queues", "replica", b"replica", "running", b"running", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
