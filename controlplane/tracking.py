@@ -73,6 +73,12 @@ class Tracking(Protocol):
 
     async def end_run(self, run_id: str, state: str) -> None: ...
 
+    async def log_params(self, run_id: str, params: Mapping[str, str]) -> None: ...
+
+    async def run_model_versions(self, run_id: str) -> list[tuple[str, str]]:
+        """(model id, version) of every model version registered from the run."""
+        ...
+
     # -- model registry (registered model name = Brinell model id)
 
     async def register_model_version(
@@ -126,6 +132,12 @@ class NullTracking:
 
     async def end_run(self, run_id: str, state: str) -> None:
         return None
+
+    async def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        return None
+
+    async def run_model_versions(self, run_id: str) -> list[tuple[str, str]]:
+        return []
 
     async def register_model_version(
         self, model_id: str, run_id: str, artifact_path: str, description: str, tags: dict[str, str]
@@ -376,6 +388,21 @@ class MlflowTracking:
             client.set_terminated(run_id, status=status)
 
         await self._call("end a run", end)
+
+    async def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        def log(client: MlflowClient) -> None:
+            from mlflow.entities import Param
+
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+
+        await self._call("log parameters", log)
+
+    async def run_model_versions(self, run_id: str) -> list[tuple[str, str]]:
+        def search(client: MlflowClient) -> list[tuple[str, str]]:
+            found = client.search_model_versions(f"run_id = '{run_id}'", max_results=1000)
+            return sorted((str(mv.name), str(mv.version)) for mv in found)
+
+        return await self._call("find the run's model versions", search, mapped=True)
 
     # -- model registry
 

@@ -45,6 +45,7 @@ from .types import (
     LogStream,
     Parameter,
     Resources,
+    RetryPolicy,
 )
 
 __version__ = "0.1.0"
@@ -82,6 +83,7 @@ __all__ = [
     "PluginPin",
     "PluginVersion",
     "Resources",
+    "RetryPolicy",
     "Task",
     "TaskInput",
     "UnavailableError",

@@ -52,7 +52,16 @@ from .client import DEFAULT_TARGET, Client
 from .errors import BrinellError
 from .extras import needs
 from .pack import default_id_source
-from .types import Agent, EntryPointRevision, Experiment, Job, JobState, LogLine, Resources
+from .types import (
+    Agent,
+    EntryPointRevision,
+    Experiment,
+    Job,
+    JobState,
+    LogLine,
+    Resources,
+    RetryPolicy,
+)
 
 
 class _Group(TyperGroup):
@@ -629,6 +638,17 @@ def _show_job(j: Job) -> None:
         ("priority", str(j.priority)),
         ("queue timeout", _seconds(j.queue_timeout)),
     ]
+    if j.retry is not None:
+        codes = ",".join(str(c) for c in j.retry.exit_codes)
+        rows.append(
+            (
+                "retries",
+                f"{j.retries} of {j.retry.max_retries} (exit {codes}; "
+                f"backoff {j.retry.backoff:g} s)",
+            )
+        )
+    if j.depends_on:
+        rows.append(("depends on", _pairs(j.depends_on)))
     if j.image or j.image_digest:
         rows.append(("image", j.image or "(the queue's default)"))
     if j.image_digest:
@@ -795,6 +815,24 @@ def job_submit(
         float | None,
         typer.Option(help="Seconds it may wait in the queue before it ends TIMED_OUT."),
     ] = None,
+    retries: Annotated[
+        int, typer.Option(help="Retries when it exits with a retryable code (see --retry-on).")
+    ] = 0,
+    retry_on: Annotated[
+        list[int] | None,
+        typer.Option(help="Exit code that means 'retry me' (repeat; default 75, EX_TEMPFAIL)."),
+    ] = None,
+    retry_backoff: Annotated[
+        float, typer.Option(help="Seconds before the first retry; doubled for each next one.")
+    ] = 10.0,
+    depends_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--depends-on",
+            help="ALIAS=JOB it waits on (repeat); parameters may use {deps.ALIAS.run_id}, "
+            "{deps.ALIAS.job}, {deps.ALIAS.model}.",
+        ),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Follow state and logs until it ends.")
     ] = False,
@@ -818,6 +856,8 @@ def job_submit(
         image=image,
         priority=priority,
         queue_timeout=queue_timeout,
+        retry=RetryPolicy(retries, retry_backoff, tuple(retry_on or (75,))) if retries else None,
+        depends_on=_kv(depends_on, "--depends-on"),
     )
     if not watch:
         if as_json:

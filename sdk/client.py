@@ -48,7 +48,16 @@ from .errors import (
     from_rpc_error,
 )
 from .pack import default_id, is_archive, pack_directory, sha256_hex
-from .types import Agent, EntryPoint, EntryPointRevision, Experiment, Job, LogLine, Resources
+from .types import (
+    Agent,
+    EntryPoint,
+    EntryPointRevision,
+    Experiment,
+    Job,
+    LogLine,
+    Resources,
+    RetryPolicy,
+)
 
 if TYPE_CHECKING:
     from .accounts import WhoAmI
@@ -454,6 +463,8 @@ class Jobs(_Service):
         image: str | None = None,
         priority: int = 0,
         queue_timeout: float | timedelta | None = None,
+        retry: RetryPolicy | None = None,
+        depends_on: Mapping[str, str | Job] | None = None,
     ) -> Job:
         """Submits a job; parameter values are sent as strings (bools as ``true``/``false``).
 
@@ -467,6 +478,11 @@ class Jobs(_Service):
         the MLproject's ``docker_env.image`` for agents with the docker executor.
         ``priority`` (-1000 to 1000): higher runs first, first come first served within one.
         ``queue_timeout`` ends the job TIMED_OUT if it waits longer than that in the queue.
+        ``retry`` runs it again when it exits with a retryable exit code (see RetryPolicy).
+        ``depends_on`` (alias -> job): the job stays PENDING until those jobs succeed (it
+        fails or is cancelled with them otherwise), then its parameters' placeholders
+        ``{deps.ALIAS.run_id}``, ``{deps.ALIAS.job}``, ``{deps.ALIAS.model}`` (the one
+        ``models:/NAME/VERSION`` registered from that job) are filled in and it is queued.
         """
         request = job_service_pb2.SubmitJobRequest(
             experiment=_name(experiment, "experiments", "experiment"),
@@ -483,7 +499,12 @@ class Jobs(_Service):
             },
             image=image or "",
             priority=priority,
+            depends_on={
+                str(alias): _name(dep, "jobs", "job") for alias, dep in (depends_on or {}).items()
+            },
         )
+        if retry is not None:
+            request.retry.CopyFrom(retry.to_proto())
         if resources is not None:
             r = request.resources
             r.cpus, r.memory_bytes = resources.cpus, resources.memory_bytes

@@ -333,6 +333,14 @@ class Job:
     image_digest: str = ""
     #: UUIDs of the GPUs the current or last attempt holds.
     gpu_uuids: tuple[str, ...] = ()
+    #: Retries for failures the job reports as retryable (None: no retries).
+    retry: RetryPolicy | None = None
+    #: Retries spent so far (agent-loss requeues not counted).
+    retries: int = 0
+    #: The jobs it waits on: alias -> ``jobs/{id}`` (PENDING until they all succeed).
+    depends_on: dict[str, str] = field(default_factory=dict)
+    #: A retry waits until then (its backoff).
+    not_before: datetime | None = None
 
     @property
     def id(self) -> str:
@@ -386,7 +394,33 @@ class Job:
             gpu_uuids=tuple(str(u) for u in msg.gpu_uuids),
             priority=int(msg.priority),
             queue_timeout=_duration(msg, "queue_timeout"),
+            retry=RetryPolicy.from_proto(msg.retry) if msg.HasField("retry") else None,
+            retries=int(msg.retries),
+            depends_on=dict(msg.depends_on),
+            not_before=_time(msg, "not_before"),
         )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries for failures a job reports itself: an attempt that exits with one of
+    ``exit_codes`` (default 75, EX_TEMPFAIL) runs again after ``backoff`` seconds (doubled for
+    each next retry, at most an hour), up to ``max_retries`` times. Separate from the
+    requeues after an agent was lost, which ``max_attempts`` bounds."""
+
+    max_retries: int = 1
+    backoff: float = 10.0
+    exit_codes: tuple[int, ...] = (75,)
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.RetryPolicy) -> RetryPolicy:
+        backoff = msg.backoff.ToNanoseconds() / 1e9 if msg.HasField("backoff") else 10.0
+        return cls(int(msg.max_retries), backoff, tuple(int(c) for c in msg.exit_codes))
+
+    def to_proto(self) -> job_pb2.RetryPolicy:
+        out = job_pb2.RetryPolicy(max_retries=self.max_retries, exit_codes=list(self.exit_codes))
+        out.backoff.FromTimedelta(timedelta(seconds=self.backoff))
+        return out
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,15 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from brinell.v1 import agent_pb2, auth_pb2, entry_point_pb2, experiment_pb2, job_pb2, plugin_pb2
+from brinell.v1 import (
+    agent_pb2,
+    auth_pb2,
+    entry_point_pb2,
+    experiment_pb2,
+    job_pb2,
+    job_service_pb2,
+    plugin_pb2,
+)
 
 from ..domain import models as m
 from ..domain.errors import InvalidArgument
@@ -150,6 +158,27 @@ def job(j: m.Job) -> job_pb2.Job:
         gpu_uuids=j.gpu_uuids,
         priority=j.priority,
         queue_timeout=duration(j.queue_timeout_s),
+        retry=retry(j.retry) if j.retry.max_retries else None,
+        retries=j.retries,
+        depends_on={alias: f"jobs/{dep}" for alias, dep in j.depends_on.items()},
+        not_before=ts(j.not_before) if j.state == JobState.QUEUED else None,
+    )
+
+
+def retry(r: m.RetryPolicy) -> job_pb2.RetryPolicy:
+    return job_pb2.RetryPolicy(
+        max_retries=r.max_retries, backoff=duration(r.backoff_s), exit_codes=list(r.exit_codes)
+    )
+
+
+def retry_from(request: job_service_pb2.SubmitJobRequest) -> m.RetryPolicy:
+    if not request.HasField("retry"):
+        return m.RetryPolicy()
+    r = request.retry
+    return m.RetryPolicy(
+        max_retries=r.max_retries,
+        backoff_s=r.backoff.ToNanoseconds() / 1e9 if r.HasField("backoff") else 10.0,
+        exit_codes=tuple(r.exit_codes) or (75,),
     )
 
 

@@ -211,6 +211,8 @@ class JobServicer(job_grpc.JobServiceServicer):
                 image=request.image,
                 priority=request.priority,
                 queue_timeout_s=request.queue_timeout.ToNanoseconds() / 1e9,
+                retry=convert.retry_from(request),
+                depends_on=dict(request.depends_on),
             ),
             current(),
         )

@@ -19,12 +19,12 @@ from ..store.db import Database
 from ..store.models import utcnow
 from ..store.repositories import EntryPoints, Experiments, Jobs, Logs, Plugins
 from ..tracking import Tracking
-from . import names
+from . import chains, names
 from .entry_points import spec_from_dict
-from .errors import AlreadyExists, InvalidArgument, NotFound
+from .errors import AlreadyExists, DomainError, InvalidArgument, NotFound
 from .filters import job_filter
 from .identity import AuditFn, Principal, may_act_on, may_see
-from .models import Job, LogLine, PluginPin, QueuedJob, Resources
+from .models import Job, LogLine, PluginPin, QueuedJob, Resources, RetryPolicy
 from .notify import Notifier
 from .paging import PageTokens, page_size
 from .plugins import PluginManager
@@ -44,6 +44,7 @@ MAX_CPUS = 4096
 MAX_MEMORY_BYTES = 1 << 50
 MAX_GPUS = 64
 MAX_PRIORITY = 1000
+MAX_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,19 @@ class SubmitSpec:
     image: str = ""
     priority: int = 0
     queue_timeout_s: float = 0.0
+    retry: RetryPolicy = RetryPolicy()
+    # alias -> `jobs/{id}` (or the bare id) of the jobs it waits on.
+    depends_on: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """What makes two submits with one request_id "the same request"."""
-        data = {k: v for k, v in vars(self).items() if k not in ("request_id", "resources")}
+        data = {
+            k: v for k, v in vars(self).items() if k not in ("request_id", "resources", "retry")
+        }
         data["resources"] = self.resources.to_dict()
-        for added in ("priority", "queue_timeout_s"):  # newer than some stored requests:
+        data["retry"] = self.retry.to_dict()
+        # Newer than some stored requests:
+        for added in ("priority", "queue_timeout_s", "retry", "depends_on"):
             if not data[added]:  # left out at their default, old request ids still match
                 del data[added]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -88,6 +96,18 @@ class _Checked:
     parameters: dict[str, str]
     plugins: tuple[PluginPin, ...]
     image: str
+    depends_on: dict[str, str]
+
+
+def _retry_problems(r: RetryPolicy) -> list[tuple[str, str]]:
+    problems = []
+    if not 0 <= r.max_retries <= MAX_RETRIES:
+        problems.append(("retry.max_retries", f"max_retries must be between 0 and {MAX_RETRIES}"))
+    if not 0 <= r.backoff_s <= 3600:
+        problems.append(("retry.backoff", "backoff must be between 0 and 3600 s"))
+    if len(r.exit_codes) > 32 or not all(1 <= c <= 255 for c in r.exit_codes):
+        problems.append(("retry.exit_codes", "at most 32 exit codes, each from 1 to 255"))
+    return problems
 
 
 def _resource_problems(r: Resources) -> list[tuple[str, str]]:
@@ -164,6 +184,8 @@ class JobManager:
                 ("max_attempts", f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
             )
         problems += _resource_problems(spec.resources)
+        problems += _retry_problems(spec.retry)
+        problems += [("depends_on", p) for p in chains.problems(spec.depends_on, spec.parameters)]
         if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
             problems.append(
                 ("priority", f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
@@ -225,7 +247,33 @@ class JobManager:
         if graph is not None and entry_spec is not None:
             self._check_graph(s, graph, entry_spec, pins)
         image = spec.image or (entry_spec.image if entry_spec else "")
-        return _Checked(exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins, image)
+        deps = self._check_dependencies(s, spec.depends_on, who)
+        return _Checked(
+            exp_id, exp.mlflow_experiment_id, ep_id, digest, entry, params, pins, image, deps
+        )
+
+    @staticmethod
+    def _check_dependencies(
+        s: Session, depends_on: dict[str, str], who: Principal
+    ) -> dict[str, str]:
+        """alias -> job id; every job must exist and be visible to ``who``. (It exists before
+        its dependent, so no chain can be a cycle.)"""
+        out: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        for alias, name in depends_on.items():
+            try:
+                dep_id = names.job_id(name, field=f"depends_on[{alias}]")
+            except InvalidArgument as exc:
+                problems += exc.violations
+                continue
+            try:
+                JobManager._visible(s, dep_id, who)
+            except DomainError:  # not found, or not theirs to see: the same answer
+                problems.append((f"depends_on[{alias}]", f"job jobs/{dep_id} does not exist"))
+            out[alias] = dep_id
+        if problems:
+            raise InvalidArgument.of(problems)
+        return out
 
     def _signatures(self, s: Session, pin: PluginPin) -> list[task_graph.TaskSignature]:
         """The tasks of a pinned plugin version (read once per digest)."""
@@ -305,8 +353,7 @@ class JobManager:
                 job = await self.db.batch(check_and_add)
             except IntegrityError:
                 return await self._lost_race(spec, fingerprint, ""), False
-            self.scheduler.wake(everywhere=True)
-            return job, True
+            return await self._added(job), True
 
         checked = await self.db.batch(check)
         if isinstance(checked, Job):
@@ -324,17 +371,27 @@ class JobManager:
                     for p in checked.plugins
                 },
             }
-            # The parameters are the run's MLflow params (its Params column, run comparison).
+            # The parameters are the run's MLflow params (its Params column, run comparison);
+            # those with placeholders are logged when they are filled in.
+            params = {k: v for k, v in checked.parameters.items() if not chains.refs(v)}
             run_id = await self.tracking.create_run(
-                checked.mlflow_experiment_id, job_id, tags, checked.parameters
+                checked.mlflow_experiment_id, job_id, tags, params
             )
         job = self._new_job(job_id, checked, spec, queue, max_attempts, run_id, why)
         try:
             await self.db.batch(lambda s: Jobs.add(s, job, fingerprint))
         except IntegrityError:
             return await self._lost_race(spec, fingerprint, run_id), False
+        return await self._added(job), True
+
+    async def _added(self, job: Job) -> Job:
+        """After the insert: a chained job is settled at once (its dependencies may have
+        ended already, or between the checks and the insert), any other is dispatched."""
+        if job.depends_on:
+            settled = await self.scheduler.settle(jobs=[job.id])
+            return settled[0] if settled else job
         self.scheduler.wake(everywhere=True)
-        return job, True
+        return job
 
     async def _lost_race(self, spec: SubmitSpec, fingerprint: str, run_id: str) -> Job:
         """Two submits with one request_id raced and the other won: answer with its job."""
@@ -367,8 +424,8 @@ class JobManager:
             parameters=checked.parameters,
             queue=queue,
             selector=dict(spec.selector),
-            state=JobState.QUEUED,
-            state_reason=waiting_reason,
+            state=JobState.PENDING if checked.depends_on else JobState.QUEUED,
+            state_reason="waiting for its dependencies" if checked.depends_on else waiting_reason,
             timeout_s=spec.timeout_s,
             max_attempts=max_attempts,
             attempt=0,
@@ -388,6 +445,8 @@ class JobManager:
             image=checked.image,
             priority=spec.priority,
             queue_timeout_s=spec.queue_timeout_s,
+            retry=spec.retry,
+            depends_on=checked.depends_on,
         )
 
     @staticmethod

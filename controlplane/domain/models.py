@@ -112,6 +112,38 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """Retries for failures a job reports as retryable (its exit code)."""
+
+    max_retries: int = 0
+    backoff_s: float = 10.0
+    exit_codes: tuple[int, ...] = (75,)  # EX_TEMPFAIL
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.max_retries:
+            return {}
+        return {
+            "max_retries": self.max_retries,
+            "backoff_s": self.backoff_s,
+            "exit_codes": list(self.exit_codes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> RetryPolicy:
+        if not d:
+            return cls()
+        return cls(
+            int(d.get("max_retries", 0)),
+            float(d.get("backoff_s", 10.0)),
+            tuple(int(c) for c in d.get("exit_codes", (75,))),
+        )
+
+    def delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (1-based): doubling, at most an hour."""
+        return float(min(self.backoff_s * 2 ** (retry - 1), 3600.0))
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     experiment_id: str
@@ -145,6 +177,19 @@ class Job:
     gpu_uuids: tuple[str, ...] = ()
     priority: int = 0
     queue_timeout_s: float = 0.0
+    retry: RetryPolicy = RetryPolicy()
+    retries: int = 0
+    # alias -> job id of the jobs it waits on (PENDING until they all succeed).
+    depends_on: dict[str, str] = field(default_factory=dict)
+    not_before: datetime | None = None
+    # When it last entered QUEUED from PENDING (its queue time counts from then).
+    queued_time: datetime | None = None
+
+    @property
+    def lost_attempts(self) -> int:
+        """Attempts that ended without the job's own verdict (agent lost, stopped): what
+        max_attempts bounds. Retries of retryable failures are counted apart."""
+        return self.attempt - self.retries
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ..store.db import Database
 from ..store.models import utcnow
 from ..store.repositories import Agents, Attempts, Jobs, Logs, Replicas
 from ..tracking import Tracking
+from . import chains
 from .errors import FailedPrecondition
 from .models import AgentInfo, AttemptRef, Gpu, Job, JobHead, QueuedJob, Resources
 from .notify import Notifier
@@ -61,6 +62,40 @@ def _then(future: asyncio.Future[T], fn: Callable[[T], U]) -> asyncio.Future[U]:
 
     future.add_done_callback(done)
     return out
+
+
+def _current(s: Session, rep: AttemptReport, session: AgentSession | None) -> Job | None:
+    """The job, while the report's attempt is its current, active, uncancelled attempt (on
+    the reporting agent); None otherwise."""
+    job = Jobs.get(s, rep.job_id)
+    if (
+        job is None
+        or job.attempt != rep.attempt
+        or not job.state.is_active
+        or job.cancel_requested
+        or (session is not None and job.agent_id != session.id)
+    ):
+        return None
+    return job
+
+
+def _attempt_ended(s: Session, rep: AttemptReport, now: datetime) -> None:
+    Attempts.set(
+        s,
+        rep.job_id,
+        rep.attempt,
+        state=rep.state.value,
+        active=False,
+        end_time=now,
+        exit_code=rep.exit_code,
+        message=rep.message,
+    )
+
+
+def _with_refs(pending: Sequence[Job], job: Job) -> set[str]:
+    """The parameters of ``job`` (as it was while PENDING) that held placeholders."""
+    before = next((j for j in pending if j.id == job.id), job)
+    return {k for k, v in before.parameters.items() if chains.refs(v)}
 
 
 def _head(job: Job | None) -> JobHead | None:
@@ -127,6 +162,9 @@ RECONNECT_WINDOW = 30.0
 # (the agents it held count as disconnected).
 REPLICA_BEAT = 2.0
 REPLICA_LIVE = 10.0
+# How often each replica looks for PENDING jobs that nobody moved on (a replica died between
+# a dependency's end and settling its dependents).
+SETTLE_SWEEP = 60.0
 
 
 class SessionConflict(FailedPrecondition):
@@ -259,6 +297,8 @@ class Scheduler:
         # The replicas on this database that beat lately, this one included.
         self.live: set[str] = {replica}
         self._beat_at = 0.0
+        self._settled_at = 0.0
+        self._ended: set[str] = set()
         # Agents whose stream another live replica holds (for waiting reasons).
         self.remote: list[AgentSession] = []
         self.sessions: dict[str, AgentSession] = {}
@@ -294,6 +334,8 @@ class Scheduler:
         self.live = await self.db.run(recover)
         self.bus.peers = self.live - {self.replica}
         await self.bus.start(self._heard, self._resync)
+        self._settled_at = asyncio.get_running_loop().time()
+        self.spawn(self.settle_all())
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
             asyncio.create_task(self._reaper_loop(), name="lease-reaper"),
@@ -370,6 +412,9 @@ class Scheduler:
             return Replicas.live(s, now - timedelta(seconds=REPLICA_LIVE))
 
         live = await self.db.run(beat)
+        if loop.time() - self._settled_at >= SETTLE_SWEEP:
+            self._settled_at = loop.time()
+            self.spawn(self.settle_all())
         if live != self.live:
             log.info("replicas on this database: %s", ", ".join(sorted(live)))
             self.live = live
@@ -765,6 +810,8 @@ class Scheduler:
             ignored.set_result(None)
             return ignored
 
+        backoff: list[float] = []
+
         def apply(s: Session) -> JobHead | None:
             if rep.state == JobState.RUNNING:
                 running: dict[str, Any] = {"state": JobState.RUNNING.value, "start_time": now}
@@ -781,6 +828,12 @@ class Scheduler:
                         **({"image_digest": rep.image_digest} if rep.image_digest else {}),
                     )
                 return job
+            if rep.state == JobState.FAILED and rep.exit_code is not None:
+                retried = self._retry(s, rep, session, now)
+                if retried is not None:
+                    head, delay = retried
+                    backoff.append(delay)
+                    return head
             values: dict[str, Any] = {
                 "state": rep.state.value,
                 "end_time": now,
@@ -790,14 +843,8 @@ class Scheduler:
                 # The user's cancel reason stays the job's reason.
                 job = Jobs.transition(s, rep.job_id, ACTIVE, values, cancel_requested=True, **fence)
                 if job is None:
-                    current = Jobs.get(s, rep.job_id)
-                    if (
-                        current is None
-                        or current.attempt != rep.attempt
-                        or not current.state.is_active
-                        or current.cancel_requested
-                        or (session is not None and current.agent_id != session.id)
-                    ):
+                    current = _current(s, rep, session)
+                    if current is None:
                         return None
                     # The agent stopped it on its own (shutting down): not the user's cancel.
                     why = f"agent {current.agent_id} stopped the attempt: {rep.message}"
@@ -807,19 +854,12 @@ class Scheduler:
                     s, rep.job_id, ACTIVE, {**values, "state_reason": rep.message}, **fence
                 )
             if job is not None:
-                Attempts.set(
-                    s,
-                    job.id,
-                    rep.attempt,
-                    state=rep.state.value,
-                    active=False,
-                    end_time=now,
-                    exit_code=rep.exit_code,
-                    message=rep.message,
-                )
+                _attempt_ended(s, rep, now)
             return job
 
         def follow_up(job: JobHead | None) -> JobHead | None:
+            if backoff:  # a retry: every replica's dispatcher looks again after the backoff
+                asyncio.get_running_loop().call_later(backoff[0], self.wake, True)
             if job is None:
                 log.info(
                     "ignored stale report %s attempt %d -> %s", rep.job_id, rep.attempt, rep.state
@@ -836,6 +876,36 @@ class Scheduler:
 
         return _then(self.db.enqueue(apply), follow_up)
 
+    def _retry(
+        self, s: Session, rep: AttemptReport, session: AgentSession | None, now: datetime
+    ) -> tuple[JobHead, float] | None:
+        """Queues the job again, after its backoff, when its attempt failed with an exit code
+        its retry policy names and retries are left: its head and the backoff; else None."""
+        job = _current(s, rep, session)
+        if job is None:
+            return None
+        policy = job.retry
+        if rep.exit_code not in policy.exit_codes or job.retries >= policy.max_retries:
+            return None
+        n = job.retries + 1
+        delay = policy.delay(n)
+        why = (
+            f"attempt {rep.attempt} exited with {rep.exit_code}, which its retry policy calls "
+            f"retryable: retry {n} of {policy.max_retries} after {delay:g} s"
+        )
+        values = {
+            "state": JobState.QUEUED.value,
+            "retries": n,
+            "not_before": now + timedelta(seconds=delay),
+            "exit_code": rep.exit_code,
+            "state_reason": why,
+        }
+        done = Jobs.compare_and_set(s, job.id, ACTIVE, values, attempt=job.attempt)
+        if done is None:
+            return None
+        _attempt_ended(s, rep, now)
+        return JobHead(done.id, done.state, done.attempt, done.agent_id, done.mlflow_run_id), delay
+
     def _requeue_or_fail(self, s: Session, job: Job, why: str) -> Job | None:
         Attempts.set(
             s, job.id, job.attempt, state="LOST", active=False, end_time=utcnow(), message=why
@@ -846,10 +916,10 @@ class Scheduler:
                 "end_time": utcnow(),
                 "state_reason": job.state_reason or "cancelled",
             }
-        elif job.attempt < job.max_attempts:
+        elif job.lost_attempts < job.max_attempts:
             values = {
                 "state": JobState.QUEUED.value,
-                "state_reason": f"{why}; requeued (attempt {job.attempt} of "
+                "state_reason": f"{why}; requeued (attempt {job.lost_attempts} of "
                 f"{job.max_attempts} used)",
             }
         else:
@@ -870,8 +940,104 @@ class Scheduler:
         if job.state is JobState.QUEUED:  # requeued: it may wait for a reason now
             self._explain.set()
             self.bus.publish("wake")
-        if job.state.is_final and job.mlflow_run_id:
-            self.spawn(self.tracking.end_run(job.mlflow_run_id, job.state.value))
+        if job.state.is_final:
+            if job.mlflow_run_id:
+                self.spawn(self.tracking.end_run(job.mlflow_run_id, job.state.value))
+            self._settle_soon(job.id)
+
+    # -- chains ----------------------------------------------------------------------
+
+    def _settle_soon(self, job_id: str) -> None:
+        """Settles the dependents of jobs that ended, those of one loop turn together (one
+        indexed lookup for many ends under load)."""
+        if not self._ended:
+            asyncio.get_running_loop().call_soon(self._settle_ended)
+        self._ended.add(job_id)
+
+    def _settle_ended(self) -> None:
+        ended, self._ended = self._ended, set()
+        self.spawn(self.settle(dependencies=sorted(ended)))
+
+    async def settle_all(self) -> None:
+        """Moves on every PENDING job whose dependencies have ended (after a restart)."""
+        pending = await self.db.run(Jobs.pending)
+        if pending:
+            await self.settle(jobs=[j.id for j in pending])
+
+    async def settle(self, dependencies: Sequence[str] = (), jobs: Sequence[str] = ()) -> list[Job]:
+        """PENDING jobs waiting on ``dependencies`` (or these ``jobs``) whose dependencies
+        all succeeded are queued with their placeholders filled in; those with one that did
+        not succeed end FAILED or CANCELLED, which in turn settles their own dependents."""
+
+        def read(s: Session) -> tuple[list[Job], dict[str, Job]]:
+            pending = Jobs.dependents(s, dependencies)
+            if jobs:
+                found = Jobs.many(s, jobs).values()
+                pending += [j for j in found if j.state == JobState.PENDING]
+            return pending, Jobs.many(s, {d for j in pending for d in j.depends_on.values()})
+
+        pending, deps = await self.db.batch(read)
+        if not pending:
+            return []
+        decided: list[tuple[Job, JobState, str, dict[str, str] | None]] = []
+        for job in pending:
+            verdict = chains.verdict(job, deps)
+            if verdict is None:
+                why = chains.waiting_for(job, deps)
+                if why != job.state_reason:
+                    decided.append((job, JobState.PENDING, why, None))
+                continue
+            state, why = verdict
+            params: dict[str, str] | None = None
+            if state == JobState.QUEUED:
+                models: dict[str, list[tuple[str, str]]] = {}
+                try:
+                    for alias in chains.wants_models(job.parameters):
+                        run = deps[job.depends_on[alias]].mlflow_run_id
+                        if run and run not in models:
+                            models[run] = await self.tracking.run_model_versions(run)
+                except Exception as exc:
+                    log.warning("job %s: looking up its dependencies' models failed", job.id)
+                    state, why = JobState.FAILED, f"could not look up a dependency's model: {exc}"
+                else:
+                    params, why = chains.fill(job.parameters, job.depends_on, deps, models)
+                    if why:
+                        state, params = JobState.FAILED, None
+            decided.append((job, state, why, params))
+
+        def apply(s: Session) -> list[Job]:
+            now = utcnow()
+            changed = []
+            for job, state, why, params in decided:
+                values: dict[str, Any] = {"state_reason": why}
+                if state == JobState.QUEUED:
+                    values["state"] = state.value
+                    values["parameters"] = params
+                    values["queued_time"] = now
+                    values["state_reason"] = self.waiting_reason(
+                        QueuedJob(job.id, job.queue, job.selector, 0, job.resources)
+                    )
+                elif state != JobState.PENDING:
+                    values.update(state=state.value, end_time=now)
+                    if state == JobState.CANCELLED:
+                        values["cancel_requested"] = True
+                done = Jobs.compare_and_set(s, job.id, [JobState.PENDING], values)
+                if done is not None:
+                    changed.append(done)
+            return changed
+
+        changed = await self.db.run(apply)
+        for job in changed:
+            if job.state == JobState.QUEUED:
+                log.info("job %s: its dependencies succeeded; queued", job.id)
+                filled = {k: v for k, v in job.parameters.items() if k in _with_refs(pending, job)}
+                if filled and job.mlflow_run_id:
+                    self.spawn(self.tracking.log_params(job.mlflow_run_id, filled))
+                self.wake()
+            elif job.state.is_final:
+                log.info("job %s: %s", job.id, job.state_reason)
+            self._after_change(job)
+        return changed
 
     async def logs(
         self, job_id: str, attempt: int, lines: Sequence[tuple[int, int, str, datetime]]

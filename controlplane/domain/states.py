@@ -30,7 +30,9 @@ FINAL_STATES = frozenset(
 )
 
 # Requeue (ASSIGNED/RUNNING -> QUEUED) happens when an agent is lost or stops the attempt
-# before it ended; PENDING waits on dependencies (a later issue), so nothing enters it yet.
+# before it ended, or when the job failed in a way its retry policy retries; PENDING waits on
+# dependencies (chains.py): a job is submitted into it and leaves it queued, failed or
+# cancelled.
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
     JobState.QUEUED: frozenset({JobState.ASSIGNED, JobState.CANCELLED, JobState.FAILED}),

@@ -130,10 +130,25 @@ class JobRow(Base):
     # Of the current or last attempt.
     image_digest: Mapped[str] = mapped_column(String(600), default="")
     gpu_uuids: Mapped[list[Any]] = mapped_column(default=list)
+    # {"max_retries", "backoff_s", "exit_codes"}; {}: no retries.
+    retry: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    # alias -> job id; job_dependencies holds the same for lookups by dependency.
+    depends_on: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    not_before: Mapped[datetime | None] = mapped_column(nullable=True)
+    queued_time: Mapped[datetime | None] = mapped_column(nullable=True)
     create_time: Mapped[datetime]
     start_time: Mapped[datetime | None] = mapped_column(nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(nullable=True)
     update_time: Mapped[datetime]
+
+
+class JobDependencyRow(Base):
+    __tablename__ = "job_dependencies"
+    __table_args__ = (Index("ix_job_dependencies_dependency", "dependency_id"),)
+    job_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dependency_id: Mapped[str] = mapped_column(String(16))
 
 
 class AttemptRow(Base):

@@ -16,6 +16,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     tuple_,
     update,
@@ -30,6 +31,7 @@ from .models import (
     AttemptRow,
     EntryPointRow,
     ExperimentRow,
+    JobDependencyRow,
     JobRow,
     LogLineRow,
     PluginRow,
@@ -50,6 +52,7 @@ L = cast(Table, LogLineRow.__table__)
 E = cast(Table, ExperimentRow.__table__)
 EP = cast(Table, EntryPointRow.__table__)
 R = cast(Table, RevisionRow.__table__)
+D = cast(Table, JobDependencyRow.__table__)
 
 _EXPERIMENT = select(E).where(E.c.id == bindparam("id"))
 _ENTRY_POINT = select(EP).where(EP.c.id == bindparam("id"))
@@ -87,7 +90,12 @@ def _job_cas(guards: tuple[str, ...], head: bool = False) -> Update:
 
 _QUEUED = (
     select(J.c.id, J.c.queue, J.c.selector, J.c.attempt, J.c.resources, J.c.agent_id)
-    .where(J.c.state == JobState.QUEUED.value, J.c.queue.in_(bindparam("queues", expanding=True)))
+    .where(
+        J.c.state == JobState.QUEUED.value,
+        J.c.queue.in_(bindparam("queues", expanding=True)),
+        # A retry waits out its backoff.
+        or_(J.c.not_before.is_(None), J.c.not_before <= bindparam("now")),
+    )
     .order_by(J.c.priority.desc(), J.c.seq)
     .limit(bindparam("limit"))
 )
@@ -187,6 +195,11 @@ def _job(r: Row[Any] | JobRow) -> m.Job:
         gpu_uuids=tuple(r.gpu_uuids),
         priority=r.priority,
         queue_timeout_s=r.queue_timeout_s,
+        retry=m.RetryPolicy.from_dict(r.retry),
+        retries=r.retries,
+        depends_on=dict(r.depends_on),
+        not_before=r.not_before,
+        queued_time=r.queued_time,
     )
 
 
@@ -414,12 +427,49 @@ class Jobs:
                 queue_timeout_s=job.queue_timeout_s,
                 image_digest="",
                 gpu_uuids=[],
+                retry=job.retry.to_dict(),
+                retries=0,
+                depends_on=job.depends_on,
+                not_before=None,
+                queued_time=None,
                 create_time=job.create_time,
                 start_time=None,
                 end_time=None,
                 update_time=job.update_time,
             ),
         )
+        if job.depends_on:
+            s.connection().execute(
+                insert(D),
+                [
+                    {"job_id": job.id, "alias": alias, "dependency_id": dep}
+                    for alias, dep in job.depends_on.items()
+                ],
+            )
+
+    @staticmethod
+    def many(s: Session, job_ids: Iterable[str]) -> dict[str, m.Job]:
+        ids = list(set(job_ids))
+        out: dict[str, m.Job] = {}
+        for i in range(0, len(ids), 500):
+            for r in s.connection().execute(select(J).where(J.c.id.in_(ids[i : i + 500]))):
+                out[r.id] = _job(r)
+        return out
+
+    @staticmethod
+    def dependents(s: Session, dependency_ids: Iterable[str]) -> list[m.Job]:
+        """The PENDING jobs that wait on any of these jobs."""
+        ids = list(dependency_ids)
+        if not ids:
+            return []
+        waiting = select(D.c.job_id).where(D.c.dependency_id.in_(ids))
+        q = select(J).where(J.c.id.in_(waiting), J.c.state == JobState.PENDING.value)
+        return [_job(r) for r in s.connection().execute(q.order_by(J.c.seq))]
+
+    @staticmethod
+    def pending(s: Session, limit: int = 1000) -> list[m.Job]:
+        q = select(J).where(J.c.state == JobState.PENDING.value).order_by(J.c.seq).limit(limit)
+        return [_job(r) for r in s.connection().execute(q)]
 
     @staticmethod
     def get(s: Session, job_id: str) -> m.Job | None:
@@ -512,9 +562,11 @@ class Jobs:
     def queued_past(s: Session, now: datetime) -> list[str]:
         """Ids of queued jobs that have waited longer than their queue-time limit."""
         rows = s.execute(
-            select(JobRow.id, JobRow.create_time, JobRow.queue_timeout_s).where(
-                JobRow.state == JobState.QUEUED.value, JobRow.queue_timeout_s > 0
-            )
+            select(
+                JobRow.id,
+                func.coalesce(JobRow.queued_time, JobRow.create_time),
+                JobRow.queue_timeout_s,
+            ).where(JobRow.state == JobState.QUEUED.value, JobRow.queue_timeout_s > 0)
         ).all()
         found = []
         for job_id, created, limit in rows:
@@ -527,7 +579,8 @@ class Jobs:
     @staticmethod
     def queued(s: Session, queues: Iterable[str], limit: int) -> list[m.QueuedJob]:
         """The oldest queued jobs: only what placement needs (the claim returns the rest)."""
-        rows = s.connection().execute(_QUEUED, {"queues": list(queues), "limit": limit})
+        params = {"queues": list(queues), "limit": limit, "now": utcnow()}
+        rows = s.connection().execute(_QUEUED, params)
         return [
             m.QueuedJob(
                 r.id,

@@ -1,13 +1,16 @@
-"""The robustness experiment: train once, register the model, attack it under defenses.
+"""The robustness experiment: train once, attack the model under defenses, register it.
 
 1. A `train` job trains a classifier on scikit-learn's digits and logs it as an MLflow model.
-2. The model is registered (`digits-classifier`) and aliased `champion`.
-3. One `attack` job per (attack, defense) loads `models:/digits-classifier@champion`, applies
-   the defense, attacks with each ε, and logs clean and robust accuracy per ε to MLflow.
+2. One `attack` job per (attack, defense), submitted at the same time, depends on the train
+   job: it stays PENDING until training succeeds, then loads `runs:/{deps.train.run_id}/model`
+   (the control plane fills in the train job's MLflow run), applies the defense, attacks with
+   each ε, and logs clean and robust accuracy per ε to MLflow. Had training failed, every
+   attack job would have failed with it, saying why.
+3. The trained model is registered (`digits-classifier`) and aliased `champion`.
 
-Jobs are chained through the model registry: training happens once, every attack job loads
-the same registered version. Seeds are fixed and recorded as job parameters, so submitting a
-job again gives the same metrics. `run()` drives it all through the SDK; `make demo` and the
+Jobs are chained by the control plane (`depends_on`): the client submits everything at once
+and only waits for the results. Seeds are fixed and recorded as job parameters, so submitting
+a job again gives the same metrics. `run()` drives it all through the SDK; `make demo` and the
 end-to-end test both call it.
 """
 
@@ -109,21 +112,10 @@ def run(
     client.experiments.get_or_create(experiment, description="FGSM/PGD vs defenses on digits")
     ep, _rev = client.entry_points.push(HERE, id="robustness")
 
-    say("training the model (entry `train`)")
+    say("training the model (entry `train`), and the attack jobs that wait for it")
     train = client.jobs.submit(
         experiment, ep, {"model": "logistic_regression", "seed": seed}, entry="train", timeout=900
     )
-    if live_logs:
-        for ln in client.jobs.logs(train, follow=True):
-            say(f"  | {ln.text}")
-    results.train_job = _check(client, train, "training")
-    mv = client.models.register(
-        MODEL, results.train_job, artifact_path="model", description="logistic regression on digits"
-    )
-    client.models.set_alias(MODEL, "champion", mv.version)
-    results.model_version = mv.version
-    say(f"registered models:/{MODEL}/{mv.version} as @champion")
-
     eps_text = ",".join(f"{e:g}" for e in eps)
     for defense in defenses:
         for attack in attacks:
@@ -131,7 +123,7 @@ def run(
                 experiment,
                 ep,
                 {
-                    "model_uri": f"models:/{MODEL}@champion",
+                    "model_uri": "runs:/{deps.train.run_id}/model",
                     "attack": attack,
                     "eps_values": eps_text,
                     "defense": defense,
@@ -141,8 +133,19 @@ def run(
                 },
                 entry="attack",
                 timeout=900,
+                depends_on={"train": train},
             )
-    say(f"submitted {len(results.jobs)} attack jobs; waiting")
+    say(f"submitted {len(results.jobs)} attack jobs, PENDING until training succeeds")
+    if live_logs:
+        for ln in client.jobs.logs(train, follow=True):
+            say(f"  | {ln.text}")
+    results.train_job = _check(client, train, "training")
+    mv = client.models.register(
+        MODEL, results.train_job, artifact_path="model", description="logistic regression on digits"
+    )
+    client.models.set_alias(MODEL, "champion", mv.version)
+    results.model_version = mv.version
+    say(f"registered models:/{MODEL}/{mv.version} as @champion; waiting for the attacks")
     for (attack, defense), job in results.jobs.items():
         final = _check(client, job, f"{attack} against {defense}")
         results.jobs[(attack, defense)] = final

@@ -35,11 +35,16 @@ def test_robustness_experiment(cluster: dict[str, Any], tmp_path: Path) -> None:
     # Adversarial training buys robustness against the attack it trained on.
     assert results.robust[("pgd", "adversarial_training")][0.1] > none_pgd[0.1]
 
-    # Chained through the registry: every attack job loaded the registered champion.
+    # Chained by the control plane: every attack job waited for the train job and loaded
+    # the model from its run; the registered champion is that model.
     job = results.jobs[("fgsm", "none")]
-    assert job.parameters["model_uri"] == "models:/digits-classifier@champion"
+    train = results.train_job
+    assert job.depends_on == {"train": train.name}
+    assert job.parameters["model_uri"] == f"runs:/{train.mlflow_run_id}/model"
+    assert job.start_time is not None and train.end_time is not None
+    assert job.start_time >= train.end_time
     mv = c.models.resolve("models:/digits-classifier@champion")
-    assert mv.version == results.model_version and mv.job == results.train_job.name
+    assert mv.version == results.model_version and mv.job == train.name
 
     # The metrics are in the job's MLflow run, with the adversarial grid as an image.
     from mlflow.tracking import MlflowClient

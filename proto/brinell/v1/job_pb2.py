@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62rinell/v1/job.proto\x12\nbrinell.v1\x1a\x17\x62rinell/v1/plugin.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x07\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x03 \x01(\t\x12\x1a\n\x12\x65ntry_point_digest\x18\x04 \x01(\t\x12\r\n\x05\x65ntry\x18\x05 \x01(\t\x12\x33\n\nparameters\x18\x06 \x03(\x0b\x32\x1f.brinell.v1.Job.ParametersEntry\x12\r\n\x05queue\x18\x07 \x01(\t\x12/\n\x08selector\x18\x08 \x03(\x0b\x32\x1d.brinell.v1.Job.SelectorEntry\x12#\n\x05state\x18\t \x01(\x0e\x32\x14.brinell.v1.JobState\x12\x14\n\x0cstate_reason\x18\n \x01(\t\x12*\n\x07timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x0c \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\r \x01(\x05\x12\r\n\x05\x61gent\x18\x0e \x01(\t\x12\x15\n\rmlflow_run_id\x18\x0f \x01(\t\x12\x11\n\texit_code\x18\x10 \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\x11 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07plugins\x18\x16 \x03(\x0b\x32\x15.brinell.v1.PluginPin\x12\x0f\n\x07\x63reator\x18\x17 \x01(\t\x12(\n\tresources\x18\x18 \x01(\x0b\x32\x15.brinell.v1.Resources\x12\r\n\x05image\x18\x19 \x01(\t\x12\x14\n\x0cimage_digest\x18\x1a \x01(\t\x12\x11\n\tgpu_uuids\x18\x1b \x03(\t\x12\x10\n\x08priority\x18\x1c \x01(\x05\x12\x30\n\rqueue_timeout\x18\x1d \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\x12\x11\n\tgpu_model\x18\x04 \x01(\t\"\x9b\x01\n\x07LogLine\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12%\n\x06stream\x18\x04 \x01(\x0e\x32\x15.brinell.v1.LogStream\x12\x0c\n\x04text\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x03\x12\x15\n\x11JOB_STATE_RUNNING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x08*l\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x15\n\x11LOG_STREAM_SYSTEM\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62rinell/v1/job.proto\x12\nbrinell.v1\x1a\x17\x62rinell/v1/plugin.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\t\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x03 \x01(\t\x12\x1a\n\x12\x65ntry_point_digest\x18\x04 \x01(\t\x12\r\n\x05\x65ntry\x18\x05 \x01(\t\x12\x33\n\nparameters\x18\x06 \x03(\x0b\x32\x1f.brinell.v1.Job.ParametersEntry\x12\r\n\x05queue\x18\x07 \x01(\t\x12/\n\x08selector\x18\x08 \x03(\x0b\x32\x1d.brinell.v1.Job.SelectorEntry\x12#\n\x05state\x18\t \x01(\x0e\x32\x14.brinell.v1.JobState\x12\x14\n\x0cstate_reason\x18\n \x01(\t\x12*\n\x07timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x0c \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\r \x01(\x05\x12\r\n\x05\x61gent\x18\x0e \x01(\t\x12\x15\n\rmlflow_run_id\x18\x0f \x01(\t\x12\x11\n\texit_code\x18\x10 \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\x11 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07plugins\x18\x16 \x03(\x0b\x32\x15.brinell.v1.PluginPin\x12\x0f\n\x07\x63reator\x18\x17 \x01(\t\x12(\n\tresources\x18\x18 \x01(\x0b\x32\x15.brinell.v1.Resources\x12\r\n\x05image\x18\x19 \x01(\t\x12\x14\n\x0cimage_digest\x18\x1a \x01(\t\x12\x11\n\tgpu_uuids\x18\x1b \x03(\t\x12\x10\n\x08priority\x18\x1c \x01(\x05\x12\x30\n\rqueue_timeout\x18\x1d \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x05retry\x18\x1e \x01(\x0b\x32\x17.brinell.v1.RetryPolicy\x12\x0f\n\x07retries\x18\x1f \x01(\x05\x12\x32\n\ndepends_on\x18  \x03(\x0b\x32\x1e.brinell.v1.Job.DependsOnEntry\x12.\n\nnot_before\x18! \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0e\x44\x65pendsOnEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x0bRetryPolicy\x12\x13\n\x0bmax_retries\x18\x01 \x01(\x05\x12*\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nexit_codes\x18\x03 \x03(\x05\"P\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\x12\x11\n\tgpu_model\x18\x04 \x01(\t\"\x9b\x01\n\x07LogLine\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12%\n\x06stream\x18\x04 \x01(\x0e\x32\x15.brinell.v1.LogStream\x12\x0c\n\x04text\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x03\x12\x15\n\x11JOB_STATE_RUNNING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x08*l\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x15\n\x11LOG_STREAM_SYSTEM\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,18 +38,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_JOB_SELECTORENTRY']._loaded_options = None
   _globals['_JOB_SELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1330
-  _globals['_JOBSTATE']._serialized_end=1556
-  _globals['_LOGSTREAM']._serialized_start=1558
-  _globals['_LOGSTREAM']._serialized_end=1666
+  _globals['_JOB_DEPENDSONENTRY']._loaded_options = None
+  _globals['_JOB_DEPENDSONENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATE']._serialized_start=1637
+  _globals['_JOBSTATE']._serialized_end=1863
+  _globals['_LOGSTREAM']._serialized_start=1865
+  _globals['_LOGSTREAM']._serialized_end=1973
   _globals['_JOB']._serialized_start=127
-  _globals['_JOB']._serialized_end=1087
-  _globals['_JOB_PARAMETERSENTRY']._serialized_start=989
-  _globals['_JOB_PARAMETERSENTRY']._serialized_end=1038
-  _globals['_JOB_SELECTORENTRY']._serialized_start=1040
-  _globals['_JOB_SELECTORENTRY']._serialized_end=1087
-  _globals['_RESOURCES']._serialized_start=1089
-  _globals['_RESOURCES']._serialized_end=1169
-  _globals['_LOGLINE']._serialized_start=1172
-  _globals['_LOGLINE']._serialized_end=1327
+  _globals['_JOB']._serialized_end=1294
+  _globals['_JOB_PARAMETERSENTRY']._serialized_start=1146
+  _globals['_JOB_PARAMETERSENTRY']._serialized_end=1195
+  _globals['_JOB_SELECTORENTRY']._serialized_start=1197
+  _globals['_JOB_SELECTORENTRY']._serialized_end=1244
+  _globals['_JOB_DEPENDSONENTRY']._serialized_start=1246
+  _globals['_JOB_DEPENDSONENTRY']._serialized_end=1294
+  _globals['_RETRYPOLICY']._serialized_start=1296
+  _globals['_RETRYPOLICY']._serialized_end=1394
+  _globals['_RESOURCES']._serialized_start=1396
+  _globals['_RESOURCES']._serialized_end=1476
+  _globals['_LOGLINE']._serialized_start=1479
+  _globals['_LOGLINE']._serialized_end=1634
 # @@protoc_insertion_point(module_scope)

@@ -128,6 +128,26 @@ class Job(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class DependsOnEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     EXPERIMENT_FIELD_NUMBER: _builtins.int
     ENTRY_POINT_FIELD_NUMBER: _builtins.int
@@ -157,6 +177,10 @@ class Job(_message.Message):
     GPU_UUIDS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job_id}`. Output only."""
     experiment: _builtins.str
@@ -195,6 +219,8 @@ class Job(_message.Message):
     """
     priority: _builtins.int
     """Higher runs first; first come, first served within a priority. Default 0."""
+    retries: _builtins.int
+    """Retries spent on retryable failures (agent-loss requeues are not counted). Output only."""
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The parameters, defaults filled in. Values are strings, validated against their types."""
@@ -231,6 +257,20 @@ class Job(_message.Message):
     def queue_timeout(self) -> _duration_pb2.Duration:
         """How long it may wait in QUEUED (since submit) before it ends TIMED_OUT; unset: forever."""
 
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """What to do when the job itself reports a retryable failure."""
+
+    @_builtins.property
+    def depends_on(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Jobs it waits on: alias -> `jobs/{job_id}`. It stays PENDING until they all succeed,
+        then its parameters' `{deps.ALIAS.FIELD}` placeholders are filled in and it is queued.
+        """
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Not assigned before this time (a retry's backoff). Output only."""
+
     def __init__(
         self,
         *,
@@ -263,14 +303,54 @@ class Job(_message.Message):
         gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
         priority: _builtins.int = ...,
         queue_timeout: _duration_pb2.Duration | None = ...,
+        retry: Global___RetryPolicy | None = ...,
+        retries: _builtins.int = ...,
+        depends_on: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "queue_timeout", b"queue_timeout", "resources", b"resources", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "not_before", b"not_before", "queue_timeout", b"queue_timeout", "resources", b"resources", "retry", b"retry", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "gpu_uuids", b"gpu_uuids", "image", b"image", "image_digest", b"image_digest", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "parameters", b"parameters", "plugins", b"plugins", "priority", b"priority", "queue", b"queue", "queue_timeout", b"queue_timeout", "resources", b"resources", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "creator", b"creator", "depends_on", b"depends_on", "end_time", b"end_time", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "exit_code", b"exit_code", "experiment", b"experiment", "gpu_uuids", b"gpu_uuids", "image", b"image", "image_digest", b"image_digest", "max_attempts", b"max_attempts", "mlflow_run_id", b"mlflow_run_id", "name", b"name", "not_before", b"not_before", "parameters", b"parameters", "plugins", b"plugins", "priority", b"priority", "queue", b"queue", "queue_timeout", b"queue_timeout", "resources", b"resources", "retries", b"retries", "retry", b"retry", "selector", b"selector", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """Retries for failures the job itself reports as retryable: an attempt that exits with one
+    of `exit_codes` is run again after a backoff, up to `max_retries` times.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    BACKOFF_FIELD_NUMBER: _builtins.int
+    EXIT_CODES_FIELD_NUMBER: _builtins.int
+    max_retries: _builtins.int
+    """Zero: never retried."""
+    @_builtins.property
+    def backoff(self) -> _duration_pb2.Duration:
+        """Before the first retry; doubled for each next one, at most an hour. Unset: 10 s."""
+
+    @_builtins.property
+    def exit_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Exit codes that mean "retry me"; empty means 75 (EX_TEMPFAIL from sysexits.h)."""
+
+    def __init__(
+        self,
+        *,
+        max_retries: _builtins.int = ...,
+        backoff: _duration_pb2.Duration | None = ...,
+        exit_codes: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff", "exit_codes", b"exit_codes", "max_retries", b"max_retries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class Resources(_message.Message):

@@ -26,7 +26,7 @@ from brinell.v1 import job_pb2 as brinell_dot_v1_dot_job__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62rinell/v1/job_service.proto\x12\nbrinell.v1\x1a\x14\x62rinell/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\"\xae\x05\n\x10SubmitJobRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x02 \x01(\t\x12\x1a\n\x12\x65ntry_point_digest\x18\x03 \x01(\t\x12\r\n\x05\x65ntry\x18\x04 \x01(\t\x12@\n\nparameters\x18\x05 \x03(\x0b\x32,.brinell.v1.SubmitJobRequest.ParametersEntry\x12\r\n\x05queue\x18\x06 \x01(\t\x12<\n\x08selector\x18\x07 \x03(\x0b\x32*.brinell.v1.SubmitJobRequest.SelectorEntry\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x12\n\nrequest_id\x18\n \x01(\t\x12I\n\x0fplugin_versions\x18\x0b \x03(\x0b\x32\x30.brinell.v1.SubmitJobRequest.PluginVersionsEntry\x12(\n\tresources\x18\x0c \x01(\x0b\x32\x15.brinell.v1.Resources\x12\r\n\x05image\x18\r \x01(\t\x12\x10\n\x08priority\x18\x0e \x01(\x05\x12\x30\n\rqueue_timeout\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13PluginVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x11SubmitJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.brinell.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x10WatchJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\"[\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstart_offset\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\";\n\x15StreamJobLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.brinell.v1.LogLine\"0\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job2\xc9\x03\n\nJobService\x12H\n\tSubmitJob\x12\x1c.brinell.v1.SubmitJobRequest\x1a\x1d.brinell.v1.SubmitJobResponse\x12?\n\x06GetJob\x12\x19.brinell.v1.GetJobRequest\x1a\x1a.brinell.v1.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.brinell.v1.ListJobsRequest\x1a\x1c.brinell.v1.ListJobsResponse\x12G\n\x08WatchJob\x12\x1b.brinell.v1.WatchJobRequest\x1a\x1c.brinell.v1.WatchJobResponse0\x01\x12V\n\rStreamJobLogs\x12 .brinell.v1.StreamJobLogsRequest\x1a!.brinell.v1.StreamJobLogsResponse0\x01\x12H\n\tCancelJob\x12\x1c.brinell.v1.CancelJobRequest\x1a\x1d.brinell.v1.CancelJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62rinell/v1/job_service.proto\x12\nbrinell.v1\x1a\x14\x62rinell/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc9\x06\n\x10SubmitJobRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x02 \x01(\t\x12\x1a\n\x12\x65ntry_point_digest\x18\x03 \x01(\t\x12\r\n\x05\x65ntry\x18\x04 \x01(\t\x12@\n\nparameters\x18\x05 \x03(\x0b\x32,.brinell.v1.SubmitJobRequest.ParametersEntry\x12\r\n\x05queue\x18\x06 \x01(\t\x12<\n\x08selector\x18\x07 \x03(\x0b\x32*.brinell.v1.SubmitJobRequest.SelectorEntry\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x12\n\nrequest_id\x18\n \x01(\t\x12I\n\x0fplugin_versions\x18\x0b \x03(\x0b\x32\x30.brinell.v1.SubmitJobRequest.PluginVersionsEntry\x12(\n\tresources\x18\x0c \x01(\x0b\x32\x15.brinell.v1.Resources\x12\r\n\x05image\x18\r \x01(\t\x12\x10\n\x08priority\x18\x0e \x01(\x05\x12\x30\n\rqueue_timeout\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x05retry\x18\x10 \x01(\x0b\x32\x17.brinell.v1.RetryPolicy\x12?\n\ndepends_on\x18\x11 \x03(\x0b\x32+.brinell.v1.SubmitJobRequest.DependsOnEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13PluginVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0e\x44\x65pendsOnEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x11SubmitJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.brinell.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x10WatchJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job\"[\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstart_offset\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\";\n\x15StreamJobLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.brinell.v1.LogLine\"0\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.brinell.v1.Job2\xc9\x03\n\nJobService\x12H\n\tSubmitJob\x12\x1c.brinell.v1.SubmitJobRequest\x1a\x1d.brinell.v1.SubmitJobResponse\x12?\n\x06GetJob\x12\x19.brinell.v1.GetJobRequest\x1a\x1a.brinell.v1.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.brinell.v1.ListJobsRequest\x1a\x1c.brinell.v1.ListJobsResponse\x12G\n\x08WatchJob\x12\x1b.brinell.v1.WatchJobRequest\x1a\x1c.brinell.v1.WatchJobResponse0\x01\x12V\n\rStreamJobLogs\x12 .brinell.v1.StreamJobLogsRequest\x1a!.brinell.v1.StreamJobLogsResponse0\x01\x12H\n\tCancelJob\x12\x1c.brinell.v1.CancelJobRequest\x1a\x1d.brinell.v1.CancelJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,36 +39,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._loaded_options = None
   _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_SUBMITJOBREQUEST_DEPENDSONENTRY']._loaded_options = None
+  _globals['_SUBMITJOBREQUEST_DEPENDSONENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITJOBREQUEST']._serialized_start=99
-  _globals['_SUBMITJOBREQUEST']._serialized_end=785
-  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_start=632
-  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_end=681
-  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_start=683
-  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_end=730
-  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_start=732
-  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_end=785
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=787
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=836
-  _globals['_GETJOBREQUEST']._serialized_start=838
-  _globals['_GETJOBREQUEST']._serialized_end=867
-  _globals['_GETJOBRESPONSE']._serialized_start=869
-  _globals['_GETJOBRESPONSE']._serialized_end=915
-  _globals['_LISTJOBSREQUEST']._serialized_start=917
-  _globals['_LISTJOBSREQUEST']._serialized_end=989
-  _globals['_LISTJOBSRESPONSE']._serialized_start=991
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1065
-  _globals['_WATCHJOBREQUEST']._serialized_start=1067
-  _globals['_WATCHJOBREQUEST']._serialized_end=1098
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1100
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1148
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1150
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1241
-  _globals['_STREAMJOBLOGSRESPONSE']._serialized_start=1243
-  _globals['_STREAMJOBLOGSRESPONSE']._serialized_end=1302
-  _globals['_CANCELJOBREQUEST']._serialized_start=1304
-  _globals['_CANCELJOBREQUEST']._serialized_end=1352
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1354
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1403
-  _globals['_JOBSERVICE']._serialized_start=1406
-  _globals['_JOBSERVICE']._serialized_end=1863
+  _globals['_SUBMITJOBREQUEST']._serialized_end=940
+  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_start=737
+  _globals['_SUBMITJOBREQUEST_PARAMETERSENTRY']._serialized_end=786
+  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_start=788
+  _globals['_SUBMITJOBREQUEST_SELECTORENTRY']._serialized_end=835
+  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_start=837
+  _globals['_SUBMITJOBREQUEST_PLUGINVERSIONSENTRY']._serialized_end=890
+  _globals['_SUBMITJOBREQUEST_DEPENDSONENTRY']._serialized_start=892
+  _globals['_SUBMITJOBREQUEST_DEPENDSONENTRY']._serialized_end=940
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=942
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=991
+  _globals['_GETJOBREQUEST']._serialized_start=993
+  _globals['_GETJOBREQUEST']._serialized_end=1022
+  _globals['_GETJOBRESPONSE']._serialized_start=1024
+  _globals['_GETJOBRESPONSE']._serialized_end=1070
+  _globals['_LISTJOBSREQUEST']._serialized_start=1072
+  _globals['_LISTJOBSREQUEST']._serialized_end=1144
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1146
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1220
+  _globals['_WATCHJOBREQUEST']._serialized_start=1222
+  _globals['_WATCHJOBREQUEST']._serialized_end=1253
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1255
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1303
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1305
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1396
+  _globals['_STREAMJOBLOGSRESPONSE']._serialized_start=1398
+  _globals['_STREAMJOBLOGSRESPONSE']._serialized_end=1457
+  _globals['_CANCELJOBREQUEST']._serialized_start=1459
+  _globals['_CANCELJOBREQUEST']._serialized_end=1507
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1509
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1558
+  _globals['_JOBSERVICE']._serialized_start=1561
+  _globals['_JOBSERVICE']._serialized_end=2018
 # @@protoc_insertion_point(module_scope)

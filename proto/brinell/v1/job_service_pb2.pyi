@@ -84,6 +84,26 @@ class SubmitJobRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class DependsOnEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EXPERIMENT_FIELD_NUMBER: _builtins.int
     ENTRY_POINT_FIELD_NUMBER: _builtins.int
     ENTRY_POINT_DIGEST_FIELD_NUMBER: _builtins.int
@@ -99,6 +119,8 @@ class SubmitJobRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """`experiments/{experiment_id}`."""
     entry_point: _builtins.str
@@ -146,6 +168,20 @@ class SubmitJobRequest(_message.Message):
     def queue_timeout(self) -> _duration_pb2.Duration:
         """How long it may wait in the queue (since submit) before it ends TIMED_OUT; unset: forever."""
 
+    @_builtins.property
+    def retry(self) -> _job_pb2.RetryPolicy:
+        """Retries for failures the job reports as retryable (exit codes); unset: none."""
+
+    @_builtins.property
+    def depends_on(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Jobs to wait for: alias -> `jobs/{job_id}` (at most 32). The job is PENDING until all of
+        them succeed; when one fails or times out it fails, when one is cancelled it is
+        cancelled. Parameter values may use `{deps.ALIAS.run_id}` (the dependency's MLflow run),
+        `{deps.ALIAS.job}` (`jobs/{id}`), `{deps.ALIAS.model}` (`models:/NAME/VERSION`, the one
+        model version registered from its run) and `{deps.ALIAS.model.NAME}`. Unknown jobs or
+        aliases are INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -164,10 +200,12 @@ class SubmitJobRequest(_message.Message):
         image: _builtins.str = ...,
         priority: _builtins.int = ...,
         queue_timeout: _duration_pb2.Duration | None = ...,
+        retry: _job_pb2.RetryPolicy | None = ...,
+        depends_on: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_timeout", b"queue_timeout", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_timeout", b"queue_timeout", "resources", b"resources", "retry", b"retry", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "image", b"image", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "priority", b"priority", "queue", b"queue", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "resources", b"resources", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depends_on", b"depends_on", "entry", b"entry", "entry_point", b"entry_point", "entry_point_digest", b"entry_point_digest", "experiment", b"experiment", "image", b"image", "max_attempts", b"max_attempts", "parameters", b"parameters", "plugin_versions", b"plugin_versions", "priority", b"priority", "queue", b"queue", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "resources", b"resources", "retry", b"retry", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
