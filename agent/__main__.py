@@ -111,6 +111,14 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         help="docker: keep the containers of attempts that did not succeed",
     )
     parser.add_argument(
+        "--container-watchdog",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="docker: a container whose agent stopped (died, froze) for S seconds ends itself, "
+        "so it does not run on beside its requeued attempt (default 60; 0: never)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
@@ -150,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
             registry_auth=args.registry_auth,
             pull=args.pull,
             keep_failed_containers=args.keep_failed_containers,
+            container_watchdog=args.container_watchdog,
             **extra,
         )
     except ValueError as exc:

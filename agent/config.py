@@ -109,6 +109,9 @@ class AgentConfig:
     # "always" pulls each attempt's image (a moved tag is seen); "missing" only when absent.
     pull: str = "always"
     keep_failed_containers: bool = False
+    # Seconds a container outlives an agent that stopped (died, froze) before it ends itself;
+    # 0: it runs on (an agent that comes back in time re-attaches either way).
+    container_watchdog: float = 60.0
     # The Docker engine (None: DOCKER_HOST, else the default socket).
     docker_host: str | None = None
 

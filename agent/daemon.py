@@ -97,6 +97,8 @@ def make_executor(config: AgentConfig) -> Executor:
                 pull=config.pull,
                 keep_failed=config.keep_failed_containers,
                 host=config.docker_host,
+                watchdog=config.container_watchdog,
+                alive_file=config.work_dir / "alive",
                 max_connections=4 * config.slots + 4,
             )
         )

@@ -11,7 +11,12 @@ init (tini), which passes a stop's SIGTERM to the whole process group.
 A container outlives its agent: an agent that starts again finds its containers by label
 (``recover``), re-attaches to those the control plane still assigns to it (``resume``: the log
 continues where the stored part ends, counted in lines per stream) and removes the others
-(``discard``).
+(``discard``). An agent that does not come back must not leave its job running beside the
+attempt the control plane requeued elsewhere: the agent touches a file (``alive_file``) every
+few seconds while it runs containers, each container sees it read-only at /brinell/alive, and
+a watchdog in the container ends the job once the file is older than ``watchdog`` seconds
+(``WATCHDOG``: POSIX sh, reparented to the container's init, so the job neither sees it as a
+child nor waits on it; the job's exit code and output are untouched).
 
 Registry credentials come from a docker config file (``auths``), never from the job; they are
 neither logged nor sent anywhere but to the registry.
@@ -67,6 +72,24 @@ LABEL_AGENT = "brinell.agent"
 LABEL_TIMEOUT = "brinell.timeout"
 LABEL_GRACE = "brinell.grace-period"
 LABEL_DIGEST = "brinell.image-digest"
+ALIVE = PurePosixPath("/brinell/alive")
+# `sh -c WATCHDOG brinell LIMIT COMMAND`: starts the watchdog (twice forked, so init adopts
+# it), then becomes the job's shell. When the agent's alive file has not changed for LIMIT
+# seconds, it kills every process in the container (the job ends with 137). Images without
+# `stat` or `date` run unwatched, as before.
+WATCHDOG = r"""limit=$1; shift
+( (
+  while sleep 2; do
+    now=$(date +%s) && seen=$(stat -c %Y /brinell/alive) || continue
+    if [ $((now - seen)) -gt "$limit" ]; then
+      echo "brinell: the agent stopped more than ${limit}s ago: ending the job" >&2
+      kill -9 -1
+      exit 0
+    fi
+  done
+) >/dev/null </dev/null 2>&1 & )
+exec /bin/sh -c "$1"
+"""
 # Appended to the name of a container kept after a failed attempt (--keep-failed-containers).
 KEPT_SUFFIX = "-failed"
 # After the container exited, how long to wait for the end of its log streams.
@@ -99,6 +122,10 @@ class DockerSettings:
     host: str | None = None
     # Connections to the engine: each running attempt holds three (two log streams, a wait).
     max_connections: int = 16
+    # Seconds after the agent stopped touching ``alive_file`` that a container ends itself
+    # (0 or no file: never).
+    watchdog: float = 60.0
+    alive_file: Path | None = None
 
     def image_for(self, queue: str) -> str:
         return self.images.get(queue) or self.images.get("", "")
@@ -154,6 +181,33 @@ class DockerExecutor(Executor):
                 else docker.from_env(**kwargs)
             )
         self.client = client
+        self._alive: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ liveness
+
+    @property
+    def _watched(self) -> bool:
+        return self.settings.watchdog > 0 and self.settings.alive_file is not None
+
+    def _keep_alive(self) -> None:
+        """Touches the alive file now and every few seconds from the agent's event loop (a
+        loop that hangs stops touching it too), while the agent runs."""
+        path = self.settings.alive_file
+        if not self._watched or path is None:
+            return
+        # Touched in place, never replaced: a container's bind mount holds the file's inode.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        if self._alive is None or self._alive.done():
+            period = min(5.0, self.settings.watchdog / 4)
+
+            async def touch() -> None:
+                while True:
+                    await asyncio.sleep(period)
+                    with contextlib.suppress(OSError):
+                        os.utime(path)
+
+            self._alive = asyncio.get_running_loop().create_task(touch(), name="docker-alive")
 
     # ------------------------------------------------------------------ checks
 
@@ -244,6 +298,7 @@ class DockerExecutor(Executor):
         if spec.workspace is None:
             return failed("agent error: the attempt has no workspace to mount")
 
+        self._keep_alive()
         system(f"pulling image {ref}" if self.settings.pull == "always" else f"image {ref}")
         pulling = _in_thread(lambda: self._pull(ref))
         if not await _until(pulling, cancel):
@@ -295,6 +350,15 @@ class DockerExecutor(Executor):
         mounts = [
             docker.types.Mount(str(WORKSPACE), str(spec.workspace), type="bind"),
         ]
+        args = ["/bin/sh", "-c", command]
+        if self._watched and self.settings.alive_file is not None:
+            mounts.append(
+                docker.types.Mount(
+                    str(ALIVE), str(self.settings.alive_file), type="bind", read_only=True
+                )
+            )
+            limit = f"{max(1, round(self.settings.watchdog))}"
+            args = ["/bin/sh", "-c", WATCHDOG, "brinell-watchdog", limit, command]
         if spec.plugins:
             mounts.append(
                 docker.types.Mount(
@@ -302,7 +366,7 @@ class DockerExecutor(Executor):
                 )
             )
         kwargs: dict[str, Any] = {
-            "command": ["/bin/sh", "-c", command],
+            "command": args,
             "environment": env,
             "working_dir": str(inside.project_root),
             "labels": labels,
@@ -511,6 +575,7 @@ class DockerExecutor(Executor):
         cancel: CancelSignal | None = None,
     ) -> ExecutionResult:
         container = found.handle
+        self._keep_alive()
         on_line(
             Stream.SYSTEM,
             f"re-attached to container {container.short_id} after an agent restart "

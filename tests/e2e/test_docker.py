@@ -334,3 +334,53 @@ def test_a_container_survives_an_agent_restart_and_leftovers_are_removed(
         assert _containers(denv, job.id) == []
     finally:
         agent.stop()
+
+
+def test_a_container_ends_itself_when_its_agent_never_comes_back(
+    denv: DockerEnv, runtime_image: str, plane: dict[str, Any], prefect_api_url: str
+) -> None:
+    """Issue 10, fix 2 for containers: killed with its agent gone for good, a container ran
+    to the end while the requeued attempt ran elsewhere. The watchdog ends it."""
+    c: Client = plane["client"]
+    project = _project(plane["tmp"], "ticker-gone", TICKER, {"ticker.py": TICKER_PY})
+    ep, _ = c.entry_points.push(project)
+    agent = _agent(
+        plane,
+        denv,
+        "docker-gone",
+        prefect_api_url,
+        "--image",
+        runtime_image,
+        "--container-watchdog",
+        "4",
+    )
+    try:
+        job = c.jobs.submit("docker", ep, {"n": 600, "pause": 0.1})
+        _wait_for(lambda: any(ln.text == "tick 3" for ln in c.jobs.logs(job)), 300, "ticks")
+        container = _containers(denv, job.id)[0]
+        # A process the job started in the background dies with it too.
+        container.exec_run(["sh", "-c", "sleep 600 &"], detach=True)
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait(30)
+        killed = time.monotonic()
+
+        def exited() -> bool:
+            container.reload()
+            return bool(container.status == "exited")
+
+        _wait_for(exited, 30, "the container to end itself")
+        assert time.monotonic() - killed < 15  # 4 s, checked every 2 s
+        assert container.attrs["State"]["ExitCode"] == 137
+        output = container.logs(stdout=False, stderr=True).decode()
+        assert "tock 10" in output and "tock 599" not in output
+    finally:
+        agent.stop()
+    # A job that finishes in a watched container keeps its exit code and its output.
+    agent = _agent(plane, denv, "docker-gone-2", prefect_api_url, "--image", runtime_image)
+    try:
+        done = c.jobs.wait(c.jobs.submit("docker", ep, {"n": 3, "pause": 0}), timeout=300)
+        assert done.state == JobState.SUCCEEDED and done.exit_code == 0
+        lines = [ln.text for ln in c.jobs.logs(done) if ln.stream == LogStream.STDOUT]
+        assert lines[1:] == ["tick 0", "tick 1", "tick 2", "done"]
+    finally:
+        agent.stop()
