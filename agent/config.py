@@ -112,6 +112,10 @@ class AgentConfig:
     # Seconds a container outlives an agent that stopped (died, froze) before it ends itself;
     # 0: it runs on (an agent that comes back in time re-attaches either way).
     container_watchdog: float = 60.0
+    # process executor: Python jobs fork from a pre-imported parent (agent/warm.py), which
+    # also imports these modules ahead of the first job.
+    warm_runtime: bool = True
+    warm_imports: list[str] = field(default_factory=list)
     # The Docker engine (None: DOCKER_HOST, else the default socket).
     docker_host: str | None = None
 

@@ -44,6 +44,7 @@ from .executor import (
 )
 from .host import agent_version, discover_gpus, memory_bytes
 from .prepare import AttemptPreparer, seconds
+from .warm import WarmRuntime
 from .workspace import WorkspaceError, prune_workspaces, workspace_dir
 
 log = logging.getLogger("brinell.agent")
@@ -102,7 +103,8 @@ def make_executor(config: AgentConfig) -> Executor:
                 max_connections=4 * config.slots + 4,
             )
         )
-    return ProcessExecutor()
+    warm = WarmRuntime(modules=config.warm_imports) if config.warm_runtime else None
+    return ProcessExecutor(warm=warm)
 
 
 # --------------------------------------------------------------------------- the agent
@@ -218,6 +220,7 @@ class Agent:
         # What the previous run left running (containers) first: their workspaces are busy.
         await self._recover()
         self._prune_workspaces()  # what earlier runs of the agent left
+        await self.executor.start()
         log.info(
             "%s: starting (control plane %s, queues %s, slots %d, work dir %s, executor %s)",
             self._ctx,
@@ -253,6 +256,7 @@ class Agent:
             for task in leftovers:
                 task.cancel()  # the executor SIGKILLs the process group on cancellation
             await asyncio.gather(*background, connection, *leftovers, return_exceptions=True)
+            await self.executor.close()
             if self.prefect is not None:
                 await self.prefect.stop()
             if self._channel is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from brinell import mlproject
 
+from .warm import WarmProcess, WarmRuntime, launch_for
 from .workspace import find_mlproject
 
 # Lines longer than this are split, so one runaway line cannot exhaust memory or a message.
@@ -188,6 +189,12 @@ class Executor(abc.ABC):
         ``skip[stream]`` lines of each stream are already stored and not passed on."""
         raise NotImplementedError(f"the {self.name} executor cannot re-attach")
 
+    async def start(self) -> None:  # noqa: B027 - optional
+        """Called once when the agent starts, before any attempt."""
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        """Called once when the agent stops, after its attempts ended."""
+
     async def discard(self, found: Recovered) -> None:  # noqa: B027 - optional
         """Stops and removes a recovered attempt the control plane no longer assigns here."""
 
@@ -209,6 +216,13 @@ class Executor(abc.ABC):
 
 def load_command(project_root: Path, entry: str, parameters: Mapping[str, str]) -> str:
     """Reads MLproject and builds the entry's shell command (raises MLprojectError)."""
+    return load_entry(project_root, entry, parameters)[0]
+
+
+def load_entry(
+    project_root: Path, entry: str, parameters: Mapping[str, str]
+) -> tuple[str, mlproject.EntrySpec]:
+    """The entry's shell command and its declaration (raises MLprojectError)."""
     path = find_mlproject(project_root)
     if path is None:
         raise mlproject.MLprojectError([f"no MLproject file in the entry point ({project_root})"])
@@ -221,7 +235,7 @@ def load_command(project_root: Path, entry: str, parameters: Mapping[str, str]) 
     spec = project.entry(entry)
     assert spec is not None  # resolve() raised otherwise
     command: str = mlproject.build_command(spec, resolved)
-    return command
+    return command, spec
 
 
 def build_env(
@@ -323,9 +337,42 @@ class ProcessExecutor(Executor):
 
     name = "process"
 
-    def __init__(self, python: str = sys.executable, shell: str = "/bin/sh") -> None:
+    def __init__(
+        self, python: str = sys.executable, shell: str = "/bin/sh", warm: WarmRuntime | None = None
+    ) -> None:
         self.python = python
         self.shell = shell
+        # Python jobs fork from this pre-imported parent (None: every job runs cold).
+        self.warm = warm
+
+    async def start(self) -> None:
+        if self.warm is not None:
+            self.warm.start_soon()
+
+    async def close(self) -> None:
+        if self.warm is not None:
+            await self.warm.close()
+
+    async def _warm_start(
+        self, spec: RunSpec, command: str, entry: mlproject.EntrySpec, env: dict[str, str]
+    ) -> WarmProcess | str:
+        """The attempt forked from the warm runtime, or why it runs cold."""
+        if self.warm is None:
+            return ""
+        if entry.isolated:
+            return "the entry point asks for isolation"
+        launch = launch_for(command, self.python, spec.project_root)
+        if isinstance(launch, str):
+            return launch
+        reason = self.warm.cold_reason(launch, env, spec.project_root)
+        if reason:
+            return reason
+        if not await self.warm.wait_ready():
+            return "the warm runtime is not running"
+        try:
+            return await self.warm.spawn(launch, spec.project_root, env)
+        except RuntimeError as exc:
+            return f"the warm runtime could not start it: {exc}"
 
     async def run(
         self,
@@ -339,7 +386,7 @@ class ProcessExecutor(Executor):
             on_line(Stream.SYSTEM, text)
 
         try:
-            command = load_command(spec.project_root, spec.entry, spec.parameters)
+            command, entry = load_entry(spec.project_root, spec.entry, spec.parameters)
         except mlproject.MLprojectError as exc:
             message = f"cannot run entry {spec.entry!r}: {exc}"
             system(message)
@@ -350,22 +397,32 @@ class ProcessExecutor(Executor):
 
         env = build_env(spec, python=self.python)
         system(f"running: {command}")
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *supervised(self.shell, "-c", command),
-                cwd=spec.project_root,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            message = f"cannot start the process: {exc}"
-            system(message)
-            return ExecutionResult(Outcome.FAILED, None, message)
+        proc: asyncio.subprocess.Process | WarmProcess
+        warm = await self._warm_start(spec, command, entry, env)
+        if isinstance(warm, WarmProcess):
+            proc = warm
+            system(f"in the warm runtime (process {proc.pid})")
+        else:
+            if warm:
+                system(f"in a fresh interpreter: {warm}")
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *supervised(self.shell, "-c", command),
+                    cwd=spec.project_root,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                message = f"cannot start the process: {exc}"
+                system(message)
+                return ExecutionResult(Outcome.FAILED, None, message)
 
-        pgid = proc.pid  # start_new_session makes the child the leader of its own group
+        # Each leads its own process group: the supervisor (start_new_session), or the child
+        # the warm runtime forked.
+        pgid = proc.pid
         assert proc.stdout is not None and proc.stderr is not None
         last_error = LastErrorLine(on_line)
         readers = [
@@ -409,7 +466,7 @@ class ProcessExecutor(Executor):
 
     async def _supervise(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: asyncio.subprocess.Process | WarmProcess,
         pgid: int,
         spec: RunSpec,
         cancel: CancelSignal | None,
@@ -452,7 +509,7 @@ def _seconds(value: float | None) -> str:
     return f"{value:g}s" if value is not None else "none"
 
 
-async def _wait_exit(proc: asyncio.subprocess.Process) -> None:
+async def _wait_exit(proc: asyncio.subprocess.Process | WarmProcess) -> None:
     """Waits for the main process to exit, without waiting for its pipes to close."""
     while proc.returncode is None:
         await asyncio.sleep(_POLL_INTERVAL)
@@ -487,13 +544,17 @@ async def _terminate_group(
         await asyncio.sleep(0.02)
 
 
-async def _drain(readers: list[asyncio.Task[None]], proc: asyncio.subprocess.Process) -> None:
+async def _drain(
+    readers: list[asyncio.Task[None]], proc: asyncio.subprocess.Process | WarmProcess
+) -> None:
     """Waits for the readers to hit end of file; a process that escaped the group (setsid)
     may hold a pipe open, so the wait is bounded."""
     _done, pending = await asyncio.wait(readers, timeout=_DRAIN_WAIT)
     for task in pending:
         task.cancel()
-    if pending:
+    if isinstance(proc, WarmProcess):
+        proc.close()
+    elif pending:
         # The pipes stay open only because something outside the group holds them; close our
         # ends so the transport does not leak.
         transport = getattr(proc, "_transport", None)

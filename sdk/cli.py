@@ -284,6 +284,18 @@ def agent(
     drain_timeout: Annotated[
         float, typer.Option(help="On SIGTERM or a drain, seconds running jobs may finish.")
     ] = 60.0,
+    container_watchdog: Annotated[
+        float,
+        typer.Option(help="docker: seconds a container outlives a stopped agent (0: forever)."),
+    ] = 60.0,
+    warm_runtime: Annotated[
+        bool,
+        typer.Option(help="process: Python jobs fork from a pre-imported runtime (~1 s, not ~10)."),
+    ] = True,
+    warm_import: Annotated[
+        list[str] | None,
+        typer.Option(metavar="MODULE", help="A module the warm runtime imports ahead (repeat)."),
+    ] = None,
 ) -> None:
     """Run the agent daemon: take jobs from the control plane and run them on this host."""
     if ctx.invoked_subcommand is not None:
@@ -313,6 +325,9 @@ def agent(
         pull=pull,
         keep_failed_containers=keep_failed_containers,
         drain_timeout=drain_timeout,
+        container_watchdog=container_watchdog,
+        warm_runtime=warm_runtime,
+        warm_imports=list(warm_import or []),
     )
     run_forever(config)
 

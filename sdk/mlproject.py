@@ -69,6 +69,8 @@ class EntrySpec:
     # The container image for the docker executor: the entry's `docker_env.image`, else the
     # project's (MLflow's key); "" when neither names one.
     image: str = ""
+    # `isolated: true` (Brinell's key): always a fresh interpreter, never the warm runtime.
+    isolated: bool = False
 
     def parameter(self, name: str) -> ParameterSpec | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -250,7 +252,14 @@ def parse(text: str | bytes) -> ProjectSpec:
                 )
         plugins = _plugins(raw.get("plugins"), entry_name, problems)
         image = _image(raw.get("docker_env"), entry_name, problems) or project_image
-        entries.append(EntrySpec(entry_name, raw["command"], tuple(params), graph, plugins, image))
+        isolated = raw.get("isolated", False)
+        if not isinstance(isolated, bool):
+            problems.append(f"entry {entry_name!r}: `isolated` must be true or false")
+        entries.append(
+            EntrySpec(
+                entry_name, raw["command"], tuple(params), graph, plugins, image, isolated is True
+            )
+        )
     if problems:
         raise MLprojectError(problems[:50])
     return ProjectSpec(project_name, tuple(entries))
