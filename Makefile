@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make proto` writes; tests/unit/test_generated.py points it elsewhere to compare.
 PROTO_OUT := proto
 
-.PHONY: setup demo test lint lint-proto proto bench clean wheelhouse images up down
+.PHONY: setup demo test lint lint-proto proto bench soak clean wheelhouse images up down
 
 setup: $(STAMP)
 
@@ -81,8 +81,17 @@ down:
 	tools/images down
 
 bench: setup
+	$(PY) bench/job_latency.py
 	$(PY) bench/dispatch.py
 	$(PY) bench/uploads.py
+
+# Fault soak (bench/soak.py): a real PostgreSQL, control plane(s) and agents; agents and a
+# control plane are SIGKILLed while short jobs run; exits 1 if a job is lost, fails, or runs
+# or succeeds twice. About a minute each on 2 cores; SOAK_ARGS='--jobs 1000' for a longer one.
+SOAK_ARGS ?=
+soak: setup
+	$(PY) bench/soak.py --replicas 1 $(SOAK_ARGS)
+	$(PY) bench/soak.py --replicas 2 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -31,9 +31,8 @@ class PendingUpdate:
     message: agent_service_pb2.AttemptUpdate
     # The last log sequence number written before the update: replay keeps that order.
     after_seq: int
-    # Connection generation and heartbeat count when it was put on a stream.
+    # Connection generation when it was put on a stream (kept until acknowledged).
     sent_gen: int | None = None
-    sent_heartbeat: int = 0
 
 
 @dataclass

@@ -146,6 +146,8 @@ class Agent:
         self._outbox: Outbox | None = None
         self._gen = 0
         self._heartbeats = 0
+        # How many attempts the last Register reported (running, or with updates to replay).
+        self._reported = 0
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._lines_pending = asyncio.Event()
         self._flush_now = asyncio.Event()
@@ -430,6 +432,7 @@ class Agent:
     async def _run_stream(self) -> None:
         outbox: Outbox = asyncio.Queue()
         register = self._register_message()
+        self._reported = len(register.running)
         assert self._stub is not None
         call = self._stub.Connect(self._requests(register, outbox), metadata=self._metadata)
         self._call = call
@@ -496,12 +499,12 @@ class Agent:
         self._heartbeats = 0
         self._outbox = outbox
         log.info(
-            "%s: registered as %s (heartbeat %.1fs, lease %.1fs, %d attempt(s) to report)",
+            "%s: registered as %s (heartbeat %.1fs, lease %.1fs, %d attempt(s) reported)",
             self._ctx,
             registered.agent,
             interval,
             seconds(registered.lease_duration),
-            len(self._attempts),
+            self._reported,
         )
         self._reattach(registered)
         self._announce_drain()  # a new stream: the control plane must hear it again
@@ -587,14 +590,13 @@ class Agent:
             self._confirm_updates()
 
     def _confirm_updates(self) -> None:
-        """Drops updates that a heartbeat followed on a stream that then held one more tick."""
+        """Drops the lines of finished attempts that stay unacknowledged for too long.
+
+        (Updates are dropped only when the control plane acknowledges them: counting
+        heartbeats sent proved nothing on a connection the network silently dropped, and a
+        final update lost that way had a job that ended during a short cut run again.)"""
         now = time.monotonic()
         for st in list(self._attempts.values()):
-            st.updates = [
-                pu
-                for pu in st.updates
-                if not (pu.sent_gen == self._gen and pu.sent_heartbeat <= self._heartbeats - 2)
-            ]
             if st.finished and not st.updates and st.lines:
                 if st.delivered_at is None:
                     st.delivered_at = now
@@ -618,7 +620,6 @@ class Agent:
     def _put_update(self, pending: PendingUpdate) -> None:
         assert self._outbox is not None
         pending.sent_gen = self._gen
-        pending.sent_heartbeat = self._heartbeats
         self._outbox.put_nowait(agent_service_pb2.ConnectRequest(attempt_update=pending.message))
 
     def _post_update(
@@ -711,6 +712,8 @@ class Agent:
             self._on_cancel(response.cancel)
         elif kind == "log_ack":
             self._on_log_ack(response.log_ack)
+        elif kind == "update_ack":
+            self._on_update_ack(response.update_ack)
         elif kind == "drain":
             d = response.drain
             self.drain(d.reason or "drained by the control plane", seconds(d.deadline) or None)
@@ -799,6 +802,17 @@ class Agent:
             st.lines.popleft()
         st.acked = max(st.acked, ack.sequence)
         st.sent_upto = max(st.sent_upto, st.acked)
+        self._maybe_forget(st)
+
+    def _on_update_ack(self, ack: agent_service_pb2.UpdateAck) -> None:
+        """The control plane applied (or refused for good) this update and those before it."""
+        st = self._attempts.get((ack.job, ack.attempt))
+        if st is None:
+            return
+        for i, pending in enumerate(st.updates):
+            if pending.message.state == ack.state:
+                del st.updates[: i + 1]
+                break
         self._maybe_forget(st)
 
     def _remember_finished(self, key: AttemptKey) -> None:

@@ -55,6 +55,7 @@ from ..domain.scheduler import (
     LogAck,
     Outbound,
     Scheduler,
+    UpdateAck,
 )
 from ..store.blobs import BlobStore
 from . import convert
@@ -283,6 +284,14 @@ def _outbound(msg: Outbound) -> agent_pb.ConnectResponse:
         return agent_pb.ConnectResponse(
             drain=agent_pb.Drain(reason=msg.reason, deadline=convert.duration(msg.deadline))
         )
+    if isinstance(msg, UpdateAck):
+        return agent_pb.ConnectResponse(
+            update_ack=agent_pb.UpdateAck(
+                job=f"jobs/{msg.job_id}",
+                attempt=msg.attempt,
+                state=convert.job_state(msg.state),
+            )
+        )
     assert isinstance(msg, LogAck)
     return agent_pb.ConnectResponse(
         log_ack=agent_pb.LogAck(
@@ -416,13 +425,15 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
         if req.HasField("attempt_update"):
             u = req.attempt_update
             job_id = names.job_id(u.job, field="attempt_update.job")
-            if not session.holds(job_id, u.attempt):
-                raise PermissionDenied(
-                    f"attempt {u.attempt} of jobs/{job_id} is not this session's"
-                )
             state = convert.job_state_from(u.state)
             if state is None:
                 raise InvalidArgument("an update needs a state", field="attempt_update.state")
+            ack = UpdateAck(job_id, u.attempt, state)
+            if not session.holds(job_id, u.attempt):
+                session.outbox.put_nowait(ack)  # nobody will apply it: the agent lets go
+                raise PermissionDenied(
+                    f"attempt {u.attempt} of jobs/{job_id} is not this session's"
+                )
             await in_flight.acquire()
             track(
                 self.scheduler.report_nowait(
@@ -435,7 +446,8 @@ class AgentServicer(agent_grpc.AgentServiceServicer):
                         u.message,
                         u.image_digest[:600],
                     ),
-                )
+                ),
+                lambda _result, ack=ack: session.outbox.put_nowait(ack),
             )
         else:
             b = req.log_batch

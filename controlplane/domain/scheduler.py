@@ -139,6 +139,15 @@ class LogAck:
 
 
 @dataclass(frozen=True)
+class UpdateAck:
+    """An attempt update was applied (or refused for good): the agent may forget it."""
+
+    job_id: str
+    attempt: int
+    state: JobState
+
+
+@dataclass(frozen=True)
 class Close:
     """Ends the stream: a newer connection took over this agent id."""
 
@@ -154,7 +163,7 @@ class Drain:
     deadline: float
 
 
-Outbound = Assign | Cancel | LogAck | Close | Drain
+Outbound = Assign | Cancel | LogAck | UpdateAck | Close | Drain
 HELD_LIMIT = 4096
 # Seconds agents have to come back after a control-plane restart (at least one lease).
 RECONNECT_WINDOW = 30.0
@@ -510,7 +519,7 @@ class Scheduler:
         keep, stale, gpus = await self.db.run(reconcile)
         for job in lost:
             log.warning("job %s: %s", job.id, job.state_reason)
-            self._release(job.id, job.attempt)
+            self._release(job.id, job.attempt, lost=True)
             self._after_change(job)
         for r in keep:
             session.hold((r.job_id, r.attempt), gpus.get((r.job_id, r.attempt), ()))
@@ -930,8 +939,12 @@ class Scheduler:
             }
         return Jobs.compare_and_set(s, job.id, ACTIVE, values, attempt=job.attempt)
 
-    def _release(self, job_id: str, attempt: int) -> None:
+    def _release(self, job_id: str, attempt: int, lost: bool = False) -> None:
+        """The attempt ended; a ``lost`` one (requeued, or failed for want of attempts) is no
+        longer its session's either: what its agent still sends for it is refused."""
         for session in self.sessions.values():
+            if lost:
+                session.held.pop((job_id, attempt), None)
             if session.running.pop((job_id, attempt), None) is not None:
                 self.wake()
 
@@ -1200,7 +1213,7 @@ class Scheduler:
                 session.suspect = True
         for job in changed:
             log.warning("job %s: %s", job.id, job.state_reason)
-            self._release(job.id, job.attempt)
+            self._release(job.id, job.attempt, lost=True)
             self._after_change(job)
         if changed:
             self.wake()

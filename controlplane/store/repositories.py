@@ -119,10 +119,17 @@ _LOG_SEEN = select(L.c.sequence).where(
     L.c.sequence.in_(bindparam("seqs", expanding=True)),
 )
 # Fenced like attempt updates: the lines of an attempt the job has moved past (requeued
-# while its agent was frozen or cut off) match no row and are not stored.
+# while its agent was frozen or cut off) match no row and are not stored — also while the
+# requeued job waits in the queue, when `jobs.attempt` still names the lost attempt.
 _LOG_COUNT = (
     update(J)
-    .where(J.c.id == bindparam("w_id"), J.c.attempt == bindparam("w_attempt"))
+    .where(
+        J.c.id == bindparam("w_id"),
+        J.c.attempt == bindparam("w_attempt"),
+        ~select(A.c.number)
+        .where(A.c.job_id == J.c.id, A.c.number == J.c.attempt, A.c.state == "LOST")
+        .exists(),
+    )
     .values(log_count=J.c.log_count + bindparam("n"))
     .returning(J.c.log_count)
 )

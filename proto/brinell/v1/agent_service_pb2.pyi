@@ -442,6 +442,35 @@ class LogAck(_message.Message):
 Global___LogAck: _TypeAlias = LogAck  # noqa: Y015
 
 @_typing.final
+class UpdateAck(_message.Message):
+    """Control plane to agent: an AttemptUpdate was applied, or refused for good (the attempt is
+    not the session's); the agent stops replaying it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    attempt: _builtins.int
+    state: _job_pb2.JobState.ValueType
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        state: _job_pb2.JobState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job", b"job", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAck: _TypeAlias = UpdateAck  # noqa: Y015
+
+@_typing.final
 class ConnectResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -450,6 +479,7 @@ class ConnectResponse(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     LOG_ACK_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    UPDATE_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -460,6 +490,8 @@ class ConnectResponse(_message.Message):
     def log_ack(self) -> Global___LogAck: ...
     @_builtins.property
     def drain(self) -> Global___Drain: ...
+    @_builtins.property
+    def update_ack(self) -> Global___UpdateAck: ...
     def __init__(
         self,
         *,
@@ -468,12 +500,13 @@ class ConnectResponse(_message.Message):
         cancel: Global___Cancel | None = ...,
         log_ack: Global___LogAck | None = ...,
         drain: Global___Drain | None = ...,
+        update_ack: Global___UpdateAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "drain", b"drain", "log_ack", b"log_ack", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "drain", b"drain", "log_ack", b"log_ack", "message", b"message", "registered", b"registered", "update_ack", b"update_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "drain", b"drain", "log_ack", b"log_ack", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancel", b"cancel", "drain", b"drain", "log_ack", b"log_ack", "message", b"message", "registered", b"registered", "update_ack", b"update_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "log_ack", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "log_ack", "drain", "update_ack"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
