@@ -12,8 +12,9 @@ from brinell.v1 import agent_service_pb2, job_pb2
 
 from .executor import CancelSignal, Recovered, Stream
 
-# Per attempt, while disconnected; the oldest lines are dropped beyond it (the control plane
-# sees a gap in the sequence numbers, and a SYSTEM line says so).
+# Lines kept per attempt until acknowledged; the oldest go beyond it. Lines evicted before
+# they were sent, or sent on a stream that broke before acknowledging them, are lost: the
+# control plane sees a gap in the sequence numbers, and a SYSTEM line says how many.
 MAX_BUFFERED_LINES = 100_000
 
 _STREAMS = {
@@ -46,7 +47,11 @@ class AttemptState:
     next_seq: int = 1
     sent_upto: int = 0  # highest sequence put on the current stream
     acked: int = 0
+    # Lines evicted before they were sent: lost (reported in a SYSTEM line).
     dropped: int = 0
+    # The newest line evicted after it was sent but before it was acknowledged: lost only if
+    # that stream breaks before the acknowledgement (counted then).
+    evicted_upto: int = 0
     updates: list[PendingUpdate] = field(default_factory=list)
     finished: bool = False
     delivered_at: float | None = None
@@ -76,5 +81,17 @@ class AttemptState:
         self.next_seq += 1
         self.lines.append(line)
         if len(self.lines) > MAX_BUFFERED_LINES:
-            self.lines.popleft()
-            self.dropped += 1
+            evicted = self.lines.popleft()
+            if evicted.sequence > self.sent_upto:
+                self.dropped += 1
+            else:
+                self.evicted_upto = evicted.sequence
+
+    def replay_from_acked(self) -> None:
+        """A new stream: what the old one carried but nobody acknowledged goes again; what of
+        it the buffer no longer holds is lost."""
+        if self.evicted_upto > self.acked:
+            self.dropped += self.evicted_upto - self.acked
+            self.acked = self.evicted_upto
+        self.evicted_upto = 0
+        self.sent_upto = self.acked

@@ -31,7 +31,7 @@ import grpc
 from brinell.credentials import TLS, auth_metadata, resolve_token, tls_from
 from brinell.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
-from .attempts import AttemptKey, AttemptState, PendingUpdate
+from .attempts import MAX_BUFFERED_LINES, AttemptKey, AttemptState, PendingUpdate
 from .channel import Backoff, channel_options
 from .config import AgentConfig
 from .executor import (
@@ -510,7 +510,7 @@ class Agent:
         self._announce_drain()  # a new stream: the control plane must hear it again
         # Replay in the original order: each pending update after the lines written before it.
         for st in list(self._attempts.values()):
-            st.sent_upto = st.acked
+            st.replay_from_acked()
             for pending in st.updates:
                 self._send_lines(st, upto=pending.after_seq)
                 self._put_update(pending)
@@ -651,8 +651,8 @@ class Agent:
             dropped, st.dropped = st.dropped, 0
             st.add_line(
                 Stream.SYSTEM,
-                f"the agent dropped {dropped} log line(s): its buffer was full while the "
-                "control plane was unreachable",
+                f"the agent dropped {dropped} log line(s): its buffer of {MAX_BUFFERED_LINES:,} "
+                "lines was full while the control plane was unreachable or slow to acknowledge",
             )
         limit = st.next_seq - 1 if upto is None else upto
         if st.sent_upto >= limit:

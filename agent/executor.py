@@ -367,8 +367,11 @@ class ProcessExecutor(Executor):
         reason = self.warm.cold_reason(launch, env, spec.project_root)
         if reason:
             return reason
-        if not await self.warm.wait_ready():
-            return "the warm runtime is not running"
+        if not self.warm.ready:
+            # Never slower than before the runtime existed: a job that would wait for the
+            # imports runs cold beside them (a restarted agent takes requeued jobs at once).
+            self.warm.start_soon()
+            return "the warm runtime is still starting"
         try:
             return await self.warm.spawn(launch, spec.project_root, env)
         except RuntimeError as exc:

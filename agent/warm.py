@@ -36,8 +36,6 @@ log = logging.getLogger("brinell.agent.warm")
 
 PARENT = Path(__file__).with_name("warm_parent.py")
 MAX_MESSAGE = 4 * 1024 * 1024
-# How long a job waits for a parent that is still importing before it runs cold.
-READY_TIMEOUT = 60.0
 # PYTHON* variables a child honours itself; any other must be the parent's own value.
 _CHILD_SETS = frozenset({"PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"})
 # Characters the shell would act on outside quotes (inside double quotes: $ ` \).
@@ -177,6 +175,12 @@ class WarmRuntime:
         loop.create_task(self._start(self._ready), name="warm-runtime-start")
 
     @property
+    def ready(self) -> bool:
+        """Whether the parent has imported and is there to fork."""
+        ready = self._ready
+        return ready is not None and ready.done() and ready.exception() is None and self.alive
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.returncode is None and self._sock is not None
 
@@ -270,8 +274,15 @@ class WarmRuntime:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         code = await proc.wait()
+        # One that had been ready starts again at once; one that died while importing starts
+        # again only when a job next asks (no restart loop; jobs run cold meanwhile).
+        again = ready.done() and ready.exception() is None and not self.closed
         if not self.closed:
-            log.warning("warm runtime exited (%s); it starts again for the next job", code)
+            log.warning(
+                "warm runtime exited (%s); %s",
+                code,
+                "starting it again" if again else "it starts again for the next job",
+            )
         if not ready.done():
             ready.set_exception(RuntimeError(f"the warm runtime exited ({code}) while starting"))
         for pending in self._pending.values():
@@ -284,18 +295,8 @@ class WarmRuntime:
                     os.killpg(child.pid, signal.SIGKILL)
             child.exited(-signal.SIGKILL)
         self._children.clear()
-
-    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> bool:
-        """Whether the parent is ready to fork (started when it is not running)."""
-        self.start_soon()
-        if self._ready is None:
-            return False
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except (TimeoutError, RuntimeError) as exc:
-            log.warning("warm runtime not ready: %s", exc or "timed out")
-            return False
-        return self.alive
+        if again:
+            self.start_soon()
 
     async def close(self) -> None:
         self.closed = True

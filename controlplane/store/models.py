@@ -96,6 +96,11 @@ class JobRow(Base):
         # The dispatcher's order: highest priority first, oldest first within one.
         Index("ix_jobs_state_queue_priority_seq", "state", "queue", "priority", "seq"),
         Index("ix_jobs_experiment_seq", "experiment_id", "seq"),
+        # ListJobs, newest first, for each filter it takes (migration 0011).
+        Index("ix_jobs_state_seq", "state", "seq"),
+        Index("ix_jobs_queue_seq", "queue", "seq"),
+        Index("ix_jobs_agent_seq", "agent_id", "seq"),
+        Index("ix_jobs_entry_point_seq", "entry_point_id", "seq"),
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(16), unique=True)

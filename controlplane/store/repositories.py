@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -391,6 +392,11 @@ class EntryPoints:
         return [(r.seq, _revision(r)) for r in rows]
 
 
+# Up to this many experiments, a member's ListJobs reads each one's newest jobs and merges
+# them; beyond, one query filters the jobs of all of them.
+_MERGED_EXPERIMENTS = 64
+
+
 class Jobs:
     @staticmethod
     def add(s: Session, job: m.Job, request_hash: str) -> None:
@@ -500,7 +506,32 @@ class Jobs:
         limit: int,
         groups: frozenset[str] | None = None,
     ) -> list[tuple[int, m.Job]]:
-        """Newest first; only jobs of ``groups``' experiments when given."""
+        """Newest first; only jobs of ``groups``' experiments when given.
+
+        Each filter has an index that ends in ``seq``, so a page reads about ``limit`` rows
+        however many jobs there are; several states are read one index range each and merged
+        (an IN over the index would sort every match)."""
+        if len(f.states) > 1:
+            merged = [
+                row
+                for st in dict.fromkeys(f.states)
+                for row in Jobs.page(s, replace(f, states=[st]), before_seq, limit, groups)
+            ]
+            return sorted(merged, key=lambda r: -r[0])[:limit]
+        if groups is not None and not f.experiment_id:
+            # A member sees the jobs of a few experiments: one index range each, merged.
+            seen = s.scalars(
+                select(ExperimentRow.id)
+                .where(ExperimentRow.group_id.in_(sorted(groups)))
+                .limit(_MERGED_EXPERIMENTS + 1)
+            ).all()
+            if len(seen) <= _MERGED_EXPERIMENTS:
+                merged = [
+                    row
+                    for exp in seen
+                    for row in Jobs.page(s, replace(f, experiment_id=exp), before_seq, limit)
+                ]
+                return sorted(merged, key=lambda r: -r[0])[:limit]
         q = select(JobRow)
         if groups is not None:
             q = q.where(
@@ -509,7 +540,7 @@ class Jobs:
                 )
             )
         if f.states:
-            q = q.where(JobRow.state.in_([st.value for st in f.states]))
+            q = q.where(JobRow.state == f.states[0].value)
         if f.experiment_id:
             q = q.where(JobRow.experiment_id == f.experiment_id)
         if f.entry_point_id:

@@ -133,10 +133,21 @@ def pair(cluster: dict[str, Any]) -> Iterator[None]:
     try:
         for kind in ("warm", "cold"):
             wait_connected(cluster["client"], f"{kind}-agent")
+        warmed(agents[0])
         yield
     finally:
         for agent in agents:
             agent.stop()
+
+
+def warmed(agent: Proc, times: int = 1) -> None:
+    """Waits for the agent's warm runtime (to have started ``times`` times): until it is
+    ready its jobs run cold, so that a restarted agent never makes a job wait for imports."""
+    _until(
+        lambda: agent.log.read_text().count("warm runtime ready") >= times,
+        120,
+        "the warm runtime",
+    )
 
 
 def _post(url: str, body: dict[str, Any]) -> Any:
@@ -261,6 +272,7 @@ def _gone(*pids: int, timeout: float = 10) -> None:
 
 def test_a_crash_a_cancel_and_a_dead_runtime(cluster: dict[str, Any], project: str) -> None:
     c: Client = cluster["client"]
+    warmed(cluster["agent"])
     # A job that crashes takes only its child: the next job forks from the same parent.
     crash = c.jobs.wait(c.jobs.submit("warm", project, entry="crash"), timeout=120)
     assert crash.state == JobState.FAILED and crash.exit_code == 139, crash.state_reason
@@ -284,6 +296,8 @@ def test_a_crash_a_cancel_and_a_dead_runtime(cluster: dict[str, Any], project: s
     ended = c.jobs.wait(second, timeout=60)
     assert ended.state == JobState.FAILED and ended.exit_code == 137, ended.state_reason
     _gone(pids["pid"], pids["child"])
+    # Started again at once (meanwhile jobs run cold), it takes the next job.
+    warmed(cluster["agent"], times=2)
     third = c.jobs.submit("warm", project, entry="sleepy")
     pids = _pids(c, third)
     assert pids["parent"] != parent and alive(pids["parent"])
@@ -294,9 +308,11 @@ def test_a_crash_a_cancel_and_a_dead_runtime(cluster: dict[str, Any], project: s
 
 def test_a_killed_agent_leaves_no_warm_job_behind(cluster: dict[str, Any], project: str) -> None:
     c: Client = cluster["client"]
+    agent: Proc = cluster["agent"]
+    warmed(agent)
     job = c.jobs.submit("warm", project, entry="sleepy")
     pids = _pids(c, job)
-    agent: Proc = cluster["agent"]
+    assert any("in the warm runtime" in ln.text for ln in c.jobs.logs(job))
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(30)
     _gone(pids["pid"], pids["child"], pids["parent"])
