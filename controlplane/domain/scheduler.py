@@ -139,6 +139,18 @@ class LogAck:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """A heartbeat waiting to be stored."""
+
+    agent_id: str
+    time: datetime
+    # The attempts it reported that its session holds: their leases are renewed.
+    running: tuple[AttemptRef, ...]
+    # How many attempts its session holds.
+    count: int
+
+
+@dataclass(frozen=True)
 class UpdateAck:
     """An attempt update was applied (or refused for good): the agent may forget it."""
 
@@ -165,6 +177,8 @@ class Drain:
 
 Outbound = Assign | Cancel | LogAck | UpdateAck | Close | Drain
 HELD_LIMIT = 4096
+# Heartbeats are stored together at most this many seconds after they came.
+BEAT_FLUSH = 1.0
 # Seconds agents have to come back after a control-plane restart (at least one lease).
 RECONNECT_WINDOW = 30.0
 # A replica says it is alive every REPLICA_BEAT seconds; one silent for REPLICA_LIVE is gone
@@ -306,6 +320,9 @@ class Scheduler:
         # The replicas on this database that beat lately, this one included.
         self.live: set[str] = {replica}
         self._beat_at = 0.0
+        # Heartbeats not yet stored (agent id -> beat): stored together every BEAT_FLUSH s.
+        self._beats: dict[str, Beat] = {}
+        self._beats_due: asyncio.TimerHandle | None = None
         self._settled_at = 0.0
         self._ended: set[str] = set()
         # Agents whose stream another live replica holds (for waiting reasons).
@@ -577,6 +594,7 @@ class Scheduler:
         if self.sessions.get(session.id) is not session:
             return
         del self.sessions[session.id]
+        self._beats.pop(session.id, None)  # its row now says DISCONNECTED, running 0
         self._explain.set()
         log.info(
             "agent %s disconnected; its %d attempts keep their leases",
@@ -608,18 +626,34 @@ class Scheduler:
                     )
                 )
 
-        def beat(s: Session) -> None:
-            until = now + timedelta(seconds=self.config.lease_duration)
-            Attempts.renew(s, session.id, known, until)
-            Agents.set(
-                s,
-                session.id,
-                replica=self.replica,
-                last_heartbeat_time=now,
-                running=len(session.running),
+        # Liveness is kept here and stored for every agent at once, every BEAT_FLUSH seconds
+        # (and before each lease check): a thousand agents cost one transaction a second,
+        # not one each.
+        self._beats[session.id] = Beat(session.id, now, tuple(known), len(session.running))
+        if self._beats_due is None:
+            self._beats_due = asyncio.get_running_loop().call_later(
+                min(BEAT_FLUSH, self.config.heartbeat_interval), self._store_beats_soon
             )
 
-        await self.db.batch(beat)
+    def _store_beats_soon(self) -> None:
+        self._beats_due = None
+        self.spawn(self.store_beats())
+
+    async def store_beats(self) -> None:
+        """Stores the heartbeats that came since the last time: leases renewed from each
+        beat's own time, agents' last heartbeat and running count."""
+        beats, self._beats = list(self._beats.values()), {}
+        if not beats:
+            return
+        lease = timedelta(seconds=self.config.lease_duration)
+
+        def store(s: Session) -> None:
+            Attempts.renew_many(
+                s, [(b.agent_id, r, b.time + lease) for b in beats for r in b.running]
+            )
+            Agents.beat_many(s, self.replica, [(b.agent_id, b.time, b.count) for b in beats])
+
+        await self.db.batch(store)
 
     # -- why queued jobs wait ----------------------------------------------------------
 
@@ -1132,6 +1166,7 @@ class Scheduler:
 
     async def reap(self) -> list[Job]:
         """Requeues (or fails) the jobs whose attempt's lease has expired."""
+        await self.store_beats()  # the heartbeats that came count
 
         def apply(s: Session) -> list[Job]:
             changed = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from packaging.version import Version
@@ -50,6 +50,7 @@ from .models import (
 J = cast(Table, JobRow.__table__)
 A = cast(Table, AttemptRow.__table__)
 L = cast(Table, LogLineRow.__table__)
+AG = cast(Table, AgentRow.__table__)
 E = cast(Table, ExperimentRow.__table__)
 EP = cast(Table, EntryPointRow.__table__)
 R = cast(Table, RevisionRow.__table__)
@@ -114,6 +115,21 @@ _SET_WAITING_REASON = (
     .returning(J.c.id)
 )
 _ATTEMPT_SET = update(A).where(A.c.job_id == bindparam("w_job"), A.c.number == bindparam("w_n"))
+_AGENT_BEAT = (
+    update(AG)
+    .where(AG.c.id == bindparam("w_id"), AG.c.replica == bindparam("w_replica"))
+    .values(last_heartbeat_time=bindparam("w_time"), running=bindparam("w_n"))
+)
+_RENEW = (
+    update(A)
+    .where(
+        A.c.active.is_(True),
+        A.c.agent_id == bindparam("w_agent"),
+        A.c.job_id == bindparam("w_job"),
+        A.c.number == bindparam("w_n"),
+    )
+    .values(lease_expires=bindparam("w_until"))
+)
 _LOG_SEEN = select(L.c.sequence).where(
     L.c.job_id == bindparam("job"),
     L.c.attempt == bindparam("attempt"),
@@ -134,6 +150,28 @@ _LOG_COUNT = (
     .values(log_count=J.c.log_count + bindparam("n"))
     .returning(J.c.log_count)
 )
+_LOG_COLUMNS = ("job_id", "offset", "attempt", "sequence", "stream", "text", "time")
+
+
+@functools.cache
+def _log_insert(dialect: Any) -> tuple[str, bool]:
+    """The INSERT of log lines as the driver takes it, and whether its parameters are
+    positional (in ``_LOG_COLUMNS`` order) rather than named."""
+    statement = insert(L).values({c: bindparam(c) for c in _LOG_COLUMNS})
+    compiled = statement.compile(dialect=dialect)
+    positional = bool(compiled.positional)
+    if positional:
+        assert tuple(compiled.positiontup or ()) == _LOG_COLUMNS, compiled.positiontup
+    return str(compiled), positional
+
+
+def _sqlite_time(t: datetime) -> str:
+    """What SQLAlchemy's SQLite DateTime stores for a UTC time (naive, microseconds)."""
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC).replace(tzinfo=None)
+    return t.isoformat(" ", "microseconds")
+
+
 _LOG_READ = (
     select(L)
     .where(L.c.job_id == bindparam("job"), L.c.offset >= bindparam("start"))
@@ -734,6 +772,19 @@ class Attempts:
         )
 
     @staticmethod
+    def renew_many(s: Session, leases: Sequence[tuple[str, m.AttemptRef, datetime]]) -> None:
+        """Renews (agent, attempt, until) leases of active attempts: one statement, run for
+        each (executemany)."""
+        if leases:
+            s.connection().execute(
+                _RENEW,
+                [
+                    {"w_agent": a, "w_job": r.job_id, "w_n": r.attempt, "w_until": until}
+                    for a, r, until in leases
+                ],
+            )
+
+    @staticmethod
     def extend_all(s: Session, until: datetime, except_agents: Iterable[str] = ()) -> None:
         """Extends every active lease (but those of these agents) to ``until``."""
         q = update(AttemptRow).where(AttemptRow.active.is_(True))
@@ -806,21 +857,28 @@ class Logs:
         if base is None:
             return 0
         start = base - len(fresh)
-        conn.execute(
-            insert(L),
-            [
-                dict(
-                    job_id=job_id,
-                    offset=start + i,
-                    attempt=attempt,
-                    sequence=seq,
-                    stream=stream,
-                    text=text,
-                    time=t,
-                )
+        # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing
+        # was most of the control plane's CPU per log line.
+        sql, positional = _log_insert(conn.dialect)
+        if positional:  # SQLite: naive UTC text, as its DateTime type stores it
+            rows: list[Any] = [
+                (job_id, start + i, attempt, seq, stream, text, _sqlite_time(t))
                 for i, (seq, stream, text, t) in enumerate(fresh)
-            ],
-        )
+            ]
+        else:
+            rows = [
+                {
+                    "job_id": job_id,
+                    "offset": start + i,
+                    "attempt": attempt,
+                    "sequence": seq,
+                    "stream": stream,
+                    "text": text,
+                    "time": t,
+                }
+                for i, (seq, stream, text, t) in enumerate(fresh)
+            ]
+        conn.exec_driver_sql(sql, rows)
         return len(fresh)
 
     @staticmethod
@@ -1067,6 +1125,16 @@ class Agents:
         if replica is not None:
             q = q.where(AgentRow.replica == replica)
         s.execute(q.values(**values))
+
+    @staticmethod
+    def beat_many(s: Session, replica: str, beats: Sequence[tuple[str, datetime, int]]) -> None:
+        """(agent, last heartbeat, running) for the agents this replica holds: one statement,
+        run for each (executemany)."""
+        if beats:
+            s.connection().execute(
+                _AGENT_BEAT,
+                [{"w_id": a, "w_replica": replica, "w_time": t, "w_n": n} for a, t, n in beats],
+            )
 
     @staticmethod
     def held_by_others(s: Session, me: str, live: Iterable[str]) -> list[str]:
