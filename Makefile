@@ -83,6 +83,8 @@ down:
 bench: setup
 	$(PY) bench/job_latency.py
 	$(PY) bench/dispatch.py
+	$(PY) bench/agents.py
+	$(PY) bench/logs.py
 	$(PY) bench/uploads.py
 
 # Fault soak (bench/soak.py): a real PostgreSQL, control plane(s) and agents; agents and a

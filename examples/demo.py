@@ -116,6 +116,15 @@ def main() -> int:
                 "2",
                 "--token-file",
                 str(token_file),
+                # What the plugin's tasks import, ahead of the first job (≈3 s per job).
+                "--warm-import",
+                "sklearn.linear_model",
+                "--warm-import",
+                "art.attacks.evasion",
+                "--warm-import",
+                "art.defences.preprocessor",
+                "--warm-import",
+                "art.estimators.classification",
             ],
             DEMO / "agent.log",
         )
