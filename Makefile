@@ -85,6 +85,7 @@ bench: setup
 	$(PY) bench/dispatch.py
 	$(PY) bench/agents.py
 	$(PY) bench/logs.py
+	$(PY) bench/queue_depth.py
 	$(PY) bench/uploads.py
 
 # Fault soak (bench/soak.py): a real PostgreSQL, control plane(s) and agents; agents and a

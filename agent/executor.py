@@ -374,8 +374,8 @@ class ProcessExecutor(Executor):
             return "the warm runtime is still starting"
         try:
             return await self.warm.spawn(launch, spec.project_root, env)
-        except RuntimeError as exc:
-            return f"the warm runtime could not start it: {exc}"
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            return f"the warm runtime could not start it: {exc or type(exc).__name__}"
 
     async def run(
         self,

@@ -36,6 +36,8 @@ log = logging.getLogger("brinell.agent.warm")
 
 PARENT = Path(__file__).with_name("warm_parent.py")
 MAX_MESSAGE = 4 * 1024 * 1024
+# How long a fork may take to be confirmed before the job runs cold instead.
+FORK_TIMEOUT = 30.0
 # PYTHON* variables a child honours itself; any other must be the parent's own value.
 _CHILD_SETS = frozenset({"PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"})
 # Characters the shell would act on outside quotes (inside double quotes: $ ` \).
@@ -256,6 +258,10 @@ class WarmRuntime:
                         pending.set_result(int(message["pid"]))
                     else:
                         pending.set_exception(RuntimeError(str(message.get("error"))))
+                elif "pid" in message:
+                    # Forked after its job gave up waiting (and ran cold): it must not run.
+                    with contextlib.suppress(OSError):
+                        os.killpg(int(message["pid"]), signal.SIGKILL)
         except (OSError, ValueError) as exc:
             log.warning("warm runtime: connection lost: %s", exc)
         finally:
@@ -374,7 +380,7 @@ class WarmRuntime:
                     break
                 except BlockingIOError:
                     await asyncio.sleep(0.005)
-            child.pid = await forked
+            child.pid = await asyncio.wait_for(forked, FORK_TIMEOUT)
         except BaseException:
             self._pending.pop(rid, None)
             self._children.pop(rid, None)
