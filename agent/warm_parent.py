@@ -270,6 +270,12 @@ class Parent:
         prefect_context = sys.modules.get("prefect.context")
         if prefect_context is not None:
             prefect_context.refresh_global_settings_context()
+        # A fresh interpreter seeds NumPy's global generator from the OS: so does each child
+        # (else every warm job would draw the same "random" numbers). `random` reseeds itself
+        # after a fork.
+        numpy_random = sys.modules.get("numpy.random")
+        if numpy_random is not None:
+            numpy_random.seed()
         return run_main(kind, target)
 
 

@@ -36,6 +36,8 @@ entry_points:
     command: "python sleepy.py"
   crash:
     command: "python -m crash"
+  rand:
+    command: "python rand.py"
 """
 SAME_PY = """\
 import os, sys, threading, time
@@ -91,6 +93,12 @@ child = subprocess.Popen(["sleep", "120"])
 print(f"pid={os.getpid()} child={child.pid} parent={os.getppid()}", flush=True)
 time.sleep(120)
 """
+RAND_PY = """\
+import random
+import numpy
+print("draws", numpy.random.random())
+print("stdlib", random.random())
+"""
 CRASH_PY = """\
 import os, signal
 print("crashing", flush=True)
@@ -108,6 +116,7 @@ def project(cluster: dict[str, Any]) -> str:
     (root / "helper.py").write_text("VALUE = 42\n")
     (root / "sleepy.py").write_text(SLEEPY_PY)
     (root / "crash.py").write_text(CRASH_PY)
+    (root / "rand.py").write_text(RAND_PY)
     c.experiments.create("warm")
     ep, _ = c.entry_points.push(root)
     return ep.name
@@ -254,6 +263,23 @@ def test_a_warm_job_gives_what_a_cold_one_gives(
         assert job.state == JobState.SUCCEEDED, job.state_reason
         assert any(t.startswith("in a fresh interpreter") and why in t for t in system), system
         assert "helper 42" in out
+
+
+def test_warm_jobs_draw_their_own_random_numbers(cluster: dict[str, Any], project: str) -> None:
+    """Forked from one parent, children would share NumPy's global generator state: each
+    is seeded from the OS, as a fresh interpreter is."""
+    c: Client = cluster["client"]
+    warmed(cluster["agent"])
+    draws = []
+    for _ in range(2):
+        job = c.jobs.wait(c.jobs.submit("warm", project, entry="rand"), timeout=120)
+        assert job.state == JobState.SUCCEEDED, job.state_reason
+        texts = [ln.text for ln in c.jobs.logs(job)]
+        assert any(t.startswith("in the warm runtime") for t in texts), texts
+        draws.append([t for t in texts if t.startswith(("draws ", "stdlib "))])
+    numpy_draws, stdlib_draws = zip(*draws, strict=True)
+    assert numpy_draws[0] != numpy_draws[1], draws
+    assert stdlib_draws[0] != stdlib_draws[1], draws
 
 
 def _pids(c: Client, job: Any) -> dict[str, int]:
