@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -549,14 +551,10 @@ class Jobs:
         Each filter has an index that ends in ``seq``, so a page reads about ``limit`` rows
         however many jobs there are; several states are read one index range each and merged
         (an IN over the index would sort every match)."""
+        parts: list[m.JobFilter] = []
         if len(f.states) > 1:
-            merged = [
-                row
-                for st in dict.fromkeys(f.states)
-                for row in Jobs.page(s, replace(f, states=[st]), before_seq, limit, groups)
-            ]
-            return sorted(merged, key=lambda r: -r[0])[:limit]
-        if groups is not None and not f.experiment_id:
+            parts = [replace(f, states=[st]) for st in dict.fromkeys(f.states)]
+        elif groups is not None and not f.experiment_id:
             # A member sees the jobs of a few experiments: one index range each, merged.
             seen = s.scalars(
                 select(ExperimentRow.id)
@@ -564,12 +562,10 @@ class Jobs:
                 .limit(_MERGED_EXPERIMENTS + 1)
             ).all()
             if len(seen) <= _MERGED_EXPERIMENTS:
-                merged = [
-                    row
-                    for exp in seen
-                    for row in Jobs.page(s, replace(f, experiment_id=exp), before_seq, limit)
-                ]
-                return sorted(merged, key=lambda r: -r[0])[:limit]
+                parts, groups = [replace(f, experiment_id=exp) for exp in seen], None
+        if parts:
+            pages = (Jobs.page(s, part, before_seq, limit, groups) for part in parts)
+            return heapq.nlargest(limit, itertools.chain.from_iterable(pages), key=lambda r: r[0])
         q = select(JobRow)
         if groups is not None:
             q = q.where(

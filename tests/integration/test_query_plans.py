@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
 from brinell.controlplane.domain.models import JobFilter
@@ -223,3 +223,60 @@ FILTERS: dict[str, Callable[[Session], Any]] = {
 def test_each_list_query_reads_about_a_page(db: Database) -> None:
     problems = [p for what, run in FILTERS.items() for p in _problems(db, what, run)]
     assert not problems, problems
+
+
+def test_merged_pages_are_the_pages_one_query_would_give(database_url: str) -> None:
+    """Several states, and a member's experiments, are read one index range each and merged:
+    the page is still the newest matching jobs, in order, across page boundaries."""
+    db = Database(database_url)
+    db.migrate()
+    now = utcnow()
+    states = [JobState.QUEUED, JobState.RUNNING, JobState.FAILED, JobState.SUCCEEDED]
+    with db.session() as s:
+        for i in range(6):
+            s.add(ExperimentRow(id=f"m{i}", create_time=now, update_time=now, group_id=f"g{i % 2}"))
+        s.add(EntryPointRow(id="p", latest_digest="sha256:x", create_time=now, update_time=now))
+        s.flush()
+        s.execute(
+            insert(JobRow),
+            [
+                dict(
+                    id=f"{i:016x}",
+                    experiment_id=f"m{i % 6}",
+                    entry_point_id="p",
+                    digest="sha256:x",
+                    entry="main",
+                    parameters={},
+                    queue="q",
+                    selector={},
+                    state=states[(i * 7) % 4].value,
+                    max_attempts=3,
+                    create_time=now,
+                    update_time=now,
+                )
+                for i in range(500)
+            ],
+        )
+    try:
+        with db.session() as s:
+            rows = s.execute(select(JobRow.seq, JobRow.state, JobRow.experiment_id)).all()
+            for wanted in ([JobState.QUEUED, JobState.FAILED], [JobState.RUNNING]):
+                for groups in (None, frozenset({"g1"})):
+                    for before in (None, rows[300].seq):
+                        got = [
+                            seq
+                            for seq, _ in Jobs.page(s, JobFilter(states=wanted), before, 20, groups)
+                        ]
+                        expected = sorted(
+                            (
+                                r.seq
+                                for r in rows
+                                if r.state in {st.value for st in wanted}
+                                and (groups is None or int(r.experiment_id[1:]) % 2 == 1)
+                                and (before is None or r.seq < before)
+                            ),
+                            reverse=True,
+                        )[:20]
+                        assert got == expected, (wanted, groups, before)
+    finally:
+        db.close()
