@@ -27,10 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dispatch  # noqa: E402  (bench/dispatch.py: the server, the token, the entry point)
 
 from brinell.v1 import (  # noqa: E402
-    agent_pb2,
     agent_service_pb2,
     agent_service_pb2_grpc,
-    job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
 )
@@ -53,18 +51,7 @@ async def agent(
 ) -> None:
     stub = agent_service_pb2_grpc.AgentServiceStub(channel)
     outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] = asyncio.Queue()
-    outbox.put_nowait(
-        agent_service_pb2.ConnectRequest(
-            register=agent_service_pb2.Register(
-                agent_id=agent_id,
-                hostname="bench",
-                queues=["default"],
-                capacity=agent_pb2.Capacity(cpus=1, slots=1),
-                version="bench",
-                executor="sim",
-            )
-        )
-    )
+    outbox.put_nowait(dispatch.register(agent_id, 1))
 
     async def requests():  # type: ignore[no-untyped-def]
         while (msg := await outbox.get()) is not None:
@@ -95,17 +82,8 @@ async def agent(
                     fut.set_result(time.perf_counter())
                 else:
                     fleet.received[a.job.name] = time.perf_counter()
-                for st in (job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_SUCCEEDED):
-                    outbox.put_nowait(
-                        agent_service_pb2.ConnectRequest(
-                            attempt_update=agent_service_pb2.AttemptUpdate(
-                                job=a.job.name,
-                                attempt=a.attempt,
-                                state=st,
-                                has_exit_code=st == job_pb2.JOB_STATE_SUCCEEDED,
-                            )
-                        )
-                    )
+                for update in dispatch.ran(a):
+                    outbox.put_nowait(update)
     except grpc.aio.AioRpcError:
         pass
     finally:

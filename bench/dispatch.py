@@ -66,24 +66,42 @@ class Agents:
     expected: int = 0
 
 
+def register(agent_id: str, slots: int) -> agent_service_pb2.ConnectRequest:
+    """A simulated agent's Register."""
+    return agent_service_pb2.ConnectRequest(
+        register=agent_service_pb2.Register(
+            agent_id=agent_id,
+            hostname="bench",
+            queues=["default"],
+            capacity=agent_pb2.Capacity(cpus=1, slots=slots),
+            version="bench",
+            executor="sim",
+        )
+    )
+
+
+def ran(a: agent_service_pb2.Assignment) -> list[agent_service_pb2.ConnectRequest]:
+    """What a simulated agent reports for an assignment: RUNNING, then SUCCEEDED."""
+    return [
+        agent_service_pb2.ConnectRequest(
+            attempt_update=agent_service_pb2.AttemptUpdate(
+                job=a.job.name,
+                attempt=a.attempt,
+                state=st,
+                has_exit_code=st == job_pb2.JOB_STATE_SUCCEEDED,
+            )
+        )
+        for st in (job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_SUCCEEDED)
+    ]
+
+
 async def sim_agent(
     target: str, agent_id: str, state: Agents, ready: asyncio.Event, stop: asyncio.Event
 ) -> None:
     channel = grpc.aio.insecure_channel(target)
     stub = agent_service_pb2_grpc.AgentServiceStub(channel)
     outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] = asyncio.Queue()
-    outbox.put_nowait(
-        agent_service_pb2.ConnectRequest(
-            register=agent_service_pb2.Register(
-                agent_id=agent_id,
-                hostname="bench",
-                queues=["default"],
-                capacity=agent_pb2.Capacity(cpus=1, slots=SLOTS),
-                version="bench",
-                executor="sim",
-            )
-        )
-    )
+    outbox.put_nowait(register(agent_id, SLOTS))
 
     async def requests():  # type: ignore[no-untyped-def]
         while (msg := await outbox.get()) is not None:
@@ -104,17 +122,8 @@ async def sim_agent(
                 fut = state.waiters.pop(name, None)
                 if fut is not None and not fut.done():
                     fut.set_result(now)
-                for st in (job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_SUCCEEDED):
-                    outbox.put_nowait(
-                        agent_service_pb2.ConnectRequest(
-                            attempt_update=agent_service_pb2.AttemptUpdate(
-                                job=name,
-                                attempt=a.attempt,
-                                state=st,
-                                has_exit_code=st == job_pb2.JOB_STATE_SUCCEEDED,
-                            )
-                        )
-                    )
+                for update in ran(a):
+                    outbox.put_nowait(update)
                 state.completed += 1
                 if state.expected and state.completed >= state.expected:
                     state.all_done.set()

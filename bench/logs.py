@@ -51,30 +51,45 @@ entry_points:
 """
 
 
+class Timed:
+    """What arrived and when: the printer's timed lines give the follower's lag."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.count = 0
+        self.t0 = self.last = self.end_lag = 0.0
+
+    def saw(self, text: str) -> None:
+        now = time.time()
+        self.count += 1
+        head, _, tail = text.partition(" ")
+        if head == "t0":
+            self.t0 = float(tail)
+        elif head == "end":
+            self.end_lag = now - float(tail)
+        elif tail:
+            self.lags.append(now - float(tail))
+        self.last = now
+
+    def result(self, complete: bool) -> dict[str, float]:
+        return {
+            "rate": self.count / (self.last - self.t0),
+            "lag50": statistics.median(self.lags),
+            "lag_max": max(self.lags),
+            "end_lag": self.end_lag,
+            "ok": float(complete),
+        }
+
+
 def through_brinell(c: Client, ep: str, n: int) -> dict[str, float]:
     job = c.jobs.submit("logs", ep, {"n": n})
-    lags, seqs, t0, last_arrival, end_lag = [], [], 0.0, 0.0, 0.0
+    timed, seqs = Timed(), []
     for line in c.jobs.logs(job, follow=True):
-        now = time.time()
-        if line.stream != LogStream.STDOUT:
-            continue
-        seqs.append(line.sequence)
-        head, _, tail = line.text.partition(" ")
-        if head == "t0":
-            t0 = float(tail)
-        elif head == "end":
-            end_lag = now - float(tail)
-        elif tail:
-            lags.append(now - float(tail))
-        last_arrival = now
+        if line.stream == LogStream.STDOUT:
+            timed.saw(line.text)
+            seqs.append(line.sequence)
     contiguous = seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    return {
-        "rate": len(seqs) / (last_arrival - t0),
-        "lag50": statistics.median(lags),
-        "lag_max": max(lags),
-        "end_lag": end_lag,
-        "ok": float(contiguous and len(seqs) == n + 2),
-    }
+    return timed.result(contiguous and len(seqs) == n + 2)
 
 
 def into_a_pipe(script: Path, n: int) -> dict[str, float]:
@@ -82,27 +97,11 @@ def into_a_pipe(script: Path, n: int) -> dict[str, float]:
         [sys.executable, str(script), str(n)], stdout=subprocess.PIPE, text=True, bufsize=1
     )
     assert proc.stdout is not None
-    lags, count, t0, last = [], 0, 0.0, 0.0
-    end_lag = 0.0
+    timed = Timed()
     for text in proc.stdout:
-        now = time.time()
-        count += 1
-        head, _, tail = text.rstrip("\n").partition(" ")
-        if head == "t0":
-            t0 = float(tail)
-        elif head == "end":
-            end_lag = now - float(tail)
-        elif tail:
-            lags.append(now - float(tail))
-        last = now
+        timed.saw(text.rstrip("\n"))
     proc.wait()
-    return {
-        "rate": count / (last - t0),
-        "lag50": statistics.median(lags),
-        "lag_max": max(lags),
-        "end_lag": end_lag,
-        "ok": float(count == n + 2),
-    }
+    return timed.result(timed.count == n + 2)
 
 
 def main() -> None:
